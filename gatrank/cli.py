@@ -1,0 +1,234 @@
+"""``gatrank`` command line: train, eval, check-data, datasets (and the suite and doctor)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+logger = logging.getLogger("gatrank")
+
+EXIT_PROBLEMS = 1
+EXIT_USAGE = 2
+
+
+class CommandFailed(Exception):
+    """A command finished but found problems: exit 1 with this message."""
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+
+
+def _add_model_loss(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="",
+                   help="'gat' (default), 'linear', or your own 'package.module:Name' taking "
+                        "in_channels and returning an nn.Module with forward(batch) -> [G] scores")
+    p.add_argument("--loss", default="",
+                   help="your own loss 'package.module:Name', a callable (scores, targets) -> scalar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gatrank",
+        description="Find out why a graph ranking model collapses to constant scores.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="overfit test (--overfit-n) or full training")
+    p.add_argument("--manifest", default="", help="manifest.csv (default: embedded chembl-activity)")
+    p.add_argument("--config", default="", help="YAML config; keys it omits keep their defaults")
+    p.add_argument("--overfit-n", type=int, default=0,
+                   help="runbook overfit test: first N graphs, 500 epochs, lr 5e-3, no dropout")
+    p.add_argument("--epochs", type=int, default=None, help="override training.epochs")
+    p.add_argument("--seed", type=int, default=None, help="override training.seed")
+    p.add_argument("--device", default=None, help="override training.device (auto, cpu, cuda)")
+    p.add_argument("--out", default="", help="write metrics.jsonl, summary.json and checkpoints here")
+    p.add_argument("--no-baseline", action="store_true",
+                   help="full training: skip the linear baseline trained beside the model")
+    p.add_argument("--on-error", choices=["raise", "skip"], default=None,
+                   help="bad manifest rows: stop and list them (raise) or drop and report (skip)")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="allow graph paths outside the manifest's folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_model_loss(p)
+    _add_common(p)
+
+    p = sub.add_parser("eval", help="score a checkpoint on a split with baselines beside it")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--manifest", default="", help="default: the manifest the checkpoint trained on")
+    p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
+    p.add_argument("--k", type=int, default=10, help="k of NDCG@k")
+    p.add_argument("--out", default="", help="write predictions.csv, metrics.json, scatter.html")
+    p.add_argument("--no-baselines", action="store_true")
+    p.add_argument("--model", default="", help="import string of a custom model checkpoint")
+    _add_common(p)
+
+    p = sub.add_parser("check-data", help="validate a manifest and list every problem")
+    p.add_argument("--manifest", default="", help="default: the embedded chembl-activity")
+    p.add_argument("--json", default="", help="also write the report as JSON here")
+    p.add_argument("--allow-outside-root", action="store_true")
+    _add_common(p)
+
+    p = sub.add_parser("datasets", help="embedded data sets (no network)")
+    dsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    d = dsub.add_parser("list", help="list the embedded data sets")
+    _add_common(d)
+    d = dsub.add_parser("write", help="write NAME's manifest.csv (and graph files) into DIR")
+    d.add_argument("name")
+    d.add_argument("dir")
+    d.add_argument("--n", type=int, default=None, help="number of graphs (default: all)")
+    d.add_argument("--seed", type=int, default=0)
+    _add_common(d)
+    return parser
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from gatrank.config import load_config, overfit_config
+    from gatrank.train import train
+
+    cfg = load_config(args.config or None)
+    overrides = {}
+    if args.manifest:
+        overrides["data.manifest"] = args.manifest
+    if args.on_error:
+        overrides["data.on_error"] = args.on_error
+    if args.allow_outside_root:
+        overrides["data.allow_outside_root"] = True
+    if args.seed is not None:
+        overrides["training.seed"] = args.seed
+    if args.device:
+        overrides["training.device"] = args.device
+    if overrides:
+        cfg = cfg.updated(overrides)
+    if args.overfit_n:
+        cfg = overfit_config(cfg, args.overfit_n)
+    if args.epochs is not None:
+        cfg = cfg.updated({"training.epochs": args.epochs})
+    logging.getLogger("gatrank.train").setLevel(
+        logging.INFO if cfg.training.enable_debug_logs and not args.quiet else logging.WARNING
+    )
+    res = train(
+        cfg,
+        model=args.model or None,
+        loss=args.loss or None,
+        out_dir=args.out or None,
+        progress=not args.no_progress,
+        with_baseline=not args.no_baseline,
+    )
+    s = res.summary
+    final = s["final"]
+    print(
+        f"\n{s['mode']} run {s['status']} after {s['epochs_run']} epochs in {s['wall_time_s']:.1f}s "
+        f"on {s['num_graphs']} graphs (splits {s['split_sizes']})"
+    )
+    if final:
+        print(
+            f"train: pairwise accuracy {final['pairwise_accuracy']:.3f}  spearman "
+            f"{final['spearman']:.3f}  score std {final['score_std']:.4f}  "
+            f"grad norm {final['grad_norm']:.4f}"
+        )
+    if s["mode"] == "overfit":
+        from gatrank.verdict import evaluate_verdict, format_verdict
+
+        verdict = evaluate_verdict(res.history)
+        print(format_verdict(verdict))
+    if "test" in s:
+        t = s["test"]
+        print(f"test (best epoch {s['best_epoch']}): spearman {t['spearman']:.3f}  "
+              f"pairwise accuracy {t['pairwise_accuracy']:.3f}  kendall {t['kendall']:.3f}")
+    if "baseline" in s and s["baseline"]["test"]:
+        t = s["baseline"]["test"]
+        print(f"linear baseline test: spearman {t['spearman']:.3f}  "
+              f"pairwise accuracy {t['pairwise_accuracy']:.3f}")
+    if args.out:
+        print(f"wrote {args.out}/metrics.jsonl, summary.json, best.pt, last.pt")
+    return 0 if s["status"] == "completed" else EXIT_PROBLEMS
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from gatrank.evaluate import evaluate_checkpoint
+
+    res = evaluate_checkpoint(
+        args.checkpoint,
+        args.manifest or None,
+        split=args.split,
+        model=args.model,
+        out_dir=args.out or None,
+        k=args.k,
+        baselines=not args.no_baselines,
+    )
+    print(f"split: {res.split} ({len(res.predictions)} graphs)")
+    print(res.table().to_string(float_format=lambda v: f"{v:.4f}"))
+    if res.grouped and res.grouped["mean"]:
+        print(f"\nmean over {len(res.grouped['per_group'])} groups:")
+        print(json.dumps(res.grouped["mean"], indent=2))
+    if args.out:
+        print(f"wrote {args.out}/predictions.csv, metrics.json, scatter.html")
+    return 0
+
+
+def _cmd_check_data(args: argparse.Namespace) -> int:
+    from gatrank.data import check_manifest
+    from gatrank.datasets import default_manifest
+    from gatrank.io import write_json
+
+    manifest = args.manifest or default_manifest()
+    report = check_manifest(manifest, allow_outside_root=args.allow_outside_root)
+    print(report.format_table())
+    if args.json:
+        write_json(args.json, report.to_dict())
+    return 0 if report.ok else EXIT_PROBLEMS
+
+
+def _cmd_datasets(args: argparse.Namespace) -> int:
+    from gatrank.datasets import list_datasets, write_dataset
+
+    if args.action == "list":
+        for d in list_datasets():
+            print(f"{d['name']:<18} {str(d.get('size', '')):>6}  {d['description']}")
+        return 0
+    path = write_dataset(args.name, args.dir, n=args.n, seed=args.seed)
+    print(f"wrote {path}")
+    return 0
+
+
+_COMMANDS = {
+    "train": _cmd_train,
+    "eval": _cmd_eval,
+    "check-data": _cmd_check_data,
+    "datasets": _cmd_datasets,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 ok, 1 problems found, 2 bad usage or input)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    from gatrank.config import ConfigError
+
+    try:
+        return _COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the CLI turns every failure into a message
+        if args.debug:
+            raise
+        from gatrank.data import DataError
+
+        kind = (
+            "data problems" if isinstance(exc, DataError)
+            else "config error" if isinstance(exc, ConfigError)
+            else type(exc).__name__
+        )
+        print(f"gatrank {args.command}: {kind}:\n{exc}", file=sys.stderr)
+        print("(run with --debug for the traceback)", file=sys.stderr)
+        return EXIT_PROBLEMS if isinstance(exc, DataError) else EXIT_USAGE

@@ -1,0 +1,190 @@
+"""Scoring a checkpoint on a split, with baselines side by side (the runbook's enhanced evaluation)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from torch import nn
+
+from gatrank.config import Config
+from gatrank.metrics import grouped_metrics, ranking_metrics
+from gatrank.model import build_model
+
+__all__ = ["EvalResult", "load_checkpoint", "evaluate_checkpoint", "baseline_scores"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]
+    """The model's metrics on the split."""
+    baselines: dict[str, dict[str, float]]
+    """Metrics of the constant, random and linear baselines on the same split."""
+    predictions: pd.DataFrame
+    """One row per graph: id, y, score, residual (score rescaled to y's scale minus y), smiles, group."""
+    grouped: dict[str, Any] | None
+    """Per-group metrics when the manifest has groups."""
+    split: str
+
+    def table(self) -> pd.DataFrame:
+        """Model and baselines as rows, metrics as columns."""
+        rows = {"model": self.metrics, **self.baselines}
+        return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def load_checkpoint(path: str | Path, *, model: str = "") -> tuple[nn.Module, Config, dict]:
+    """Rebuild the model saved in a checkpoint (loaded with ``weights_only=True``).
+
+    Args:
+        path: a ``best.pt``/``last.pt`` written by :func:`gatrank.train.train`.
+        model: the import string of a user model when the checkpoint holds one.
+    """
+    from gatrank.data import safe_torch_load
+
+    ckpt = safe_torch_load(path)
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ValueError(f"{path} is not a gatrank checkpoint (no 'state_dict' entry)")
+    config = Config.from_dict(ckpt["config"], source=f"{path}:config")
+    spec = model or ckpt.get("model_spec", "") or "gat"
+    if spec not in ("gat", "linear") and ":" not in spec:
+        raise ValueError(
+            f"{path} was trained with a custom model ({spec!r}); pass its import string with --model"
+        )
+    net = build_model(int(ckpt["in_channels"]), config.model, spec)
+    net.load_state_dict(ckpt["state_dict"])
+    net.eval()
+    return net, config, ckpt
+
+
+def _residuals(scores: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Scores mapped to the target scale by least squares, minus the target."""
+    if np.ptp(scores) == 0:
+        return np.full_like(y, y.mean()) - y
+    a, b = np.polyfit(scores, y, 1)
+    return a * scores + b - y
+
+
+def baseline_scores(
+    gs, split_idx: list[int], train_idx: list[int], config: Config, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Scores of the reference baselines on ``split_idx``.
+
+    - ``constant``: the same score for every graph (what a collapsed model does);
+    - ``random``: seeded uniform noise (chance level);
+    - ``linear``: :class:`gatrank.model.LinearBaseline` trained on ``train_idx`` with ``config``.
+    """
+    from gatrank.train import predict, resolve_device, train
+
+    rng = np.random.default_rng(seed)
+    n = len(split_idx)
+    out = {"constant": np.zeros(n), "random": rng.random(n)}
+    if len(train_idx) >= 2:
+        res = train(
+            config,
+            graphs=gs,
+            model="linear",
+            progress=False,
+            splits={"train": list(train_idx), "val": [], "test": []},
+        )
+        device = resolve_device(config.training.device)
+        out["linear"] = predict(res.model, [gs[i] for i in split_idx], device)["scores"].numpy()
+    return out
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    manifest: str | Path | None = None,
+    *,
+    split: str = "test",
+    model: str = "",
+    out_dir: str | Path | None = None,
+    k: int = 10,
+    baselines: bool = True,
+) -> EvalResult:
+    """Score ``checkpoint`` on ``split`` (``train``/``val``/``test``/``all``) of ``manifest``.
+
+    The split is recomputed exactly as training made it (same manifest, seed and fractions).
+    With ``out_dir``: ``predictions.csv``, ``metrics.json`` and ``scatter.html`` (plotly.js
+    embedded, opens offline).
+    """
+    from gatrank.data import load_graphs, split_indices
+    from gatrank.datasets import default_manifest
+    from gatrank.train import predict, resolve_device
+
+    net, config, _ = load_checkpoint(checkpoint, model=model)
+    manifest = manifest or config.data.manifest or default_manifest()
+    gs = load_graphs(
+        manifest, on_error=config.data.on_error, allow_outside_root=config.data.allow_outside_root
+    )
+    if split == "all":
+        idx = list(range(len(gs)))
+        train_idx = idx
+    else:
+        splits = split_indices(
+            gs,
+            seed=config.training.seed,
+            val_fraction=config.data.val_fraction,
+            test_fraction=config.data.test_fraction,
+        )
+        if split not in splits:
+            raise ValueError(f"unknown split {split!r}; use one of {sorted(splits)} or 'all'")
+        idx, train_idx = splits[split], splits["train"]
+        if not idx:
+            raise ValueError(f"split {split!r} of {manifest} is empty")
+    device = resolve_device(config.training.device)
+    net = net.to(device)
+    pred = predict(net, [gs[i] for i in idx], device)
+    s, y = pred["scores"].numpy(), pred["targets"].numpy()
+    tie_eps = config.loss.tie_eps
+    metrics = ranking_metrics(s, y, tie_eps=tie_eps, k=k)
+    table = gs.table.iloc[idx].reset_index(drop=True)
+    preds = pd.DataFrame(
+        {
+            "id": table["id"].astype(str),
+            "y": y,
+            "score": s,
+            "residual": _residuals(s.astype(np.float64), y.astype(np.float64)),
+        }
+    )
+    for col in ("smiles", "group", "split"):
+        if col in table and table[col].notna().any():
+            preds[col] = table[col].values
+    base = {}
+    if baselines:
+        for name, b in baseline_scores(gs, idx, train_idx, config, config.training.seed).items():
+            base[name] = ranking_metrics(b, y, tie_eps=tie_eps, k=k)
+    grouped = None
+    if "group" in preds:
+        grouped = grouped_metrics(s, y, preds["group"].tolist(), tie_eps=tie_eps, k=k)
+    result = EvalResult(metrics=metrics, baselines=base, predictions=preds, grouped=grouped,
+                        split=split)
+    if out_dir:
+        _write_eval(result, Path(out_dir), checkpoint, manifest)
+    return result
+
+
+def _write_eval(result: EvalResult, out: Path, checkpoint, manifest) -> None:
+    from gatrank.io import atomic_write_text, write_json
+    from gatrank.plots import scatter_pred_vs_true
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "predictions.csv", result.predictions.to_csv(index=False))
+    write_json(
+        out / "metrics.json",
+        {
+            "checkpoint": str(checkpoint),
+            "manifest": str(manifest),
+            "split": result.split,
+            "metrics": result.metrics,
+            "baselines": result.baselines,
+            "grouped": result.grouped,
+        },
+    )
+    fig = scatter_pred_vs_true(result.predictions, title=f"Predicted vs true ({result.split})")
+    atomic_write_text(out / "scatter.html", fig.to_html(include_plotlyjs=True, full_html=True))

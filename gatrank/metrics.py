@@ -1,0 +1,180 @@
+"""Ranking metrics: pairwise accuracy, Spearman, Kendall, NDCG@k, score statistics.
+
+Conventions:
+- Inputs are 1-D arrays (NumPy or torch) of equal length: ``scores`` and ``targets``.
+- A pair (i, j) counts for pairwise accuracy when ``|y_i - y_j| > tie_eps``; it is correct when
+  the higher target has the higher score; tied scores count one half. So a constant model
+  scores exactly 0.5 and a perfect one 1.0.
+- Spearman and Kendall are undefined when either side is constant; they are reported as 0.0
+  (a constant prediction carries no ranking information) so histories stay JSON-clean.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+__all__ = [
+    "pairwise_accuracy",
+    "spearman",
+    "kendall",
+    "ndcg_at_k",
+    "score_stats",
+    "ranking_metrics",
+    "grouped_metrics",
+]
+
+
+def _np(a: Any) -> np.ndarray:
+    if hasattr(a, "detach"):
+        a = a.detach().cpu().numpy()
+    return np.asarray(a, dtype=np.float64).reshape(-1)
+
+
+def _pair_counts(s: np.ndarray, y: np.ndarray, tie_eps: float) -> tuple[float, int]:
+    """(correct pairs + half the score ties, number of counted pairs), in O(N log^2 N).
+
+    Each counted pair is taken once as (hi, lo) with ``y_hi - y_lo > tie_eps``. After sorting by
+    target, the "lo" items of each "hi" item form a prefix of the sorted order, so the count is a
+    2-D dominance count: for each i, the items j < prefix_end[i] with a lower (or equal) score.
+    """
+    order = np.argsort(y, kind="stable")
+    y_sorted, s_sorted = y[order], s[order]
+    # y_i - y_j > tie_eps  <=>  y_j < y_i - tie_eps; searchsorted(left) counts the y_j < v.
+    prefix_end = np.searchsorted(y_sorted, y_sorted - tie_eps, side="left")
+    total = int(prefix_end.sum())
+    if total == 0:
+        return 0.0, 0
+    _, s_rank = np.unique(s_sorted, return_inverse=True)
+    less, leq = _dominance_counts(s_rank.astype(np.int64), prefix_end)
+    return float(less.sum() + 0.5 * (leq - less).sum()), total
+
+
+def _dominance_counts(ranks: np.ndarray, prefix_end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each i: ``#{j < prefix_end[i] : ranks[j] < ranks[i]}`` and the same with ``<=``.
+
+    The prefix [0, p) splits into aligned power-of-two blocks, one per set bit of p. Going up
+    the levels, ranks are kept sorted inside blocks of the current size; a global sort key
+    ``block * (max_rank + 2) + rank`` lets one ``searchsorted`` answer every query at a level.
+    """
+    n = len(ranks)
+    levels = max(1, int(np.ceil(np.log2(n))))
+    size = 1 << levels
+    big = int(ranks.max()) + 2
+    cur = np.full(size, big - 1, dtype=np.int64)  # padding sits above every real rank
+    cur[:n] = ranks
+    positions = np.arange(size, dtype=np.int64)
+    less = np.zeros(n, dtype=np.int64)
+    leq = np.zeros(n, dtype=np.int64)
+    for level in range(levels):
+        width = 1 << level
+        has_bit = np.nonzero((prefix_end >> level) & 1)[0]
+        if len(has_bit):
+            keys = (positions >> level) * big + cur  # globally sorted
+            block = (prefix_end[has_bit] >> (level + 1)) << 1
+            q = block * big + ranks[has_bit]
+            base = block * width
+            less[has_bit] += np.searchsorted(keys, q, side="left") - base
+            leq[has_bit] += np.searchsorted(keys, q, side="right") - base
+        cur = np.sort(cur.reshape(-1, 2 * width), axis=1).reshape(-1)
+    return less, leq
+
+
+def pairwise_accuracy(scores: Any, targets: Any, *, tie_eps: float = 1e-6) -> float:
+    """Fraction of target-ordered pairs that the scores order the same way.
+
+    Pairs with ``|y_i - y_j| <= tie_eps`` are skipped; pairs with equal scores count 1/2.
+    Returns 0.5 when no pair is countable (nothing to rank).
+    """
+    s, y = _np(scores), _np(targets)
+    if len(s) != len(y):
+        raise ValueError(f"scores ({len(s)}) and targets ({len(y)}) differ in length")
+    correct, total = _pair_counts(s, y, tie_eps)
+    return correct / total if total else 0.5
+
+
+def _finite_or_zero(v: float) -> float:
+    return float(v) if v is not None and math.isfinite(v) else 0.0
+
+
+def spearman(scores: Any, targets: Any) -> float:
+    """Spearman rank correlation (scipy); 0.0 when either side is constant."""
+    s, y = _np(scores), _np(targets)
+    if len(s) < 2 or np.ptp(s) == 0 or np.ptp(y) == 0:
+        return 0.0
+    return _finite_or_zero(stats.spearmanr(s, y).statistic)
+
+
+def kendall(scores: Any, targets: Any) -> float:
+    """Kendall's tau-b (scipy, O(N log N)); 0.0 when either side is constant."""
+    s, y = _np(scores), _np(targets)
+    if len(s) < 2 or np.ptp(s) == 0 or np.ptp(y) == 0:
+        return 0.0
+    return _finite_or_zero(stats.kendalltau(s, y).statistic)
+
+
+def ndcg_at_k(scores: Any, targets: Any, k: int = 10) -> float:
+    """NDCG@k with gains ``y - min(y)`` (so any real-valued target works).
+
+    Items are ranked by score, descending; tied scores are ordered by index (stable), so a
+    constant model gets the NDCG of the input order. Returns 1.0 when all gains are zero.
+    """
+    s, y = _np(scores), _np(targets)
+    if len(s) == 0:
+        return 1.0
+    k = min(k, len(s))
+    gains = y - y.min()
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    top = np.argsort(-s, kind="stable")[:k]
+    ideal = np.sort(gains)[::-1][:k]
+    idcg = float((ideal * discounts).sum())
+    if idcg == 0:
+        return 1.0
+    return float((gains[top] * discounts).sum()) / idcg
+
+
+def score_stats(scores: Any) -> dict[str, float]:
+    """Mean and (population) standard deviation of the scores."""
+    s = _np(scores)
+    if len(s) == 0:
+        return {"score_mean": 0.0, "score_std": 0.0}
+    return {"score_mean": float(s.mean()), "score_std": float(s.std())}
+
+
+def ranking_metrics(
+    scores: Any, targets: Any, *, tie_eps: float = 1e-6, k: int = 10
+) -> dict[str, float]:
+    """All metrics at once: pairwise_accuracy, spearman, kendall, ndcg@k, score_mean, score_std."""
+    return {
+        "pairwise_accuracy": pairwise_accuracy(scores, targets, tie_eps=tie_eps),
+        "spearman": spearman(scores, targets),
+        "kendall": kendall(scores, targets),
+        f"ndcg@{k}": ndcg_at_k(scores, targets, k),
+        **score_stats(scores),
+    }
+
+
+def grouped_metrics(
+    scores: Any, targets: Any, groups: Sequence[Any], *, tie_eps: float = 1e-6, k: int = 10
+) -> dict[str, Any]:
+    """Metrics per group and their unweighted mean over groups with at least two members.
+
+    Returns ``{"per_group": {group: metrics}, "mean": metrics}``.
+    """
+    s, y = _np(scores), _np(targets)
+    g = np.asarray(list(groups), dtype=object)
+    per_group: dict[str, dict[str, float]] = {}
+    for key in dict.fromkeys(g.tolist()):
+        idx = np.nonzero(g == key)[0]
+        if len(idx) < 2:
+            continue
+        per_group[str(key)] = ranking_metrics(s[idx], y[idx], tie_eps=tie_eps, k=k)
+    mean: dict[str, float] = {}
+    if per_group:
+        names = next(iter(per_group.values())).keys()
+        mean = {n: float(np.mean([m[n] for m in per_group.values()])) for n in names}
+    return {"per_group": per_group, "mean": mean}

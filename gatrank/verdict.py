@@ -1,0 +1,167 @@
+"""The runbook's pass criteria and red flags, evaluated on a training history.
+
+Pass (after ~50-100 epochs of the overfit test): pairwise accuracy > 0.9 (ideally > 0.95),
+Spearman > 0.8 (ideally > 0.9), score std > 0.1, gradient norm > 0.01, loss decreasing.
+Red flags: pairwise accuracy ~0.5-0.6, Spearman ~0-0.2, score std < 0.01, gradient norm ~0,
+loss flat.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["THRESHOLDS", "Check", "Verdict", "evaluate_verdict", "format_verdict"]
+
+THRESHOLDS: dict[str, float] = {
+    "pairwise_accuracy": 0.9,
+    "pairwise_accuracy_ideal": 0.95,
+    "spearman": 0.8,
+    "spearman_ideal": 0.9,
+    "score_std": 0.1,
+    "grad_norm": 0.01,
+    # Loss "decreasing": the last logged loss is at least 10% below the first.
+    "loss_drop": 0.10,
+    # Red flags.
+    "flag_pairwise_accuracy": 0.6,
+    "flag_spearman": 0.2,
+    "flag_score_std": 0.01,
+    "flag_grad_norm": 1e-4,
+    "flag_loss_drop": 0.01,
+}
+"""Every threshold the verdict uses; notebooks draw these lines on their plots."""
+
+
+@dataclass
+class Check:
+    name: str
+    kind: str
+    """``pass`` (a pass criterion) or ``red_flag``."""
+    rule: str
+    """The runbook's wording, e.g. ``pairwise accuracy > 0.9``."""
+    value: float
+    ok: bool
+    """Pass criteria: met. Red flags: *not* raised."""
+
+
+@dataclass
+class Verdict:
+    passed: bool
+    """Every pass criterion is met."""
+    checks: list[Check] = field(default_factory=list)
+    epochs_to_pass: int | None = None
+    """First logged epoch meeting pairwise accuracy, Spearman and score std criteria."""
+    epochs_to_ideal: int | None = None
+    """First logged epoch with pairwise accuracy > 0.95, Spearman > 0.9 and score std > 0.1."""
+
+    @property
+    def red_flags(self) -> list[Check]:
+        return [c for c in self.checks if c.kind == "red_flag" and not c.ok]
+
+    @property
+    def label(self) -> str:
+        if self.passed:
+            return "PASS"
+        return "FAIL (red flags)" if self.red_flags else "FAIL"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "label": self.label,
+            "epochs_to_pass": self.epochs_to_pass,
+            "epochs_to_ideal": self.epochs_to_ideal,
+            "checks": [asdict(c) for c in self.checks],
+            "red_flags": [c.name for c in self.red_flags],
+        }
+
+    def table(self):
+        """Checks as a pandas DataFrame (for notebooks)."""
+        import pandas as pd
+
+        return pd.DataFrame([asdict(c) for c in self.checks])
+
+
+def _loss_drop(history: Sequence[dict]) -> float:
+    first, last = history[0]["loss"], history[-1]["loss"]
+    if not (np.isfinite(first) and np.isfinite(last)) or first <= 0:
+        return 0.0
+    return float((first - last) / first)
+
+
+def evaluate_verdict(history: Sequence[dict[str, Any]], prefix: str = "") -> Verdict:
+    """Evaluate the runbook's criteria on logged records (see :mod:`gatrank.train`).
+
+    The accuracy, Spearman and score-std criteria use the last record. The gradient criterion
+    uses the median over the learning phase: the records up to the epoch where the accuracy,
+    Spearman and score-std criteria were first met (all records if never), because a model
+    that has fit its data legitimately has tiny gradients afterwards; "gradients flowing" is
+    about learning, not about the last step of a solved problem.
+
+    Args:
+        history: records with ``loss``, ``pairwise_accuracy``, ``spearman``, ``score_std``,
+            ``grad_norm`` (as ``metrics.jsonl`` holds them).
+        prefix: read ``{prefix}pairwise_accuracy`` etc., e.g. ``val_`` for validation metrics.
+    """
+    if not history:
+        raise ValueError("cannot evaluate a verdict on an empty history (no logged epoch)")
+    t = THRESHOLDS
+    last = history[-1]
+    pa = float(last[f"{prefix}pairwise_accuracy"])
+    sp = float(last[f"{prefix}spearman"])
+    std = float(last[f"{prefix}score_std"])
+
+    def first_epoch(pa_min: float, sp_min: float) -> int | None:
+        for h in history:
+            if (h[f"{prefix}pairwise_accuracy"] > pa_min and h[f"{prefix}spearman"] > sp_min
+                    and h[f"{prefix}score_std"] > t["score_std"]):
+                return int(h["epoch"])
+        return None
+
+    epochs_to_pass = first_epoch(t["pairwise_accuracy"], t["spearman"])
+    learning_phase = [h for h in history if epochs_to_pass is None or h["epoch"] <= epochs_to_pass]
+    gn = float(np.median([h["grad_norm"] for h in learning_phase]))
+    drop = _loss_drop(history)
+    checks = [
+        Check("pairwise_accuracy", "pass", f"pairwise accuracy > {t['pairwise_accuracy']}", pa,
+              pa > t["pairwise_accuracy"]),
+        Check("spearman", "pass", f"Spearman > {t['spearman']}", sp, sp > t["spearman"]),
+        Check("score_std", "pass", f"score std > {t['score_std']}", std, std > t["score_std"]),
+        Check("grad_norm", "pass", f"gradient norm > {t['grad_norm']} (median while learning)", gn,
+              gn > t["grad_norm"]),
+        Check("loss_decreasing", "pass", f"loss decreasing (drop > {t['loss_drop']:.0%})", drop,
+              drop > t["loss_drop"]),
+        Check("pairwise_accuracy_random", "red_flag",
+              f"pairwise accuracy ~0.5-{t['flag_pairwise_accuracy']} (random)", pa,
+              pa > t["flag_pairwise_accuracy"]),
+        Check("spearman_none", "red_flag", f"Spearman ~0-{t['flag_spearman']} (no correlation)",
+              sp, sp > t["flag_spearman"]),
+        Check("score_collapsed", "red_flag",
+              f"score std < {t['flag_score_std']} (collapsed to constant)", std,
+              std >= t["flag_score_std"]),
+        Check("no_gradients", "red_flag", "gradient norms ~0 (no gradients)", gn,
+              gn >= t["flag_grad_norm"]),
+        Check("loss_flat", "red_flag", "loss not decreasing", drop, drop >= t["flag_loss_drop"]),
+    ]
+    passed = all(c.ok for c in checks if c.kind == "pass")
+    return Verdict(
+        passed=passed,
+        checks=checks,
+        epochs_to_pass=epochs_to_pass,
+        epochs_to_ideal=first_epoch(t["pairwise_accuracy_ideal"], t["spearman_ideal"]),
+    )
+
+
+def format_verdict(verdict: Verdict) -> str:
+    """A plain-text table of the checks for the terminal."""
+    lines = [f"verdict: {verdict.label}"]
+    for c in verdict.checks:
+        mark = ("ok " if c.ok else "FAIL") if c.kind == "pass" else ("-- " if c.ok else "FLAG")
+        lines.append(f"  [{mark}] {c.rule:<45} measured {c.value:.4g}")
+    if verdict.epochs_to_pass is not None:
+        lines.append(f"  criteria first met at epoch {verdict.epochs_to_pass}"
+                     + (f", ideal at epoch {verdict.epochs_to_ideal}"
+                        if verdict.epochs_to_ideal is not None else ""))
+    return "\n".join(lines)
