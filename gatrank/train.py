@@ -213,6 +213,7 @@ def train(
     progress: bool = True,
     splits: dict[str, list[int]] | None = None,
     with_baseline: bool = False,
+    probes: Sequence[Callable[[nn.Module, list, torch.device], dict[str, Any]]] = (),
 ) -> TrainResult:
     """Train a ranking model and return it with its history.
 
@@ -229,6 +230,9 @@ def train(
         splits: explicit split indices (otherwise derived from the manifest and seed).
         with_baseline: in full training, also train the linear baseline on the same splits
             and config and report it beside the model (``summary["baseline"]``).
+        probes: measurements taken at each logged epoch: ``probe(model, train_graphs, device)``
+            returns a dict merged into the record (see :mod:`gatrank.diagnostics`). They run
+            after the epoch's last optimizer step, so gradients of that step are still there.
 
     Raises:
         NonFiniteError: a NaN/Inf loss or gradient with ``training.nonfinite == "stop"``; the
@@ -376,6 +380,8 @@ def train(
                     "time_s": round(time.perf_counter() - t_start, 3),
                     **val_metrics,
                 }
+                for probe in probes:
+                    record.update(probe(net, train_set, device))
                 history.append(record)
                 if out:
                     append_jsonl(out / "metrics.jsonl", [record])
