@@ -1,0 +1,108 @@
+"""Metrics against scipy and against their O(N^2) definitions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from gatrank.metrics import (
+    grouped_metrics,
+    kendall,
+    ndcg_at_k,
+    pairwise_accuracy,
+    ranking_metrics,
+    score_stats,
+    spearman,
+)
+
+
+def _pairwise_definition(s, y, tie_eps):
+    dy = y[:, None] - y[None, :]
+    ds = s[:, None] - s[None, :]
+    counted = dy > tie_eps
+    total = counted.sum()
+    if total == 0:
+        return 0.5
+    return (((ds > 0) & counted).sum() + 0.5 * ((ds == 0) & counted).sum()) / total
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 64, 2000])
+@pytest.mark.parametrize("tie_eps", [0.0, 1e-6, 0.7])
+def test_pairwise_accuracy_matches_quadratic_definition_with_ties(n, tie_eps):
+    rng = np.random.default_rng(n)
+    y = rng.integers(0, 6, n).astype(float) * 0.5  # many target ties
+    s = rng.integers(0, 9, n).astype(float)  # many score ties
+    assert pairwise_accuracy(s, y, tie_eps=tie_eps) == pytest.approx(
+        _pairwise_definition(s, y, tie_eps), abs=1e-12
+    )
+
+
+def test_pairwise_accuracy_extremes():
+    y = np.arange(20.0)
+    assert pairwise_accuracy(y, y) == 1.0
+    assert pairwise_accuracy(-y, y) == 0.0
+    assert pairwise_accuracy(np.zeros(20), y) == 0.5  # a collapsed model is at chance
+    assert pairwise_accuracy(np.arange(3.0), np.ones(3)) == 0.5  # nothing to rank
+
+
+def test_pairwise_accuracy_is_scale_invariant():
+    rng = np.random.default_rng(0)
+    s, y = rng.normal(size=50), rng.normal(size=50)
+    assert pairwise_accuracy(s, y) == pairwise_accuracy(3 * s + 1, y)
+
+
+def test_spearman_and_kendall_match_scipy():
+    rng = np.random.default_rng(1)
+    s, y = rng.normal(size=100), rng.normal(size=100)
+    y[:10] = y[10]  # ties
+    assert spearman(s, y) == pytest.approx(stats.spearmanr(s, y).statistic)
+    assert kendall(s, y) == pytest.approx(stats.kendalltau(s, y).statistic)
+
+
+def test_constant_scores_give_zero_correlation_not_nan():
+    y = np.arange(5.0)
+    assert spearman(np.ones(5), y) == 0.0
+    assert kendall(np.ones(5), y) == 0.0
+
+
+def test_ndcg_perfect_reversed_and_bounds():
+    y = np.array([3.0, 1.0, 4.0, 1.5, 9.0, 2.0])
+    assert ndcg_at_k(y, y, k=3) == pytest.approx(1.0)
+    worst = ndcg_at_k(-y, y, k=3)
+    assert 0.0 <= worst < 1.0
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        v = ndcg_at_k(rng.normal(size=6), y, k=4)
+        assert worst - 1e-12 <= v <= 1.0 + 1e-12
+
+
+def test_ndcg_hand_computed():
+    y = np.array([0.0, 1.0, 2.0])  # gains = y - min = y
+    s = np.array([0.0, 2.0, 1.0])  # ranks item1 (gain 1) first, then item2 (gain 2)
+    dcg = 1 / np.log2(2) + 2 / np.log2(3)
+    idcg = 2 / np.log2(2) + 1 / np.log2(3)
+    assert ndcg_at_k(s, y, k=2) == pytest.approx(dcg / idcg)
+
+
+def test_score_stats_and_bundle():
+    s = np.array([1.0, 3.0])
+    assert score_stats(s) == {"score_mean": 2.0, "score_std": 1.0}
+    m = ranking_metrics(s, np.array([0.0, 1.0]), k=5)
+    assert set(m) == {"pairwise_accuracy", "spearman", "kendall", "ndcg@5", "score_mean",
+                      "score_std"}
+
+
+def test_grouped_metrics_only_compare_within_groups():
+    y = np.array([0.0, 1.0, 10.0, 11.0])
+    s = np.array([0.0, 1.0, -5.0, -4.0])  # right inside groups, wrong across
+    g = ["a", "a", "b", "b"]
+    res = grouped_metrics(s, y, g)
+    assert res["mean"]["pairwise_accuracy"] == 1.0
+    assert pairwise_accuracy(s, y) < 1.0
+    assert set(res["per_group"]) == {"a", "b"}
+
+
+def test_length_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="differ in length"):
+        pairwise_accuracy([1, 2], [1, 2, 3])
