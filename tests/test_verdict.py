@@ -1,0 +1,88 @@
+"""The runbook's pass criteria and red flags on synthetic histories."""
+
+from __future__ import annotations
+
+import pytest
+
+from gatrank.verdict import THRESHOLDS, evaluate_verdict, format_verdict
+
+
+def _rec(epoch, loss, pa, sp, std, gn):
+    return {"epoch": epoch, "loss": loss, "pairwise_accuracy": pa, "spearman": sp,
+            "score_std": std, "grad_norm": gn}
+
+
+def _healthy():
+    return [
+        _rec(1, 0.69, 0.6, 0.3, 0.05, 0.5),
+        _rec(10, 0.40, 0.85, 0.7, 0.5, 1.0),
+        _rec(20, 0.10, 0.96, 0.93, 1.0, 0.8),
+        _rec(30, 0.01, 0.99, 0.97, 2.0, 1e-4),  # solved: tiny gradients are fine now
+        _rec(40, 0.005, 0.99, 0.97, 2.0, 1e-5),
+        _rec(50, 0.004, 0.99, 0.97, 2.0, 1e-5),
+    ]
+
+
+def test_healthy_run_passes_with_no_red_flags():
+    v = evaluate_verdict(_healthy())
+    assert v.passed and v.label == "PASS"
+    assert v.red_flags == []
+    assert v.epochs_to_pass == 20
+    assert v.epochs_to_ideal == 20
+
+
+def test_collapsed_run_fails_with_every_red_flag():
+    hist = [_rec(e, 0.6931, 0.5, 0.0, 1e-5, 0.0) for e in (1, 10, 20)]
+    v = evaluate_verdict(hist)
+    assert not v.passed
+    assert {c.name for c in v.red_flags} == {
+        "pairwise_accuracy_random", "spearman_none", "score_collapsed", "no_gradients",
+        "loss_flat",
+    }
+    assert v.epochs_to_pass is None
+    text = format_verdict(v)
+    assert "FAIL" in text and "FLAG" in text
+
+
+@pytest.mark.parametrize(
+    "field, value, failing",
+    [
+        ("pairwise_accuracy", 0.89, "pairwise_accuracy"),
+        ("spearman", 0.79, "spearman"),
+        ("score_std", 0.09, "score_std"),
+    ],
+)
+def test_each_pass_criterion_is_a_strict_threshold(field, value, failing):
+    hist = _healthy()
+    hist[-1] = dict(hist[-1], **{field: value})
+    v = evaluate_verdict(hist)
+    assert not v.passed
+    assert [c.name for c in v.checks if c.kind == "pass" and not c.ok] == [failing]
+
+
+def test_flat_loss_is_flagged():
+    hist = _healthy()
+    for h in hist:
+        h["loss"] = 0.5
+    v = evaluate_verdict(hist)
+    assert "loss_flat" in {c.name for c in v.red_flags}
+
+
+def test_validation_prefix():
+    hist = [dict(h, val_pairwise_accuracy=0.5, val_spearman=0.0, val_score_std=0.0)
+            for h in _healthy()]
+    assert evaluate_verdict(hist).passed
+    assert not evaluate_verdict(hist, prefix="val_").passed
+
+
+def test_thresholds_are_the_runbooks():
+    assert THRESHOLDS["pairwise_accuracy"] == 0.9
+    assert THRESHOLDS["spearman"] == 0.8
+    assert THRESHOLDS["score_std"] == 0.1
+    assert THRESHOLDS["grad_norm"] == 0.01
+    assert THRESHOLDS["flag_score_std"] == 0.01
+
+
+def test_empty_history_is_an_error():
+    with pytest.raises(ValueError, match="empty history"):
+        evaluate_verdict([])
