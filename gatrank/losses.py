@@ -7,6 +7,11 @@ For scores ``s`` and targets ``y`` of one batch, every ordered pair (i, j) with
 
 When no pair is valid the loss is a zero that is still connected to ``scores``, so
 ``backward()`` works and yields zero gradients instead of failing or silently detaching.
+
+Above :data:`CHUNK_THRESHOLD` items the pair terms are computed in row blocks by a custom
+autograd function (:func:`pairwise_rank_loss_chunked`) that recomputes each block in the
+backward pass instead of keeping ``(B, B)`` intermediates: the same loss and gradients, with
+memory ``O(B * block_rows)`` instead of ``O(B^2)``.
 """
 
 from __future__ import annotations
@@ -18,10 +23,26 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["LossOutput", "pairwise_rank_loss", "PairwiseRankLoss", "valid_pair_mask", "LN2"]
+__all__ = [
+    "LossOutput",
+    "pairwise_rank_loss",
+    "pairwise_rank_loss_chunked",
+    "PairwiseRankLoss",
+    "valid_pair_mask",
+    "LN2",
+    "CHUNK_THRESHOLD",
+]
 
 LN2 = math.log(2.0)
 """Loss of a constant model: softplus(0) = ln 2 for every valid pair."""
+
+CHUNK_THRESHOLD = 512
+"""Lists longer than this use the chunked computation. Below it the dense ``(B, B)`` autograd
+path runs (it also supports double backward); above it the chunked one is both faster and
+memory-bounded (docs/benchmarks.md)."""
+
+BLOCK_ELEMENTS = 1 << 21
+"""Pair terms per block in the chunked computation (8 MB per float32 temporary)."""
 
 
 @dataclass
@@ -79,17 +100,20 @@ def pairwise_rank_loss(
         :class:`LossOutput` with the scalar loss and the number of valid pairs.
 
     Shapes:
-        scores, targets, group: ``[B]``; internally ``(B, B)`` pair matrices.
+        scores, targets, group: ``[B]``; internally ``(B, B)`` pair matrices, or row blocks
+        of them above :data:`CHUNK_THRESHOLD` items (see :func:`pairwise_rank_loss_chunked`).
     """
-    if scores.dim() != 1 or targets.shape != scores.shape:
-        raise ValueError(
-            f"scores and targets must both be 1-D of the same length; got scores "
-            f"{tuple(scores.shape)} and targets {tuple(targets.shape)}"
+    _check_args(scores, targets, temperature, group)
+    if scores.shape[0] > CHUNK_THRESHOLD:
+        return pairwise_rank_loss_chunked(
+            scores,
+            targets,
+            margin_eps=margin_eps,
+            tie_eps=tie_eps,
+            temperature=temperature,
+            weight_by_diff=weight_by_diff,
+            group=group,
         )
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if group is not None and group.shape != scores.shape:
-        raise ValueError(f"group must have shape {tuple(scores.shape)}, got {tuple(group.shape)}")
     work_dtype = torch.promote_types(scores.dtype, torch.float32)
     s = scores.to(work_dtype)
     y = targets.to(work_dtype)
@@ -108,6 +132,116 @@ def pairwise_rank_loss(
     else:
         loss = per_pair.mean()
     return LossOutput(loss=loss, num_pairs=num_pairs)
+
+
+def _check_args(scores: Tensor, targets: Tensor, temperature: float, group: Tensor | None) -> None:
+    if scores.dim() != 1 or targets.shape != scores.shape:
+        raise ValueError(
+            f"scores and targets must both be 1-D of the same length; got scores "
+            f"{tuple(scores.shape)} and targets {tuple(targets.shape)}"
+        )
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if group is not None and group.shape != scores.shape:
+        raise ValueError(f"group must have shape {tuple(scores.shape)}, got {tuple(group.shape)}")
+
+
+def _block_terms(s: Tensor, y: Tensor, group: Tensor | None, rows: slice, opts: dict) -> tuple:
+    """Score gaps ``z``, pair weights ``w`` (0 where invalid) and the valid mask of ``rows``.
+
+    All three are ``(b, B)`` for a block of ``b`` rows.
+    """
+    # Same expression as valid_pair_mask, restricted to the block's rows.
+    dy = y[rows, None] - y[None, :]  # (b, B)
+    mask = (dy > opts["margin_eps"]) & (dy.abs() > opts["tie_eps"])
+    if group is not None:
+        mask &= group[rows, None] == group[None, :]
+    z = (s[rows, None] - s[None, :]) / opts["temperature"]  # (b, B)
+    w = torch.where(mask, dy.abs(), 0.0) if opts["weight_by_diff"] else mask.to(s.dtype)
+    return z, w, mask
+
+
+class _ChunkedPairLoss(torch.autograd.Function):
+    """Weighted mean of ``softplus(-z_ij)`` over valid pairs, computed block by block.
+
+    Forward keeps only ``scores``/``targets``; backward recomputes each block and uses
+    ``d softplus(-z)/dz = -sigmoid(-z)``, so no ``(B, B)`` tensor outlives its block.
+    """
+
+    @staticmethod
+    def forward(ctx, s, y, group, block_rows, opts):  # noqa: D102
+        num = s.new_zeros(())
+        den = s.new_zeros(())
+        count = torch.zeros((), dtype=torch.long, device=s.device)
+        for i0 in range(0, s.shape[0], block_rows):
+            z, w, mask = _block_terms(s, y, group, slice(i0, i0 + block_rows), opts)
+            num += (F.softplus(-z) * w).sum()
+            den += w.sum()
+            count += mask.sum()
+        ctx.save_for_backward(s, y, den, *(() if group is None else (group,)))
+        ctx.block_rows, ctx.opts = block_rows, opts
+        ctx.mark_non_differentiable(count)
+        loss = num / den if bool(den > 0) else num
+        return loss, count
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss, _grad_count):  # noqa: D102
+        s, y, den, *rest = ctx.saved_tensors
+        group = rest[0] if rest else None
+        grad = torch.zeros_like(s)
+        if not bool(den > 0):
+            return grad, None, None, None, None
+        coef = grad_loss / (den * ctx.opts["temperature"])
+        for i0 in range(0, s.shape[0], ctx.block_rows):
+            rows = slice(i0, i0 + ctx.block_rows)
+            z, w, _ = _block_terms(s, y, group, rows, ctx.opts)
+            g = torch.sigmoid(-z).mul_(w).mul_(coef)  # (b, B): -dL/ds_i for pair (i, j)
+            grad[rows] -= g.sum(dim=1)
+            grad += g.sum(dim=0)
+        return grad, None, None, None, None
+
+
+def pairwise_rank_loss_chunked(
+    scores: Tensor,
+    targets: Tensor,
+    *,
+    margin_eps: float = 0.0,
+    tie_eps: float = 1e-6,
+    temperature: float = 1.0,
+    weight_by_diff: bool = False,
+    group: Tensor | None = None,
+    block_rows: int | None = None,
+) -> LossOutput:
+    """:func:`pairwise_rank_loss` computed in row blocks with memory ``O(B * block_rows)``.
+
+    Same arguments, loss and gradients (up to float summation order). Targets and groups are
+    labels: no gradient flows to them. Supports first derivatives only (no double backward).
+
+    Args:
+        block_rows: rows of the ``(B, B)`` pair matrix per block; default
+            ``BLOCK_ELEMENTS // B`` (at least 1).
+
+    Shapes:
+        scores, targets, group: ``[B]``; temporaries ``(block_rows, B)``.
+    """
+    _check_args(scores, targets, temperature, group)
+    n = scores.shape[0]
+    if block_rows is None:
+        block_rows = max(1, BLOCK_ELEMENTS // max(n, 1))
+    if block_rows < 1:
+        raise ValueError(f"block_rows must be >= 1, got {block_rows}")
+    work_dtype = torch.promote_types(scores.dtype, torch.float32)
+    opts = {
+        "margin_eps": margin_eps,
+        "tie_eps": tie_eps,
+        "temperature": temperature,
+        "weight_by_diff": weight_by_diff,
+    }
+    loss, count = _ChunkedPairLoss.apply(
+        scores.to(work_dtype), targets.detach().to(work_dtype), group, block_rows, opts
+    )
+    return LossOutput(loss=loss, num_pairs=int(count))
 
 
 class PairwiseRankLoss(torch.nn.Module):
