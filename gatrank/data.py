@@ -226,7 +226,8 @@ def _mol_codes(smiles: str) -> tuple[str, str] | tuple[np.ndarray, np.ndarray, n
     try:
         data = from_rdmol(mol)
     except ValueError as exc:
-        return "unsupported_molecule", f"PyG's featurizer has no category for it ({exc})"
+        return ("unsupported_molecule", "PyG's featurizer has no category for one of its atom "
+                f"or bond properties ({exc})")
     return (data.x.numpy().astype(np.uint8), data.edge_index.numpy(),
             data.edge_attr.numpy().astype(np.uint8))
 
@@ -859,9 +860,12 @@ def _collect(path: str | Path, allow_outside_root: bool, cache_dir: str | Path |
     featurized = _featurize_all([smiles[i] for i in smiles_rows], cache_dir, num_workers)
     for i, out in zip(smiles_rows, featurized, strict=True):
         smi = smiles[i]
-        if isinstance(out[0], str):
+        if out[0] == "invalid_smiles":
             report(i, str(parsed.manifest), out[0], f"SMILES {smi!r} is invalid: {out[1]}",
                    "correct the SMILES (check it in RDKit: Chem.MolFromSmiles), or remove the row")
+        elif isinstance(out[0], str):
+            report(i, str(parsed.manifest), out[0], f"cannot featurize SMILES {smi!r}: {out[1]}",
+                   "remove the row, or featurize it yourself and give it as a graph file")
         elif out[0].shape[0] == 0:
             report(i, str(parsed.manifest), "empty_graph", f"SMILES {smi!r} has no atoms",
                    "correct the SMILES, or remove the row")
@@ -881,8 +885,8 @@ def _collect(path: str | Path, allow_outside_root: bool, cache_dir: str | Path |
         try:
             if not full.is_file():
                 raise _FileProblem("missing_file", f"graph file {rel!r} does not exist "
-                                   f"(looked for {full})", "check the path: it is relative "
-                                   "to the manifest's folder")
+                                   f"(looked for {full.absolute()})", "check the path: it is "
+                                   "relative to the manifest's folder")
             raw = _LOADERS[full.suffix.lower()](full)
         except _FileProblem as fp:
             report(i, rel, fp.code, fp.problem, fp.fix)
@@ -892,7 +896,7 @@ def _collect(path: str | Path, allow_outside_root: bool, cache_dir: str | Path |
                    "torch.save({'x': x, 'edge_index': edge_index}, path), or torch.save(Data)")
             continue
         except Exception as exc:  # parsers raise many exception types on corrupt input
-            msg = str(exc).splitlines()[0][:200] if str(exc) else ""
+            msg = str(exc).split(". ")[0].splitlines()[0][:200] if str(exc) else ""
             report(i, rel, "unreadable_file",
                    f"cannot read {rel!r}: {type(exc).__name__}: {msg}",
                    "the file is corrupt or truncated, or not in the format its extension says; "
@@ -984,11 +988,6 @@ def _assemble(col: _Collected, dropped: list[DataProblem]) -> GraphSet:
             if ea is not None:
                 attrs["edge_attr"] = ea
             graphs.append(_make_data(attrs))
-    if has_groups:
-        sizes = table["group"].value_counts()
-        if (sizes == 1).any():
-            logger.warning("%d group(s) have a single graph and contribute no ranking pairs",
-                           int((sizes == 1).sum()))
     return GraphSet(graphs, table, int(items[0][0].shape[1]), parsed.manifest, dropped)
 
 
@@ -1024,7 +1023,12 @@ def load_graphs(path: str | Path, *, on_error: str = "raise", allow_outside_root
         logger.warning("dropped %d of %d manifest rows with problems (%d problems; see "
                        "GraphSet.dropped)", len(col.parsed.table) - len(col.keep),
                        len(col.parsed.table), len(errors))
-    return _assemble(col, errors)
+    gs = _assemble(col, errors)
+    singletons = int((gs.table["group"].value_counts() == 1).sum())
+    if singletons:
+        logger.warning("%d group(s) have a single graph and contribute no ranking pairs",
+                       singletons)
+    return gs
 
 
 # --------------------------------------------------------------------------- check report

@@ -217,6 +217,7 @@ ROW_CASES = {
     "both_sources": "id,y,path,smiles\na,1,a.pt,\nb,2,b.pt,\nc,3,a.pt,CCO\n",
     "no_source": "id,y,path,smiles\na,1,a.pt,\nb,2,b.pt,\nc,3,,\n",
     "invalid_smiles": "id,y,smiles\na,1,CCO\nb,2,CCN\nc,3,C1CC(\n",
+    "unsupported_molecule": "id,y,smiles\na,1,CCO\nb,2,CCN\nc,3,[C-6]C\n",  # charge -6
     "duplicate_id": "id,y,path\na,1,a.pt\nb,2,b.pt\na,3,a.pt\n",
     "unknown_split": "id,y,path,split\na,1,a.pt,train\nb,2,b.pt,test\nc,3,a.pt,valid\n",
     "missing_split": "id,y,path,split\na,1,a.pt,train\nb,2,b.pt,test\nc,3,a.pt,\n",

@@ -1,0 +1,204 @@
+"""Embedded data sets that need no network, each written out as an ordinary manifest.
+
+The real sets come from files shipped inside RDKit's wheel; ``synthetic`` is generated with a
+planted, known signal. Writing them as ``manifest.csv`` means the embedded default goes through
+exactly the loading path a user's own data takes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch_geometric.data import Data
+
+from gatrank.data import default_cache_dir
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DATASETS", "list_datasets", "write_dataset", "default_manifest", "DEFAULT_DATASET"]
+
+DEFAULT_DATASET = "chembl-activity"
+DATASETS: dict[str, str] = {
+    "chembl-activity": "1,017 compounds of one ChEMBL series (CHEMBL2321810) ranked by measured "
+                       "activity (pIC50); a real ranking task (the default)",
+    "nci-tpsa": "about 5,000 NCI molecules with their topological polar surface area, a target "
+                "the graph fully determines",
+    "synthetic": "random graphs with a planted signal (type-0 node count + 0.5 x cycle rank) "
+                 "plus noise, as .pt files; knobs make it collapse-prone",
+}
+# Rows written with default options (nci-tpsa: 4,999 rows minus 8 SMILES RDKit cannot parse).
+_SIZES = {"chembl-activity": 1017, "nci-tpsa": 4991, "synthetic": 512}
+_SYNTHETIC_OPTIONS = {"noise": 0.05, "num_groups": 0, "constant_features": False}
+_NUM_TYPES = 4  # one-hot node types of synthetic graphs; type 0 carries the signal
+
+
+def list_datasets() -> list[dict[str, Any]]:
+    """``[{"name", "description", "size"}]``; size = rows written with default options."""
+    return [{"name": k, "description": v, "size": _SIZES[k]} for k, v in DATASETS.items()]
+
+
+def _rdkit_file(*parts: str, contrib: bool) -> Path:
+    from rdkit import RDConfig
+
+    path = Path(RDConfig.RDContribDir if contrib else RDConfig.RDDataDir, *parts)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the RDKit installation; install the "
+                                "PyPI 'rdkit' wheel, which ships it")
+    return path
+
+
+def _chembl_activity() -> pd.DataFrame:
+    """id, smiles, y (pIC50) for CHEMBL2321810, joined on the compound name."""
+    smi = pd.read_csv(_rdkit_file("FreeWilson", "data", "CHEMBL2321810.smi", contrib=True),
+                      sep=" ", header=None, names=["smiles", "id"], dtype=str)
+    act = pd.read_csv(_rdkit_file("FreeWilson", "data", "CHEMBL2321810_act.csv", contrib=True),
+                      dtype={"Name": str}).rename(columns={"Name": "id", "Act": "y"})
+    return smi.merge(act, on="id", how="inner", validate="one_to_one")[["id", "smiles", "y"]]
+
+
+def _nci_tpsa() -> pd.DataFrame:
+    """id (the NCI row number from first_5K.smi), smiles, y (TPSA); unparsable SMILES dropped."""
+    from rdkit import Chem, RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+    # skip only the leading '#' comment line: '#' inside SMILES is a triple bond
+    lines = _rdkit_file("NCI", "first_5k.tpsa.csv", contrib=False).read_text().splitlines()
+    table = pd.DataFrame([ln.rsplit(",", 1) for ln in lines if ln and not ln.startswith("#")],
+                         columns=["smiles", "y"]).astype({"y": float})
+    names = pd.read_csv(_rdkit_file("NCI", "first_5K.smi", contrib=False), sep="\t",
+                        header=None, names=["smiles", "id"], dtype=str)
+    if not (names["smiles"].to_numpy() == table["smiles"].to_numpy()).all():
+        raise ValueError("RDKit's NCI first_5K.smi and first_5k.tpsa.csv rows do not line up")
+    table.insert(0, "id", names["id"])
+    ok = [(m := Chem.MolFromSmiles(s)) is not None and m.GetNumBonds() > 0
+          for s in table["smiles"]]
+    if not all(ok):
+        logger.info("nci-tpsa: leaving out %d molecules RDKit cannot parse or without bonds",
+                    len(ok) - sum(ok))
+    return table[ok].reset_index(drop=True)
+
+
+def _write_manifest(table: pd.DataFrame, out_dir: Path) -> Path:
+    """Write ``out_dir/manifest.csv`` atomically, so a reader never sees half a file."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = out_dir / "manifest.csv"
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".manifest", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+            table.to_csv(f, index=False)
+        os.replace(tmp, manifest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return manifest
+
+
+def _random_graph(rng: np.random.Generator, num_nodes: int) -> tuple[torch.Tensor, int]:
+    """A connected random graph: a random tree plus a few extra edges.
+
+    Returns ``edge_index`` int64 ``[2, 2 * num_undirected_edges]`` (both directions) and the
+    cycle rank (extra edges beyond the tree).
+    """
+    pairs = {(int(rng.integers(0, i)), i) for i in range(1, num_nodes)}
+    tree = len(pairs)
+    for _ in range(int(rng.integers(0, num_nodes // 3 + 1))):
+        u, v = sorted(int(a) for a in rng.choice(num_nodes, size=2, replace=False))
+        pairs.add((u, v))
+    und = torch.tensor(sorted(pairs), dtype=torch.long).t()  # [2, E_undirected]
+    return torch.cat([und, und.flip(0)], dim=1), len(pairs) - tree
+
+
+def _synthetic(out_dir: Path, n: int, seed: int, noise: float, num_groups: int,
+               constant_features: bool) -> pd.DataFrame:
+    """Write ``n`` graphs to ``out_dir/graphs/*.pt``; return the manifest table.
+
+    Node features: one-hot type (4) + 2 standard-normal distractors, or all ones when
+    ``constant_features`` (the model then cannot tell nodes apart). Target:
+    ``signal = (#type-0 nodes) + 0.5 * cycle_rank`` and ``y = signal + noise * std(signal) * eps``.
+    """
+    if n < 2:
+        raise ValueError(f"synthetic needs n >= 2 graphs to form pairs, got n={n}")
+    if noise < 0:
+        raise ValueError(f"noise must be >= 0, got {noise}")
+    if num_groups < 0 or (num_groups and n < 2 * num_groups):
+        raise ValueError(f"num_groups={num_groups} needs n >= 2 * num_groups (got n={n}) so "
+                         "every group has at least two graphs; use num_groups=0 for no groups")
+    rng = np.random.default_rng(seed)
+    graph_dir = out_dir / "graphs"
+    graph_dir.mkdir(parents=True, exist_ok=True)
+    rows, signal = [], []
+    for k in range(n):
+        num_nodes = int(rng.integers(8, 31))
+        types = rng.integers(0, _NUM_TYPES, num_nodes)
+        cont = rng.standard_normal((num_nodes, 2))
+        edge_index, cycle_rank = _random_graph(rng, num_nodes)
+        if constant_features:
+            x = torch.ones(num_nodes, _NUM_TYPES + 2)
+        else:
+            x = torch.cat([torch.nn.functional.one_hot(torch.from_numpy(types), _NUM_TYPES),
+                           torch.from_numpy(cont)], dim=1).float()
+        rel = f"graphs/g{k:05d}.pt"
+        torch.save(Data(x=x, edge_index=edge_index), out_dir / rel)
+        signal.append(float((types == 0).sum()) + 0.5 * cycle_rank)
+        rows.append({"id": f"g{k:05d}", "path": rel})
+    sig = np.asarray(signal)
+    y = sig + noise * (sig.std() or 1.0) * rng.standard_normal(n)
+    table = pd.DataFrame(rows)
+    table["y"] = np.round(y, 6)
+    table["signal"] = sig  # the planted signal, for checks; gatrank ignores unknown columns
+    if num_groups:
+        table["group"] = [f"q{g}" for g in rng.permutation(np.arange(n) % num_groups)]
+    return table
+
+
+def write_dataset(name: str, out_dir: str | Path, *, n: int | None = None, seed: int = 0,
+                  **options: Any) -> Path:
+    """Write data set ``name`` as ``out_dir/manifest.csv`` (+ graph files); return its path.
+
+    Args:
+        name: one of ``DATASETS``.
+        out_dir: folder to write into (created).
+        n: number of graphs. Real sets: a seeded random sample of ``n`` rows kept in source
+            order (default: all). ``synthetic``: how many to generate (default 512).
+        seed: seeds the sample or the generator; the same seed writes the same data.
+        options: ``synthetic`` only: ``noise`` (0.05), ``num_groups`` (0 = no group column),
+            ``constant_features`` (False).
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+    out_dir = Path(out_dir)
+    allowed = _SYNTHETIC_OPTIONS if name == "synthetic" else {}
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for data set {name!r}; allowed: "
+                         f"{sorted(allowed) or 'none'}")
+    if n is not None and n < 1:
+        raise ValueError(f"n must be a positive number of graphs, got {n}")
+    if name == "synthetic":
+        table = _synthetic(out_dir, 512 if n is None else n, seed, **{**allowed, **options})
+    else:
+        table = _chembl_activity() if name == "chembl-activity" else _nci_tpsa()
+        if n is not None:
+            if n > len(table):
+                raise ValueError(f"{name} has {len(table)} molecules; n={n} is too many")
+            keep = np.sort(np.random.default_rng(seed).choice(len(table), n, replace=False))
+            table = table.iloc[keep].reset_index(drop=True)
+    manifest = _write_manifest(table, out_dir)
+    logger.info("wrote %s (%d rows) to %s", name, len(table), manifest)
+    return manifest
+
+
+def default_manifest(cache_dir: str | Path | None = None) -> Path:
+    """The embedded default (chembl-activity) under ``<cache>/datasets/``, written once."""
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    manifest = root / "datasets" / DEFAULT_DATASET / "manifest.csv"
+    if manifest.is_file():
+        return manifest
+    return write_dataset(DEFAULT_DATASET, manifest.parent)
