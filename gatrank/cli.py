@@ -14,6 +14,7 @@ logger = logging.getLogger("gatrank")
 
 EXIT_PROBLEMS = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 
 class CommandFailed(Exception):
@@ -56,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-outside-root", action="store_true",
                    help="allow graph paths outside the manifest's folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--resume", default="", metavar="LAST_PT",
+                   help="continue an interrupted run from its last.pt (its config, model and "
+                        "folder unless given; --epochs may extend it)")
     _add_model_loss(p)
     _add_common(p)
 
@@ -73,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", default="", help="default: the embedded chembl-activity")
     p.add_argument("--json", default="", help="also write the report as JSON here")
     p.add_argument("--allow-outside-root", action="store_true")
+    p.add_argument("--on-error", choices=["raise", "skip"], default="raise",
+                   help="skip: pass (exit 0) when training with --on-error skip would drop the "
+                        "listed rows and still have graphs left")
     _add_common(p)
 
     p = sub.add_parser("datasets", help="embedded data sets (no network)")
@@ -89,10 +96,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from gatrank.config import load_config, overfit_config
-    from gatrank.train import train
+    from gatrank.config import ConfigError, load_config, overfit_config
+    from gatrank.train import checkpoint_config, train
 
-    cfg = load_config(args.config or None)
+    if args.overfit_n and args.overfit_n < 2:
+        raise ConfigError(
+            f"--overfit-n {args.overfit_n} is out of range: allowed 0 (off) or >= 2 "
+            "(ranking needs pairs; the runbook uses 32)"
+        )
+    if args.resume:
+        if not Path(args.resume).is_file():
+            raise FileNotFoundError(f"--resume {args.resume}: no such file (pass a run's last.pt)")
+        if args.config:
+            cfg, spec = load_config(args.config), ""
+        else:
+            cfg, spec = checkpoint_config(args.resume)
+        args.model = args.model or spec
+        args.out = args.out or str(Path(args.resume).parent)
+    else:
+        cfg = load_config(args.config or None)
     overrides = {}
     if args.manifest:
         overrides["data.manifest"] = args.manifest
@@ -120,8 +142,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         out_dir=args.out or None,
         progress=not args.no_progress,
         with_baseline=not args.no_baseline,
+        resume=args.resume or None,
     )
     s = res.summary
+    if s.get("dropped_rows"):
+        print(f"\ndropped {s['num_dropped_rows']} manifest row(s) with problems (--on-error skip):")
+        for p in s["dropped_rows"]:
+            print(f"  line {p['line']}  id {p['id']}  {p['file']}: {p['problem']} [{p['code']}]")
     final = s["final"]
     print(
         f"\n{s['mode']} run {s['status']} after {s['epochs_run']} epochs in {s['wall_time_s']:.1f}s "
@@ -148,6 +175,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
               f"pairwise accuracy {t['pairwise_accuracy']:.3f}")
     if args.out:
         print(f"wrote {args.out}/metrics.jsonl, summary.json, best.pt, last.pt")
+    if s["status"] == "interrupted":
+        print(f"{s['stop_reason']}.", file=sys.stderr)
+        if args.out:
+            print(f"continue with: gatrank train --resume {Path(args.out) / 'last.pt'}",
+                  file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0 if s["status"] == "completed" else EXIT_PROBLEMS
 
 
@@ -183,7 +216,15 @@ def _cmd_check_data(args: argparse.Namespace) -> int:
     print(report.format_table())
     if args.json:
         write_json(args.json, report.to_dict())
-    return 0 if report.ok else EXIT_PROBLEMS
+    if report.ok:
+        return 0
+    bad_lines = sorted({p.line for p in report.errors if p.line is not None})
+    skippable = report.summary["num_graphs"] > 0 and all(p.line for p in report.errors)
+    if args.on_error == "skip" and skippable:
+        print(f"\n--on-error skip: training would drop {len(bad_lines)} row(s) (lines "
+              f"{', '.join(map(str, bad_lines))}) and keep {report.summary['num_graphs']} graphs")
+        return 0
+    return EXIT_PROBLEMS
 
 
 def _cmd_datasets(args: argparse.Namespace) -> int:
@@ -222,13 +263,17 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the CLI turns every failure into a message
         if args.debug:
             raise
-        from gatrank.data import DataError
+        from gatrank.data import DataError, UnsafeFileError
+        from gatrank.train import NonFiniteError
 
         kind = (
             "data problems" if isinstance(exc, DataError)
             else "config error" if isinstance(exc, ConfigError)
+            else "unsafe file refused" if isinstance(exc, UnsafeFileError)
+            else "training stopped" if isinstance(exc, NonFiniteError)
             else type(exc).__name__
         )
         print(f"gatrank {args.command}: {kind}:\n{exc}", file=sys.stderr)
         print("(run with --debug for the traceback)", file=sys.stderr)
-        return EXIT_PROBLEMS if isinstance(exc, DataError) else EXIT_USAGE
+        found = isinstance(exc, (DataError, NonFiniteError, UnsafeFileError))
+        return EXIT_PROBLEMS if found else EXIT_USAGE

@@ -314,6 +314,12 @@ def overfit_config(base: Config, n: int = 32) -> Config:
     First ``n`` graphs, no validation split, 500 epochs, learning rate 5e-3, dropout off, metrics
     every 10 epochs. The whole subset is one batch so every pair is seen at each step.
     """
+    # n = 0 would silently mean "overfit mode off", i.e. 500 epochs of full training
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ConfigError(
+            f"overfit n = {n!r} is out of range: allowed an integer >= 2 (ranking needs pairs; "
+            "the runbook uses 32)"
+        )
     return base.updated(
         {
             "training.overfit_n": n,

@@ -13,10 +13,14 @@ training, the same metrics on the validation split.
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import logging
 import math
 import platform
 import random
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +51,7 @@ __all__ = [
     "predict",
     "train",
     "environment_info",
+    "checkpoint_config",
 ]
 
 logger = logging.getLogger(__name__)
@@ -55,7 +60,12 @@ LossFn = Callable[[Tensor, Tensor, "Tensor | None"], LossOutput]
 
 
 class NonFiniteError(RuntimeError):
-    """The loss or gradient norm became NaN/Inf and ``training.nonfinite`` is ``stop``."""
+    """The loss or gradient norm became NaN/Inf and ``training.nonfinite`` is ``stop`` (or the
+    parameters themselves are non-finite, which skipping steps cannot repair)."""
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, routed through the Ctrl-C path so both save a resumable ``last.pt``."""
 
 
 @dataclass
@@ -100,6 +110,129 @@ def environment_info() -> dict[str, str]:
         "scipy": scipy.__version__,
         "platform": platform.platform(),
     }
+
+
+# Keys a resumed run may change; every other config key must match the checkpoint, because it
+# changes the trajectory (the data section is checked through the split and a data fingerprint).
+_RESUME_MAY_CHANGE = frozenset(
+    {"epochs", "device", "enable_debug_logs", "nonfinite", "log_every", "patience"}
+)
+
+
+def _rng_state(loader_gen: torch.Generator) -> dict[str, Any]:
+    """Every random state the loop draws from, storable under ``weights_only=True``."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+        "loader": loader_gen.get_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], loader_gen: torch.Generator) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    loader_gen.set_state(state["loader"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _route_sigterm() -> Callable[[], Any]:
+    """Make SIGTERM raise :class:`_Terminated` (the Ctrl-C path); returns the undo function.
+
+    Signal handlers can only be installed from the main thread; elsewhere nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum: int, frame: Any) -> None:
+        raise _Terminated(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(
+        signal.SIGTERM, previous if previous is not None else signal.SIG_DFL
+    )
+
+
+def _all_finite(state: dict[str, Tensor]) -> bool:
+    return all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point())
+
+
+def _cpu_clone(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+
+def _data_fingerprint(graphs: Sequence) -> str:
+    """Hash of every graph's id and target: a resumed run must see the same data."""
+    h = hashlib.sha256()
+    for i, g in enumerate(graphs):
+        h.update(f"{getattr(g, 'gid', i)}\0".encode())
+        h.update(g.y.detach().cpu().to(torch.float64).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def checkpoint_config(path: str | Path) -> tuple[Config, str]:
+    """The config and model spec stored in a gatrank checkpoint (read with ``weights_only``).
+
+    ``--resume`` uses this so ``gatrank train --resume run/last.pt`` needs no other flag.
+    """
+    from gatrank.data import safe_torch_load
+
+    ckpt = safe_torch_load(path)
+    if not isinstance(ckpt, dict) or "config" not in ckpt:
+        raise ValueError(f"{path} is not a gatrank checkpoint (no 'config' entry)")
+    return Config.from_dict(ckpt["config"], source=f"{path}:config"), ckpt.get("model_spec", "")
+
+
+def _load_resume(
+    path: str | Path, config: Config, splits: dict, in_channels: int, fingerprint: str,
+    model_name: str,
+) -> dict[str, Any]:
+    """Read a ``last.pt`` and check it belongs to this run; errors say what differs."""
+    from gatrank.data import safe_torch_load
+
+    ckpt = safe_torch_load(path)
+    if not isinstance(ckpt, dict) or "resume" not in ckpt:
+        raise ValueError(
+            f"{path} cannot be resumed: it holds no training state (best.pt and checkpoints "
+            "written before gatrank 0.1 only hold weights); resume from the run's last.pt"
+        )
+    theirs, ours = ckpt["config"], config.to_dict()
+    changed = [
+        f"{sec}.{key}: {theirs[sec].get(key)!r} -> {val!r}"
+        for sec in ("model", "loss", "training")
+        for key, val in ours[sec].items()
+        if theirs[sec].get(key) != val and not (sec == "training" and key in _RESUME_MAY_CHANGE)
+    ]
+    if changed:
+        raise ValueError(
+            f"cannot resume from {path}: the config differs from the checkpoint's in "
+            f"{'; '.join(changed)}. Resume with the same config (only training."
+            f"{', training.'.join(sorted(_RESUME_MAY_CHANGE))} may change), or start a new run"
+        )
+    if ckpt.get("model_name", model_name) != model_name:
+        raise ValueError(
+            f"cannot resume from {path}: it trained model {ckpt['model_name']!r}, not "
+            f"{model_name!r}; pass the same --model"
+        )
+    if (
+        ckpt.get("data_fingerprint") != fingerprint
+        or ckpt["in_channels"] != in_channels
+        or {k: list(v) for k, v in ckpt["splits"].items()}
+        != {k: list(v) for k, v in splits.items()}
+    ):
+        raise ValueError(
+            f"cannot resume from {path}: the graphs (ids, targets, features or splits) differ "
+            "from the ones it trained on; use the same manifest and data settings"
+        )
+    return ckpt
 
 
 def make_loss_fn(loss: str | Callable | None, config: Config) -> LossFn:
@@ -214,6 +347,7 @@ def train(
     splits: dict[str, list[int]] | None = None,
     with_baseline: bool = False,
     probes: Sequence[Callable[[nn.Module, list, torch.device], dict[str, Any]]] = (),
+    resume: str | Path | None = None,
 ) -> TrainResult:
     """Train a ranking model and return it with its history.
 
@@ -233,10 +367,22 @@ def train(
         probes: measurements taken at each logged epoch: ``probe(model, train_graphs, device)``
             returns a dict merged into the record (see :mod:`gatrank.diagnostics`). They run
             after the epoch's last optimizer step, so gradients of that step are still there.
+        resume: a ``last.pt`` of an earlier run with the same config (only
+            ``training.epochs``/``device``/``nonfinite``/``log_every``/``patience``/
+            ``enable_debug_logs`` may change): continues after its last complete epoch. On CPU
+            the result equals an uninterrupted run's, weights and metrics.
+
+    Ctrl-C or SIGTERM stops training and keeps the state after the last *complete* epoch:
+    ``last.pt`` (with optimizer, history, best-so-far, early-stopping counter and all RNG
+    states), ``summary.json`` with status ``interrupted``, and the returned model. ``last.pt``
+    is also refreshed at every logged epoch, so a hard crash loses at most ``log_every`` epochs.
 
     Raises:
-        NonFiniteError: a NaN/Inf loss or gradient with ``training.nonfinite == "stop"``; the
-            message names the epoch and batch, and the last good checkpoint is kept.
+        NonFiniteError: a NaN/Inf loss or gradient with ``training.nonfinite == "stop"``, or
+            non-finite parameters in either mode; the message names the epoch and batch.
+            ``last.pt`` then holds the last complete epoch if its weights are finite (else the
+            previous file is left alone), ``best.pt`` is never overwritten with non-finite
+            weights, and ``summary.json`` has status ``nonfinite``.
     """
     tc = config.training
     t_start = time.perf_counter()
@@ -259,6 +405,11 @@ def train(
             )
     train_set = [gs[i] for i in splits["train"]]
     val_set = [gs[i] for i in splits.get("val", [])]
+    if overfit and tc.overfit_n > len(gs):
+        logger.warning(
+            "training.overfit_n=%d but the data has only %d graphs: overfitting all of them",
+            tc.overfit_n, len(gs),
+        )
     if len(train_set) < 2:
         raise ValueError(
             f"only {len(train_set)} training graph(s): ranking needs at least 2; "
@@ -282,44 +433,100 @@ def train(
         drop_last=False,
     )
     out = Path(out_dir) if out_dir else None
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.jsonl").write_text("")
     history: list[dict[str, Any]] = []
-    best = {"epoch": 0, "val_spearman": -math.inf, "state": None}
+    best: dict[str, Any] = {"epoch": 0, "val_spearman": -math.inf, "state": None}
     skipped_steps = 0
     status = "completed"
     stop_reason = ""
     epochs_since_best = 0
+    early = False
+    failure: NonFiniteError | None = None
     tie_eps = config.loss.tie_eps
+    fingerprint = _data_fingerprint(gs)
+    spec = model_name if isinstance(model, str) or model is None else ""
 
-    def checkpoint(name: str, epoch: int) -> None:
+    def snapshot(epochs_done: int) -> dict[str, Any]:
+        """Everything an exact resume needs after ``epochs_done`` complete epochs."""
+        return {
+            "state_dict": _cpu_clone(net.state_dict()),
+            "optimizer": copy.deepcopy(optimizer.state_dict()),
+            "epoch": epochs_done,
+            "metrics": list(history),
+            "resume": {
+                "best_epoch": best["epoch"],
+                "best_val_spearman": best["val_spearman"],
+                "best_state": best["state"],  # replaced, never mutated: no copy needed
+                "epochs_since_best": epochs_since_best,
+                "skipped_steps": skipped_steps,
+                "early_stopped": early,
+                "stop_reason": stop_reason,
+                "elapsed_s": time.perf_counter() - t_start,
+                "rng": _rng_state(loader_gen),
+            },
+        }
+
+    def restore(state: dict[str, Any]) -> None:
+        nonlocal history, best, epochs_since_best, skipped_steps, early, stop_reason
+        net.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        history = list(state["metrics"])
+        r = state["resume"]
+        best = {
+            "epoch": r["best_epoch"],
+            "val_spearman": r["best_val_spearman"],
+            "state": None if r["best_state"] is None
+            else {k: v.to(device) for k, v in r["best_state"].items()},
+        }
+        epochs_since_best, skipped_steps = r["epochs_since_best"], r["skipped_steps"]
+        early, stop_reason = r["early_stopped"], r["stop_reason"]
+
+    def save(name: str, state: dict[str, Any], run_status: str) -> None:
         if out:
             atomic_torch_save(
                 out / name,
                 {
-                    "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-                    "optimizer": optimizer.state_dict(),
+                    **state,
                     "config": config.to_dict(),
-                    "model_spec": model_name if isinstance(model, str) or model is None else "",
+                    "model_spec": spec,
+                    "model_name": model_name,
                     "in_channels": gs.num_features,
-                    "epoch": epoch,
-                    "metrics": history,
                     "splits": splits,
+                    "data_fingerprint": fingerprint,
+                    "status": run_status,
                 },
             )
+
+    start_epoch = 1
+    if resume:
+        ckpt = _load_resume(resume, config, splits, gs.num_features, fingerprint, model_name)
+        restore(ckpt)
+        start_epoch = ckpt["epoch"] + 1
+        t_start -= ckpt["resume"]["elapsed_s"]
+        # last: model init and loader set-up above drew from the RNGs too
+        _set_rng_state(ckpt["resume"]["rng"], loader_gen)
+        logger.info("resuming from %s after epoch %d", resume, ckpt["epoch"])
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        # a resumed run's log restarts from the checkpoint's history (drops a lost partial epoch)
+        (out / "metrics.jsonl").write_text("")
+        append_jsonl(out / "metrics.jsonl", history)
 
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=tc.epochs, desc="overfit" if overfit else "train", unit="epoch", leave=False)
-    epoch = 0
+        bar = tqdm(total=tc.epochs, initial=min(start_epoch - 1, tc.epochs),
+                   desc="overfit" if overfit else "train", unit="epoch", leave=False)
+    epoch = start_epoch - 1
+    last_good = snapshot(epoch)
+    last_epoch = epoch if early else tc.epochs  # a resumed early-stopped run stays stopped
+    undo_sigterm = _route_sigterm()
     try:
-        for epoch in range(1, tc.epochs + 1):
+        for epoch in range(start_epoch, last_epoch + 1):
             net.train()
             losses, pairs, norms = [], [], []
             per_layer: dict[str, float] = {}
+            skipped_before = skipped_steps
             for b_idx, batch in enumerate(loader):
                 batch = batch.to(device)
                 optimizer.zero_grad(set_to_none=True)
@@ -334,11 +541,16 @@ def train(
                         f"non-finite {'loss' if not math.isfinite(loss_val) else 'gradient norm'} "
                         f"at epoch {epoch}, batch {b_idx} (loss={loss_val}, grad_norm={total})"
                     )
-                    if tc.nonfinite == "stop":
+                    params_ok = _all_finite(net.state_dict())
+                    if not params_ok:
+                        msg += ("; the parameters themselves are already NaN/Inf (an earlier step "
+                                "diverged), so skipping steps cannot recover")
+                    if tc.nonfinite == "stop" or not params_ok:
                         raise NonFiniteError(
-                            msg + "; stopped. The last good checkpoint is kept. Lower "
-                            "training.learning_rate, keep training.grad_clip on, and check the "
-                            "data for NaN/Inf (gatrank check-data)."
+                            msg + f"; stopped (training.nonfinite={tc.nonfinite}). Lower "
+                            "training.learning_rate, keep training.grad_clip on, check the data "
+                            "for NaN/Inf (gatrank check-data), or set training.nonfinite: skip "
+                            "to skip such steps."
                         )
                     skipped_steps += 1
                     logger.warning("%s; step skipped (training.nonfinite=skip)", msg)
@@ -349,6 +561,12 @@ def train(
                 losses.append(loss_val)
                 pairs.append(lo.num_pairs)
                 norms.append(total)
+            if not losses and skipped_steps > skipped_before:
+                raise NonFiniteError(
+                    f"every step of epoch {epoch} was non-finite and skipped "
+                    "(training.nonfinite=skip): training cannot make progress. Lower "
+                    "training.learning_rate and check the data (gatrank check-data)."
+                )
             train_loss = float(np.mean(losses)) if losses else float("nan")
             val_metrics: dict[str, float] = {}
             if val_set:
@@ -360,7 +578,9 @@ def train(
                         "state": {k: v.detach().clone() for k, v in net.state_dict().items()},
                     }
                     epochs_since_best = 0
-                    checkpoint("best.pt", epoch)
+                    save("best.pt", {"state_dict": _cpu_clone(net.state_dict()),
+                                     "optimizer": optimizer.state_dict(),
+                                     "epoch": epoch, "metrics": history}, "best")
                 else:
                     epochs_since_best += 1
             log_now = epoch == 1 or epoch % tc.log_every == 0 or epoch == tc.epochs
@@ -394,15 +614,33 @@ def train(
                 bar.set_postfix(loss=f"{train_loss:.4f}")
             if early:
                 stop_reason = f"early stop: no better validation Spearman for {tc.patience} epochs"
+            last_good = snapshot(epoch)
+            if log_now and not early and epoch < last_epoch:
+                save("last.pt", last_good, "running")
+            if early:
                 break
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        how = "SIGTERM" if isinstance(exc, _Terminated) else "Ctrl-C"
         status = "interrupted"
-        stop_reason = f"interrupted at epoch {epoch}"
-        logger.warning("training interrupted at epoch %d; saving last.pt", epoch)
+        restore(last_good)  # a half-done epoch cannot be resumed exactly: drop it
+        stop_reason = f"{how} during epoch {epoch}; kept the state after epoch {last_good['epoch']}"
+        epoch = last_good["epoch"]
+        logger.warning("training interrupted (%s); saving the state after epoch %d", how, epoch)
+    except NonFiniteError as exc:
+        if _all_finite(last_good["state_dict"]):
+            restore(last_good)
+        epoch = last_good["epoch"]
+        kept = "; the weights after it are non-finite, so last.pt was not written"
+        if _all_finite(last_good["state_dict"]):
+            kept = f", saved in {out / 'last.pt'}" if out else ""
+        status, stop_reason = "nonfinite", f"{exc} Last good state: after epoch {epoch}{kept}."
+        failure = NonFiniteError(stop_reason)
     finally:
+        undo_sigterm()
         if bar is not None:
             bar.close()
-    checkpoint("last.pt", epoch)
+    if status != "nonfinite" or _all_finite(last_good["state_dict"]):
+        save("last.pt", last_good, status)
     if best["state"] is not None:
         net.load_state_dict(best["state"])
     summary: dict[str, Any] = {
@@ -417,6 +655,8 @@ def train(
         "num_graphs": len(gs),
         "split_sizes": {k: len(v) for k, v in splits.items()},
         "skipped_steps": skipped_steps,
+        "resumed_from": str(resume) if resume else None,
+        "num_dropped_rows": len({(p.line, p.id) for p in getattr(gs, "dropped", [])}),
         "dropped_rows": [vars(p) for p in getattr(gs, "dropped", [])],
         "final": history[-1] if history else {},
         "best_epoch": best["epoch"] if val_set else epoch,
@@ -425,10 +665,10 @@ def train(
         "config": config.to_dict(),
         "versions": environment_info(),
     }
-    test_idx = splits.get("test", [])
+    test_idx = splits.get("test", []) if failure is None else []
     if test_idx:
         summary["test"] = _evaluate(net, [gs[i] for i in test_idx], device, tie_eps)
-    if with_baseline and not overfit:
+    if with_baseline and not overfit and status == "completed":
         base = train(
             config,
             graphs=gs,
@@ -443,9 +683,13 @@ def train(
             "test": base.summary.get("test", {}),
         }
     if out:
-        if best["state"] is None:
-            checkpoint("best.pt", epoch)
+        if best["state"] is None and failure is None:
+            save("best.pt", {"state_dict": _cpu_clone(net.state_dict()),
+                             "optimizer": optimizer.state_dict(),
+                             "epoch": epoch, "metrics": history}, "best")
         write_json(out / "summary.json", summary)
+    if failure is not None:
+        raise failure
     return TrainResult(model=net, history=history, summary=summary, splits=splits)
 
 
