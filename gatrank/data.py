@@ -144,9 +144,7 @@ class DataError(ValueError):
         where = f" in manifest {self.manifest}" if self.manifest else ""
         n = len(self.problems)
         hint = ""
-        if any(p.line is not None for p in self.problems) and all(
-            p.line is not None or p.code == "no_valid_graphs" for p in self.problems
-        ):
+        if self.problems and all(p.line is not None for p in self.problems):
             hint = ' (fix them, or load with on_error="skip" to drop the bad rows)'
         header = f"{n} problem{'s' if n != 1 else ''}{where}{hint}:"
         super().__init__(header + "\n" + _format_problems(self.problems))
@@ -456,6 +454,10 @@ def _load_json(path: Path) -> dict[str, Any]:
              (False, True): nx.MultiGraph, (True, True): nx.MultiDiGraph}[(directed, multi)]()
         for i, node in enumerate(obj["nodes"]):
             node = node if isinstance(node, dict) else {"id": node}
+            if node.get("id", i) in g:
+                raise _FileProblem("bad_graph_content",
+                                   f"node id {node.get('id', i)!r} appears more than once",
+                                   "give every node a unique 'id'")
             g.add_node(node.get("id", i), **node)
         for k, e in enumerate(edges):
             for end in ("source", "target"):
@@ -782,8 +784,10 @@ def read_manifest(path: str | Path, *, allow_outside_root: bool = False) -> pd.D
     errors = [p for p in parsed.problems if not p.is_warning]
     if errors:
         raise DataError(errors, parsed.manifest)
-    for p in parsed.problems:
-        logger.warning("%s line %s: %s", parsed.manifest, p.line, p.problem)
+    if parsed.problems:
+        logger.warning("%s: %d group(s) have a single row and form no ranking pairs (lines %s)",
+                       parsed.manifest, len(parsed.problems),
+                       ", ".join(str(p.line) for p in parsed.problems[:10]))
     assert parsed.table is not None
     return parsed.table
 
@@ -860,7 +864,7 @@ def _collect(path: str | Path, allow_outside_root: bool, cache_dir: str | Path |
     featurized = _featurize_all([smiles[i] for i in smiles_rows], cache_dir, num_workers)
     for i, out in zip(smiles_rows, featurized, strict=True):
         smi = smiles[i]
-        if out[0] == "invalid_smiles":
+        if isinstance(out[0], str) and out[0] == "invalid_smiles":
             report(i, str(parsed.manifest), out[0], f"SMILES {smi!r} is invalid: {out[1]}",
                    "correct the SMILES (check it in RDKit: Chem.MolFromSmiles), or remove the row")
         elif isinstance(out[0], str):

@@ -161,6 +161,13 @@ def test_graph_invariants_and_batching(tmp_path):
     assert gs.table["line"].tolist() == [2, 3, 4, 5] and gs.dropped == []
 
 
+def test_fast_data_construction_matches_the_constructor():
+    attrs = {"x": X4, "edge_index": EI4, "y": torch.tensor([1.0]), "gid": "a", "smiles": ""}
+    fast, ref = gd._make_data(attrs), Data(**attrs)
+    assert fast.keys() == ref.keys() and fast.num_nodes == ref.num_nodes == 4
+    assert all(fast[k] is ref[k] for k in attrs)
+
+
 def test_no_groups_gives_group_minus_one(tmp_path):
     gs = load_graphs(write_manifest(tmp_path, "y,smiles\n1,CCO\n2,CCN\n"))
     assert [int(g.group) for g in gs.graphs] == [-1, -1]
