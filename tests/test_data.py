@@ -95,6 +95,8 @@ WRITERS = {
     "json_node_link": ("g.json", _node_link),
     "npz": ("g.npz", lambda p: np.savez(p, x=X4.numpy().astype(np.int64),
                                          edge_index=EI4.numpy())),
+    "npz_whole_float_edges": ("g.npz", lambda p: np.savez(p, x=X4.numpy(),
+                                                           edge_index=EI4.numpy() * 1.0)),
 }
 
 
@@ -254,6 +256,42 @@ def test_each_problem_is_reported_with_line_id_file_and_fix(files, code):
     # check_manifest reports the same problem without raising
     report = check_manifest(manifest)
     assert [q.code for q in report.problems] == [code] and not report.ok
+
+
+FILE_CASES = {
+    "corrupt.json": "unreadable_file",
+    "garbage.graphml": "unreadable_file",
+    "list.json": "bad_graph_content",
+    "ragged.json": "bad_graph_content",
+    "dup_nodes.json": "bad_graph_content",
+    "dangling.json": "edge_index_out_of_range",
+    "no_x.pt": "missing_features",
+    "attrless.graphml": "missing_features",
+    "transposed.pt": "bad_edge_index_shape",
+    "edge_attr_rows.pt": "edge_attr_mismatch",
+    "string.pt": "bad_graph_content",
+}
+
+
+@pytest.mark.parametrize("name", sorted(FILE_CASES))
+def test_more_graph_file_problems(files, name):
+    (files / "garbage.graphml").write_text("<graphml><node")
+    (files / "list.json").write_text("[1, 2]")
+    (files / "ragged.json").write_text(json.dumps({"x": [[1, 2], [3]], "edge_index": [[0], [1]]}))
+    nodes = [{"id": 0, "q": 1}, {"id": 0, "q": 2}]
+    (files / "dup_nodes.json").write_text(json.dumps({"nodes": nodes, "links": []}))
+    nodes = [{"id": 0, "q": 1}, {"id": 1, "q": 2}]
+    (files / "dangling.json").write_text(json.dumps(
+        {"nodes": nodes, "links": [{"source": 0, "target": 7}]}))
+    torch.save({"edge_index": EI4}, files / "no_x.pt")
+    nx.write_graphml(nx.path_graph(3), files / "attrless.graphml")
+    save_pt(files / "transposed.pt", edge_index=EI4.t().contiguous())
+    save_pt(files / "edge_attr_rows.pt", edge_attr=torch.ones(5, 2))
+    torch.save("just a string", files / "string.pt")
+    with pytest.raises(DataError) as err:
+        load_graphs(write_manifest(files, f"id,y,path\na,1,a.pt\nc,2,{name}\n"))
+    assert [(p.code, p.line, p.id, p.file) for p in err.value.problems] == [
+        (FILE_CASES[name], 3, "c", name)]
 
 
 def test_problem_messages_name_the_specifics(files):
