@@ -107,10 +107,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if not Path(args.resume).is_file():
             raise FileNotFoundError(f"--resume {args.resume}: no such file (pass a run's last.pt)")
-        if args.config:
-            cfg, spec = load_config(args.config), ""
-        else:
-            cfg, spec = checkpoint_config(args.resume)
+        cfg, spec = checkpoint_config(args.resume)
+        if args.config:  # the run's data stays the checkpoint's unless --manifest says otherwise
+            cfg = load_config(args.config, data__manifest=cfg.data.manifest)
         args.model = args.model or spec
         args.out = args.out or str(Path(args.resume).parent)
     else:
@@ -274,6 +273,10 @@ def main(argv: list[str] | None = None) -> int:
             else type(exc).__name__
         )
         print(f"gatrank {args.command}: {kind}:\n{exc}", file=sys.stderr)
+        if args.command == "train" and isinstance(exc, DataError) and any(
+            p.line for p in exc.problems
+        ):
+            print("to drop the bad rows and train on the rest: --on-error skip", file=sys.stderr)
         print("(run with --debug for the traceback)", file=sys.stderr)
         found = isinstance(exc, (DataError, NonFiniteError, UnsafeFileError))
         return EXIT_PROBLEMS if found else EXIT_USAGE

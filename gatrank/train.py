@@ -201,8 +201,8 @@ def _load_resume(
     ckpt = safe_torch_load(path)
     if not isinstance(ckpt, dict) or "resume" not in ckpt:
         raise ValueError(
-            f"{path} cannot be resumed: it holds no training state (best.pt and checkpoints "
-            "written before gatrank 0.1 only hold weights); resume from the run's last.pt"
+            f"{path} cannot be resumed: it holds no training state (a best.pt holds only the "
+            "best weights); resume from the run's last.pt"
         )
     theirs, ours = ckpt["config"], config.to_dict()
     changed = [
@@ -615,7 +615,8 @@ def train(
             if early:
                 stop_reason = f"early stop: no better validation Spearman for {tc.patience} epochs"
             last_good = snapshot(epoch)
-            if log_now and not early and epoch < last_epoch:
+            periodic = log_now and not early and epoch < last_epoch
+            if periodic and _all_finite(last_good["state_dict"]):  # never NaN weights on disk
                 save("last.pt", last_good, "running")
             if early:
                 break

@@ -1,0 +1,596 @@
+"""Every failure mode gatrank handles, as a runnable catalogue, and the page that lists them.
+
+Each :class:`FailureMode` either builds a bad input in a folder and names the ``gatrank``
+command line that meets it (a *live* case), or, for faults that need a running process (Ctrl-C,
+SIGTERM, a crash mid-write), describes what the user sees and names the test that checks it.
+``python -m gatrank.failure_modes docs/failure_modes.md`` runs every live case through the real
+CLI and writes the page from what came out; ``tests/test_bad_inputs.py`` runs the same cases,
+checks each against its expectations, and checks the page still says what the CLI says.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = [
+    "FailureMode",
+    "CaseRun",
+    "CASES",
+    "MARKER",
+    "run_case",
+    "shown_output",
+    "render_markdown",
+    "section_output",
+    "main",
+]
+
+logger = logging.getLogger(__name__)
+
+MARKER = "PWNED"
+"""File a malicious payload would create in its case folder; its absence proves it never ran."""
+
+_TINY = (
+    "model:\n  hidden_dim: 8\n  heads: 2\n  num_layers: 1\n"
+    "training:\n  batch_size: 4\n  log_every: 1\n  device: cpu\n"
+)
+
+
+@dataclass(frozen=True)
+class FailureMode:
+    """One way things go wrong, and what gatrank does about it.
+
+    ``build(folder) -> argv`` writes the bad input into ``folder`` and returns the ``gatrank``
+    arguments that meet it; ``None`` for faults checked only by ``tested_by``. ``expect`` are
+    fragments the output must contain; ``row`` is ``(line, id, file)`` a data problem must name
+    on one output line (``file`` relative to the folder).
+    """
+
+    id: str
+    area: str
+    title: str
+    exit_code: int
+    build: Callable[[Path], list[str]] | None = None
+    expect: tuple[str, ...] = ()
+    row: tuple[int, str, str] | None = None
+    sees: str = ""
+    """What the user sees, for cases without ``build``."""
+    tested_by: tuple[str, ...] = ()
+    """``tests/file.py::test_name`` entries that check this behaviour."""
+    excerpt: str = "all"
+    """Which output the page shows: ``all`` (stdout then stderr), or ``dropped`` (only the
+    dropped-rows block of ``train --on-error skip``)."""
+    notes: str = ""
+
+
+@dataclass
+class CaseRun:
+    """The outcome of one live case: exit code and both output streams."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+    folder: Path = field(default_factory=Path)
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+# --------------------------------------------------------------------------- builders
+
+
+def _x(num_nodes: int, width: int = 2, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(num_nodes, width, generator=gen)
+
+
+def _chain(num_nodes: int) -> torch.Tensor:
+    """Undirected path 0-1-...-(n-1), both directions: ``[2, 2(n-1)]``."""
+    a = torch.arange(num_nodes - 1)
+    return torch.stack([torch.cat([a, a + 1]), torch.cat([a + 1, a])])
+
+
+def _pt(folder: Path, name: str, x: torch.Tensor | None = None,
+        edge_index: torch.Tensor | None = None, seed: int = 0) -> str:
+    x = _x(4, seed=seed) if x is None else x
+    torch.save({"x": x, "edge_index": _chain(x.shape[0]) if edge_index is None else edge_index},
+               folder / name)
+    return name
+
+
+def _good(folder: Path, n: int = 4) -> list[str]:
+    """``n`` valid graph files g0.pt ... and their manifest rows ``id,y,path``."""
+    return [f"g{i},{1.0 + i},{_pt(folder, f'g{i}.pt', seed=i)}" for i in range(n)]
+
+
+def _manifest(folder: Path, text: str | bytes, name: str = "manifest.csv") -> Path:
+    path = folder / name
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8", newline="")
+    return path
+
+
+def _rows(folder: Path, *bad: str, header: str = "id,y,path") -> Path:
+    """A manifest of four good rows followed by ``bad`` rows (so bad rows start on line 6)."""
+    pad = "," * (header.count(",") - 2)  # empty cells for columns after id,y,path
+    good = [row + pad for row in _good(folder)]
+    return _manifest(folder, "\n".join([header, *good, *bad]) + "\n")
+
+
+def _train(folder: Path, manifest: Path | str, *extra: str) -> list[str]:
+    config = folder / "tiny.yaml"
+    config.write_text(_TINY)
+    args = ["train", "--manifest", str(manifest), "--no-progress", "--no-baseline",
+            "--epochs", "1", *extra]
+    return args if "--config" in extra else [*args, "--config", str(config)]
+
+
+def _check(manifest: Path | str, *extra: str) -> list[str]:
+    return ["check-data", "--manifest", str(manifest), *extra]
+
+
+class _Exploit:
+    """Unpickling this runs code that creates ``MARKER`` in the folder."""
+
+    def __init__(self, folder: Path):
+        self.target = str(folder.resolve() / MARKER)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.target!r}, 'w').write('payload ran')",))
+
+
+def _evil_graph(folder: Path) -> list[str]:
+    torch.save({"x": _Exploit(folder), "edge_index": _chain(4)}, folder / "evil.pt")
+    return _train(folder, _rows(folder, "evil,9,evil.pt"))
+
+
+def _evil_checkpoint(folder: Path) -> Path:
+    path = folder / "last.pt"
+    torch.save({"state_dict": {}, "config": {}, "resume": _Exploit(folder)}, path)
+    return path
+
+
+def _evil_yaml(folder: Path) -> list[str]:
+    target = str(folder.resolve() / MARKER)
+    (folder / "evil.yaml").write_text(
+        f"training: !!python/object/apply:exec [\"open({target!r}, 'w')\"]\n"
+    )
+    return _train(folder, _rows(folder), "--config", str(folder / "evil.yaml"))
+
+
+def _trained_run(folder: Path) -> Path:
+    """A finished one-epoch run in ``folder/run``; returns its last.pt."""
+    from gatrank.cli import main
+
+    args = _train(folder, _rows(folder), "--out", str(folder / "run"), "-q")
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        if main(args) != 0:
+            raise RuntimeError("could not train the run a resume case starts from")
+    return folder / "run" / "last.pt"
+
+
+def _config_case(text: str) -> Callable[[Path], list[str]]:
+    def build(folder: Path) -> list[str]:
+        (folder / "bad.yaml").write_text(text)
+        return _train(folder, _rows(folder), "--config", str(folder / "bad.yaml"))
+
+    return build
+
+
+def _mixed(folder: Path) -> Path:
+    return _rows(folder, "n1,nan,g0.pt", "n2,3,missing.pt", "n3,4,g1.txt")
+
+
+def _json_graph(folder: Path, name: str, obj: dict) -> str:
+    (folder / name).write_text(json.dumps(obj))
+    return name
+
+
+def _npz_pickled(folder: Path) -> list[str]:
+    np.savez(folder / "obj.npz", x=np.array([{"a": 1}], dtype=object), edge_index=_chain(4).numpy())
+    return _train(folder, _rows(folder, "obj,9,obj.npz"))
+
+
+def _truncated(folder: Path) -> list[str]:
+    _pt(folder, "full.pt")
+    data = (folder / "full.pt").read_bytes()
+    (folder / "cut.pt").write_bytes(data[: len(data) // 2])
+    return _train(folder, _rows(folder, "cut,9,cut.pt"))
+
+
+def _outside(folder: Path, *extra: str) -> list[str]:
+    inner = folder / "data"
+    inner.mkdir()
+    _pt(folder, "shared.pt")
+    m = _manifest(inner, "\n".join(["id,y,path", *_good(inner), "out,9,../shared.pt"]) + "\n")
+    return _check(m, *extra)
+
+
+def _tiny_with(folder: Path, training_lines: str) -> Path:
+    path = folder / "changed.yaml"
+    path.write_text(_TINY.replace("training:\n", "training:\n" + training_lines))
+    return path
+
+
+def _bad_json(folder: Path) -> list[str]:
+    (folder / "bad.json").write_text('{"x": [[1, 2], ')
+    return _train(folder, _rows(folder, "bad,9,bad.json"))
+
+
+CASES: list[FailureMode] = [
+    # ------------------------------------------------------------------ the manifest itself
+    FailureMode("manifest_not_found", "manifest", "the manifest path does not exist", 1,
+                lambda d: _train(d, d / "nope.csv"), ("manifest_not_found", "nope.csv")),
+    FailureMode("manifest_is_a_folder", "manifest", "the manifest path is a folder", 1,
+                lambda d: _train(d, d), ("manifest_not_found",)),
+    FailureMode("empty_file", "manifest", "an empty manifest file", 1,
+                lambda d: _train(d, _manifest(d, "")), ("empty_manifest",)),
+    FailureMode("header_only", "manifest", "a header and no rows", 1,
+                lambda d: _train(d, _manifest(d, "id,y,path\n")), ("empty_manifest", "no data")),
+    FailureMode("missing_y_column", "manifest", "no `y` column", 1,
+                lambda d: _train(d, _rows(d, header="id,target,path")),
+                ("missing_y_column", "target")),
+    FailureMode("missing_source_column", "manifest", "neither a `path` nor a `smiles` column", 1,
+                lambda d: _train(d, _manifest(d, "id,y,file\na,1,a.pt\n")),
+                ("missing_source_column",)),
+    FailureMode("not_utf8", "manifest", "a manifest that is not UTF-8 (Latin-1 from Excel)", 1,
+                lambda d: _train(d, _manifest(d, "id,y,smiles\ncaf\xe9,1,CCO\n".encode("latin-1"))),
+                ("unreadable_manifest", "UTF-8")),
+    FailureMode("wrong_field_count", "manifest", "a row with more fields than the header", 1,
+                lambda d: _train(d, _rows(d, "wide,5,g0.pt,extra")), ("wrong_field_count",),
+                row=(6, "wide", "manifest.csv")),
+    FailureMode("bom", "manifest", "a UTF-8 byte-order mark (accepted)", 0,
+                lambda d: _check(_manifest(d, b"\xef\xbb\xbf" + "\n".join(
+                    ["id,y,path", *_good(d)]).encode() + b"\n")),
+                ("0 error(s)", "num_graphs: 4"),
+                notes="The BOM is stripped, so the first column is still `id`."),
+    FailureMode("crlf", "manifest", "Windows (CRLF) line endings (accepted)", 0,
+                lambda d: _check(_manifest(d, "\r\n".join(["id,y,path", *_good(d)]) + "\r\n")),
+                ("0 error(s)", "num_graphs: 4")),
+    FailureMode("semicolon", "manifest", "a semicolon-separated file (accepted)", 0,
+                lambda d: _check(_manifest(d, "\n".join(
+                    r.replace(",", ";") for r in ["id,y,path", *_good(d)]) + "\n")),
+                ("0 error(s)", "num_graphs: 4"),
+                notes="The delimiter (`,` `;` or tab) is sniffed from the header line."),
+    # ------------------------------------------------------------------ rows
+    FailureMode("nan_y", "row", "`y` is NaN", 1,
+                lambda d: _train(d, _rows(d, "bad,nan,g0.pt")), ("nan_target",),
+                row=(6, "bad", "manifest.csv")),
+    FailureMode("inf_y", "row", "`y` is infinite", 1,
+                lambda d: _train(d, _rows(d, "bad,inf,g0.pt")), ("inf_target",),
+                row=(6, "bad", "manifest.csv")),
+    FailureMode("non_numeric_y", "row", "`y` is not a number", 1,
+                lambda d: _train(d, _rows(d, "bad,high,g0.pt")), ("non_numeric_target", "high"),
+                row=(6, "bad", "manifest.csv")),
+    FailureMode("empty_y", "row", "`y` is empty", 1,
+                lambda d: _train(d, _rows(d, "bad,,g0.pt")), ("missing_target",),
+                row=(6, "bad", "manifest.csv")),
+    FailureMode("duplicate_id", "row", "two rows share an id", 1,
+                lambda d: _train(d, _rows(d, "g1,7,g0.pt")), ("duplicate_id", "line 3"),
+                row=(6, "g1", "manifest.csv")),
+    FailureMode("both_sources", "row", "a row with both `path` and `smiles`", 1,
+                lambda d: _train(d, _rows(d, "both,5,g0.pt,CCO", header="id,y,path,smiles")),
+                ("both_sources",), row=(6, "both", "manifest.csv")),
+    FailureMode("no_source", "row", "a row with neither `path` nor `smiles`", 1,
+                lambda d: _train(d, _rows(d, "none,5,,", header="id,y,path,smiles")),
+                ("no_source",), row=(6, "none", "manifest.csv")),
+    FailureMode("unknown_split", "row", "a `split` value other than train/val/test", 1,
+                lambda d: _train(d, _manifest(d, "id,y,smiles,split\na,1,CCO,train\n"
+                                              "b,2,CCCO,training\nc,3,CCCCO,test\n")),
+                ("unknown_split", "'train'"), row=(3, "b", "manifest.csv"),
+                notes="Common synonyms get a suggestion (`training` -> `train`)."),
+    FailureMode("singleton_group", "row", "a `group` with one member (a warning only)", 0,
+                lambda d: _check(_manifest(d, "id,y,smiles,group\na,1,CCO,q1\nb,2,CCCO,q1\n"
+                                              "c,3,CCCCO,q2\n")),
+                ("singleton_group", "1 warning(s)"), row=(4, "c", "manifest.csv"),
+                notes="It forms no ranking pairs; training goes on and logs it."),
+    FailureMode("path_outside_root", "security", "a `path` that leaves the manifest's folder", 1,
+                lambda d: _outside(d), ("path_outside_root", "../shared.pt"),
+                row=(6, "out", "data/manifest.csv")),
+    FailureMode("path_outside_root_allowed", "security",
+                "the same path with `--allow-outside-root` (accepted)", 0,
+                lambda d: _outside(d, "--allow-outside-root"), ("0 error(s)", "num_graphs: 5")),
+    FailureMode("absolute_path", "security", "an absolute `path`", 1,
+                lambda d: _train(d, _rows(d, f"abs,9,{d.resolve() / 'g0.pt'}")),
+                ("path_outside_root",)),
+    # ------------------------------------------------------------------ graph files
+    FailureMode("missing_file", "graph file", "the graph file does not exist", 1,
+                lambda d: _train(d, _rows(d, "gone,9,gone.pt")), ("missing_file",),
+                row=(6, "gone", "gone.pt")),
+    FailureMode("truncated_file", "graph file", "a truncated `.pt` file", 1,
+                _truncated, ("unreadable_file",), row=(6, "cut", "cut.pt")),
+    FailureMode("unreadable_json", "graph file", "a `.json` graph that is not valid JSON", 1,
+                _bad_json, ("unreadable_file",),
+                row=(6, "bad", "bad.json")),
+    FailureMode("unknown_extension", "graph file", "a graph file extension gatrank cannot read",
+                1, lambda d: _train(d, _rows(d, "txt,9,g.txt")), ("unknown_extension", ".txt"),
+                row=(6, "txt", "manifest.csv")),
+    FailureMode("invalid_smiles", "graph file", "an invalid SMILES", 1,
+                lambda d: _train(d, _manifest(d, "id,y,smiles\na,1,CCO\nb,2,C1CC\nc,3,CCCO\n")),
+                ("invalid_smiles", "C1CC"), row=(3, "b", "manifest.csv")),
+    FailureMode("zero_nodes", "graph file", "a graph with no nodes", 1,
+                lambda d: _train(d, _rows(d, "empty,9," + _pt(
+                    d, "empty.pt", torch.zeros(0, 2), torch.zeros(2, 0, dtype=torch.long)))),
+                ("empty_graph",), row=(6, "empty", "empty.pt")),
+    FailureMode("zero_edges", "graph file", "a graph with no edges", 1,
+                lambda d: _train(d, _rows(d, "lone,9," + _pt(
+                    d, "lone.pt", _x(3), torch.zeros(2, 0, dtype=torch.long)))),
+                ("no_edges",), row=(6, "lone", "lone.pt")),
+    FailureMode("edge_index_out_of_range", "graph file", "an edge to a node that does not exist",
+                1, lambda d: _train(d, _rows(d, "oob,9," + _pt(
+                    d, "oob.pt", _x(3), torch.tensor([[0, 1], [1, 7]])))),
+                ("edge_index_out_of_range", "node 7"), row=(6, "oob", "oob.pt")),
+    FailureMode("non_integer_edge_index", "graph file", "edge indices that are not integers", 1,
+                lambda d: _train(d, _rows(d, "frac,9," + _json_graph(
+                    d, "frac.json", {"x": [[1.0], [2.0], [3.0]],
+                                     "edge_index": [[0, 1.5], [1, 2]]}))),
+                ("non_integer_edge_index",), row=(6, "frac", "frac.json")),
+    FailureMode("transposed_edge_index", "graph file", "`edge_index` stored as [E, 2]", 1,
+                lambda d: _train(d, _rows(d, "tr,9," + _pt(
+                    d, "tr.pt", _x(3), torch.tensor([[0, 1], [1, 2], [2, 0]])))),
+                ("bad_edge_index_shape", "transposed"), row=(6, "tr", "tr.pt")),
+    FailureMode("feature_width_mismatch", "graph file",
+                "node features of a different width than the other graphs", 1,
+                lambda d: _train(d, _rows(d, "wide,9," + _pt(d, "wide.pt", _x(4, width=5)))),
+                ("feature_width_mismatch", "5 columns"), row=(6, "wide", "wide.pt")),
+    FailureMode("nan_features", "graph file", "NaN in node features", 1,
+                lambda d: _train(d, _rows(d, "nanx,9," + _pt(
+                    d, "nanx.pt", torch.tensor([[1.0, float("nan")], [2.0, 3.0], [4.0, 5.0]])))),
+                ("nonfinite_features", "node 0, column 1"), row=(6, "nanx", "nanx.pt")),
+    FailureMode("many_problems", "row", "several bad rows: all are listed at once", 1,
+                lambda d: _train(d, _mixed(d)),
+                ("3 problems", "nan_target", "missing_file", "unknown_extension")),
+    FailureMode("on_error_skip", "row", "`train --on-error skip` drops the bad rows and says so",
+                0, lambda d: _train(d, _mixed(d), "--on-error", "skip", "--out", str(d / "run")),
+                ("dropped 3 manifest row(s)", "line 6  id n1", "line 7  id n2", "line 8  id n3"),
+                excerpt="dropped",
+                notes="`summary.json` lists the same rows under `dropped_rows` "
+                      "(`num_dropped_rows: 3`)."),
+    FailureMode("check_on_error_skip", "row", "`check-data --on-error skip` on the same rows", 0,
+                lambda d: _check(_mixed(d), "--on-error", "skip"),
+                ("3 error(s)", "would drop 3 row(s) (lines 6, 7, 8) and keep 4 graphs")),
+    # ------------------------------------------------------------------ untrusted files
+    FailureMode("malicious_pt_graph", "security",
+                "a `.pt` graph file crafted to run code when unpickled", 1, _evil_graph,
+                ("unsafe_file", "NOT loaded"), row=(6, "evil", "evil.pt"),
+                notes=f"The payload would create `{MARKER}`; the tests check it does not exist."),
+    FailureMode("pickled_npz", "security", "an `.npz` graph holding pickled objects", 1,
+                _npz_pickled, ("unsafe_file",), row=(6, "obj", "obj.npz")),
+    FailureMode("malicious_checkpoint_eval", "security",
+                "`gatrank eval` on a checkpoint crafted to run code", 1,
+                lambda d: ["eval", "--checkpoint", str(_evil_checkpoint(d))],
+                ("unsafe file refused", "NOT loaded")),
+    FailureMode("malicious_checkpoint_resume", "security",
+                "`gatrank train --resume` on a checkpoint crafted to run code", 1,
+                lambda d: ["train", "--resume", str(_evil_checkpoint(d)), "--no-progress"],
+                ("unsafe file refused", "NOT loaded")),
+    FailureMode("malicious_yaml", "security", "a YAML config with a Python object tag", 2,
+                _evil_yaml, ("config error", "not valid YAML"),
+                notes="YAML is read with `yaml.safe_load`, which refuses `!!python/...` tags."),
+    # ------------------------------------------------------------------ config
+    FailureMode("config_unknown_key", "config", "an unknown (misspelt) config key", 2,
+                _config_case("training:\n  learnig_rate: 0.01\n"),
+                ("training.learnig_rate", "allowed in 'training'")),
+    FailureMode("config_wrong_type", "config", "a config value of the wrong type", 2,
+                _config_case("training:\n  batch_size: sixteen\n"),
+                ("training.batch_size", "'sixteen'", "expected int")),
+    FailureMode("config_learning_rate", "config", "learning rate <= 0", 2,
+                _config_case("training:\n  learning_rate: 0\n"),
+                ("training.learning_rate", "= 0", "allowed > 0")),
+    FailureMode("config_negative_eps", "config", "a negative `tie_eps`", 2,
+                _config_case("loss:\n  tie_eps: -1.0e-6\n"), ("loss.tie_eps", "allowed >= 0")),
+    FailureMode("config_batch_size", "config", "batch size < 2", 2,
+                _config_case("training:\n  batch_size: 1\n"),
+                ("training.batch_size", "= 1", "allowed >= 2")),
+    FailureMode("overfit_n_too_small", "config", "`--overfit-n 1`", 2,
+                lambda d: _train(d, _rows(d), "--overfit-n", "1"),
+                ("--overfit-n 1", "allowed 0 (off) or >= 2")),
+    FailureMode("config_not_yaml", "config", "a config file that is not valid YAML", 2,
+                _config_case("training: [1, 2\n"), ("config error", "not valid YAML")),
+    FailureMode("config_missing", "config", "a config file that does not exist", 2,
+                lambda d: _train(d, _rows(d), "--config", str(d / "nope.yaml")),
+                ("config file not found",)),
+    FailureMode("model_import_string", "config", "a `--model` import string that does not import",
+                2, lambda d: _train(d, _rows(d), "--model", "nosuch_pkg.models:Net"),
+                ("cannot import module 'nosuch_pkg.models'",)),
+    # ------------------------------------------------------------------ training
+    FailureMode("nonfinite_stop", "training",
+                "the loss turns NaN (here: learning rate 1e30, clipping off)", 1,
+                lambda d: _config_case(_TINY.replace(
+                    "training:\n", "training:\n  learning_rate: 1.0e+30\n  grad_clip: 0\n"))(d)
+                + ["--epochs", "3"],
+                ("training stopped", "non-finite loss at epoch 2, batch 0", "after epoch 1"),
+                notes="With `--out`, `last.pt` holds the last complete epoch (never NaN weights), "
+                      "`best.pt` is not overwritten and `summary.json` has status `nonfinite`."),
+    FailureMode("nonfinite_skip", "training",
+                "`training.nonfinite: skip`: a NaN/Inf loss or gradient in some batches", 0,
+                sees="a warning per skipped step: `non-finite loss at epoch E, batch B (...); step "
+                     "skipped (training.nonfinite=skip)`; the count is in every record and in "
+                     "`summary.json` as `skipped_steps`. If every step of an epoch is skipped, "
+                     "or the weights themselves are NaN, training stops as above.",
+                tested_by=("tests/test_train_faults.py::test_skip_mode_counts_skipped_steps",
+                           "tests/test_train_faults.py::test_skip_mode_gives_up_when_no_step_is_finite",
+                           "tests/test_train_faults.py::test_inf_gradient_with_finite_loss_is_caught")),
+    FailureMode("ctrl_c", "training", "Ctrl-C during training", 130,
+                sees="`Ctrl-C during epoch E; kept the state after epoch E-1.` and `continue "
+                     "with: gatrank train --resume RUN/last.pt`; `last.pt` and `summary.json` "
+                     "(status `interrupted`) are written.",
+                tested_by=("tests/test_train_faults.py::test_interrupt_and_resume_equals_uninterrupted",
+                           "tests/test_train_faults.py::test_interrupt_mid_epoch_drops_the_partial_epoch")),
+    FailureMode("sigterm", "training", "SIGTERM (`kill`, a job scheduler's stop)", 130,
+                sees="the same as Ctrl-C, with `SIGTERM during epoch E`.",
+                tested_by=("tests/test_train_faults.py::test_sigterm_in_process_resumes_exactly",
+                           "tests/test_train_faults.py::test_sigterm_subprocess_saves_and_resumes")),
+    FailureMode("resume_config_changed", "training",
+                "`--resume` with a config that changes the trajectory", 2,
+                lambda d: ["train", "--resume", str(_trained_run(d)), "--no-progress",
+                           "--config", str(_tiny_with(d, "  learning_rate: 0.5\n"))],
+                ("cannot resume", "training.learning_rate: 0.001 -> 0.5")),
+    FailureMode("resume_not_resumable", "training", "`--resume` from a `best.pt`", 2,
+                lambda d: ["train", "--resume", str(_trained_run(d).parent / "best.pt"),
+                           "--no-progress"],
+                ("cannot be resumed", "resume from the run's last.pt")),
+    FailureMode("resume_missing", "training", "`--resume` from a file that does not exist", 2,
+                lambda d: ["train", "--resume", str(d / "run" / "last.pt")],
+                ("no such file",)),
+    FailureMode("crash_mid_write", "training", "a crash while a checkpoint or report is written", 0,
+                sees="nothing: files are written to a temporary file and renamed, so the previous "
+                     "`last.pt` / `summary.json` stays intact and no temporary file is left.",
+                tested_by=("tests/test_train_faults.py::test_failed_write_keeps_the_previous_file",
+                           "tests/test_train_faults.py::test_crash_while_saving_a_checkpoint_keeps_the_old_one")),
+    # ------------------------------------------------------------------ command line
+    FailureMode("unknown_flag", "cli", "an unknown command-line flag", 2,
+                lambda d: ["train", "--lr", "0.1"], ("unrecognized arguments: --lr",),
+                notes="argparse's usage message; no traceback."),
+]
+
+
+# --------------------------------------------------------------------------- running
+
+
+def run_case(case: FailureMode, folder: str | Path) -> CaseRun:
+    """Build ``case`` in ``folder`` and run the CLI on it in this process, inside ``folder``.
+
+    The case sees relative paths, as a user in their data folder would, so what it prints does
+    not depend on where ``folder`` is. Log records of level WARNING and above are captured with
+    stderr, which is what ``gatrank`` shows at the command line.
+    """
+    from gatrank.cli import main
+
+    if case.build is None:
+        raise ValueError(f"case {case.id!r} has no command to run (see its tested_by)")
+    folder = Path(folder).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    out, err = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setLevel(logging.WARNING)
+    root = logging.getLogger()
+    # with a handler on the root logger, main()'s logging.basicConfig leaves logging alone
+    root.addHandler(handler)
+    previous = os.getcwd()
+    os.chdir(folder)
+    try:
+        argv = case.build(Path("."))
+        err.seek(0)
+        err.truncate()  # keep only what the command itself prints
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(argv)
+            except SystemExit as exc:  # argparse's usage errors
+                code = exc.code if isinstance(exc.code, int) else 2
+    finally:
+        os.chdir(previous)
+        root.removeHandler(handler)
+    return CaseRun(code, out.getvalue(), err.getvalue(), folder)
+
+
+def shown_output(case: FailureMode, run: CaseRun) -> str:
+    """The part of the output the page shows, with the case folder written as ``<dir>``."""
+    if case.excerpt == "dropped":
+        lines = run.stdout.splitlines()
+        start = next(i for i, ln in enumerate(lines) if ln.startswith("dropped "))
+        end = next((i for i in range(start + 1, len(lines)) if not lines[i].strip()), len(lines))
+        text = "\n".join(lines[start:end])
+    else:
+        text = run.output
+    text = text.replace(str(run.folder), "<dir>")
+    return "\n".join(line.rstrip() for line in text.strip("\n").splitlines())
+
+
+# --------------------------------------------------------------------------- the page
+
+_AREAS = {
+    "manifest": "The manifest file",
+    "row": "Manifest rows",
+    "graph file": "Graph files and SMILES",
+    "security": "Untrusted input",
+    "config": "Configuration",
+    "training": "During training",
+    "cli": "The command line",
+}
+
+_HEADER = """# Failure modes: what goes wrong and what you see
+
+Generated by `python -m gatrank.failure_modes docs/failure_modes.md` from the live cases in
+`gatrank/failure_modes.py`; `tests/test_bad_inputs.py` runs every case and fails when this page
+no longer shows what the command line prints. Paths of the case folder are written `<dir>`.
+
+Exit codes: `0` fine (warnings may be printed), `1` problems found in the data or the run, `2`
+bad usage, config or another error, `130` interrupted (Ctrl-C / SIGTERM, checkpoint saved). No
+case prints a Python traceback; add `--debug` to any command to see one.
+"""
+
+
+def _fence(text: str) -> str:
+    return "```text\n" + (text or "(no output)") + "\n```"
+
+
+def render_markdown(results: dict[str, str]) -> str:
+    """The page: one section per case; ``results`` maps live case ids to :func:`shown_output`."""
+    parts = [_HEADER, "| area | failure mode | exit |", "| --- | --- | --- |"]
+    for case in CASES:
+        parts.append(f"| {case.area} | [{case.title}](#{case.id}) | {case.exit_code} |")
+    for area, heading in _AREAS.items():
+        parts.append(f"\n## {heading}")
+        for case in (c for c in CASES if c.area == area):
+            parts.append(f'\n### <a id="{case.id}"></a>{case.title}\n')
+            parts.append(f"Case `{case.id}`, exit code {case.exit_code}.")
+            if case.notes:
+                parts.append(case.notes)
+            if case.build is not None:
+                parts.append("\n" + _fence(results[case.id]))
+            else:
+                parts.append(f"\nYou see {case.sees}")
+                parts.append("\nChecked by " + ", ".join(f"`{t}`" for t in case.tested_by) + ".")
+    return "\n".join(parts) + "\n"
+
+
+def section_output(page: str, case_id: str) -> str | None:
+    """The fenced output recorded for ``case_id`` in a rendered page (None if absent)."""
+    m = re.search(rf'<a id="{re.escape(case_id)}"></a>.*?```text\n(.*?)\n```', page, re.S)
+    return None if m is None else m.group(1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m gatrank.failure_modes [OUT.md]``: run every live case, write the page."""
+    args = sys.argv[1:] if argv is None else argv
+    target = Path(args[0]) if args else Path("docs/failure_modes.md")
+    torch.set_num_threads(1)
+    results: dict[str, str] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ.setdefault("GATRANK_CACHE_DIR", str(Path(tmp) / "cache"))
+        for case in CASES:
+            if case.build is None:
+                continue
+            run = run_case(case, Path(tmp) / case.id)
+            if run.exit_code != case.exit_code:
+                logger.warning("case %s exited %d, expected %d", case.id, run.exit_code,
+                               case.exit_code)
+            results[case.id] = shown_output(case, run)
+    from gatrank.io import atomic_write_text
+
+    atomic_write_text(target, render_markdown(results))
+    logger.info("wrote %s (%d cases)", target, len(CASES))
+    return 0
+
+
+if __name__ == "__main__":
+    logger.addHandler(logging.StreamHandler())
+    logger.setLevel(logging.INFO)
+    raise SystemExit(main())
