@@ -92,6 +92,24 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--n", type=int, default=None, help="number of graphs (default: all)")
     d.add_argument("--seed", type=int, default=0)
     _add_common(d)
+
+    p = sub.add_parser("suite", help="run the five notebooks headlessly and write a report "
+                                     "(executed notebooks, offline HTML, summary.json, index.html)")
+    p.add_argument("--manifest", default="", help="manifest.csv (default: embedded chembl-activity)")
+    p.add_argument("--out", default="",
+                   help="report folder (default: reports/<timestamp>, linked as reports/latest)")
+    p.add_argument("--config", default="", help="YAML config passed to every notebook")
+    p.add_argument("--seed", type=int, default=None, help="seed passed to every notebook")
+    p.add_argument("--notebooks", default="",
+                   help="comma-separated subset to run, e.g. 01_data_checks,03_overfit")
+    p.add_argument("--notebooks-dir", default="", help="default: the project's notebooks/")
+    p.add_argument("--params-dir", default="", help="default: the project's params/")
+    p.add_argument("--timeout", type=int, default=None, help="seconds a single cell may run")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads per notebook kernel (OMP_NUM_THREADS); 1 is often fastest "
+                        "on a small or shared machine")
+    _add_model_loss(p)
+    _add_common(p)
     return parser
 
 
@@ -238,12 +256,40 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_suite(args: argparse.Namespace) -> int:
+    from gatrank.suite import run_suite
+
+    overrides = {"config": args.config or None, "model": args.model or None,
+                 "loss": args.loss or None, "seed": args.seed}
+    res = run_suite(
+        args.manifest or None,
+        args.out or None,
+        notebooks=[n.strip() for n in args.notebooks.split(",") if n.strip()] or None,
+        notebooks_dir=args.notebooks_dir or None,
+        params_dir=args.params_dir or None,
+        parameters=overrides,
+        timeout=args.timeout,
+        threads=args.threads,
+        progress=lambda line: print(line, flush=True),
+    )
+    print(f"suite {res.summary['status']} in {res.duration_s:.1f} s; report: "
+          f"{res.out_dir / 'index.html'}")
+    return res.exit_code
+
+
 _COMMANDS = {
     "train": _cmd_train,
     "eval": _cmd_eval,
     "check-data": _cmd_check_data,
     "datasets": _cmd_datasets,
+    "suite": _cmd_suite,
 }
+
+
+def _loaded(module: str, name: str) -> type | tuple[()]:
+    """``module.name`` if ``module`` is already imported, else ``()`` (matches no exception)."""
+    mod = sys.modules.get(module)
+    return getattr(mod, name) if mod is not None else ()
 
 
 def main(argv: list[str] | None = None) -> int:
