@@ -114,8 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    # gatrank.train (torch) is imported only once the config is valid: a typo fails in 0.1 s
     from gatrank.config import ConfigError, load_config, overfit_config
-    from gatrank.train import checkpoint_config, train
 
     if args.overfit_n and args.overfit_n < 2:
         raise ConfigError(
@@ -125,6 +125,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if not Path(args.resume).is_file():
             raise FileNotFoundError(f"--resume {args.resume}: no such file (pass a run's last.pt)")
+        from gatrank.train import checkpoint_config
+
         cfg, spec = checkpoint_config(args.resume)
         if args.config:  # the run's data stays the checkpoint's unless --manifest says otherwise
             cfg = load_config(args.config, data__manifest=cfg.data.manifest)
@@ -149,6 +151,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = overfit_config(cfg, args.overfit_n)
     if args.epochs is not None:
         cfg = cfg.updated({"training.epochs": args.epochs})
+    from gatrank.train import train
+
     logging.getLogger("gatrank.train").setLevel(
         logging.INFO if cfg.training.enable_debug_logs and not args.quiet else logging.WARNING
     )
@@ -308,9 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the CLI turns every failure into a message
         if args.debug:
             raise
-        from gatrank.data import DataError, UnsafeFileError
-        from gatrank.train import NonFiniteError
-
+        # classes of modules not imported yet cannot have raised (and importing them costs torch)
+        DataError = _loaded("gatrank.data", "DataError")  # noqa: N806
+        UnsafeFileError = _loaded("gatrank.data", "UnsafeFileError")  # noqa: N806
+        NonFiniteError = _loaded("gatrank.train", "NonFiniteError")  # noqa: N806
         kind = (
             "data problems" if isinstance(exc, DataError)
             else "config error" if isinstance(exc, ConfigError)

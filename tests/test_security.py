@@ -1,0 +1,160 @@
+"""Untrusted files: pickles that would run code are refused, and the code never runs.
+
+Every payload here writes a marker file when unpickled or constructed. The positive controls
+load the same files the unsafe way and see the marker appear, so the tests below cannot pass
+merely because the payload was broken.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from gatrank.cli import main
+from gatrank.config import ConfigError, load_config
+from gatrank.data import UnsafeFileError, load_graphs
+from gatrank.evaluate import load_checkpoint
+from gatrank.failure_modes import MARKER
+from gatrank.train import checkpoint_config, train
+
+PACKAGE = Path(__file__).resolve().parents[1] / "gatrank"
+
+
+class Payload:
+    """Unpickling this creates the marker file (a stand-in for any code an attacker wants)."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('payload ran')",))
+
+
+def _chain() -> torch.Tensor:
+    return torch.tensor([[0, 1, 1, 2], [1, 0, 2, 1]])
+
+
+@pytest.fixture
+def evil(tmp_path) -> dict[str, Path]:
+    """One malicious file of every kind gatrank reads, all aimed at the same marker."""
+    marker = tmp_path / MARKER
+    files = {
+        "graph": tmp_path / "evil_graph.pt",
+        "raw_pickle": tmp_path / "evil_raw.pt",
+        "checkpoint": tmp_path / "evil_ckpt.pt",
+        "yaml": tmp_path / "evil.yaml",
+    }
+    torch.save({"x": Payload(marker), "edge_index": _chain()}, files["graph"])
+    with open(files["raw_pickle"], "wb") as fh:  # a bare pickle, not torch's zip format
+        pickle.dump(Payload(marker), fh)
+    torch.save({"state_dict": {}, "config": {}, "in_channels": 2, "resume": Payload(marker)},
+               files["checkpoint"])
+    files["yaml"].write_text(
+        f"training: !!python/object/apply:exec [\"open({str(marker)!r}, 'w')\"]\n"
+    )
+    return {"marker": marker, **files}
+
+
+def test_controls_the_payloads_really_run_when_loaded_unsafely(evil):
+    for name in ("graph", "checkpoint"):
+        evil["marker"].unlink(missing_ok=True)
+        torch.load(evil[name], weights_only=False)
+        assert evil["marker"].exists(), name
+    evil["marker"].unlink()
+    with open(evil["raw_pickle"], "rb") as fh:
+        pickle.load(fh)  # noqa: S301 - the point of the control
+    assert evil["marker"].exists()
+    evil["marker"].unlink()
+    yaml.unsafe_load(evil["yaml"].read_text())
+    assert evil["marker"].exists()
+
+
+def _good_graphs(folder: Path) -> list[str]:
+    rows = []
+    for i in range(4):
+        torch.save({"x": torch.rand(3, 2), "edge_index": _chain()}, folder / f"g{i}.pt")
+        rows.append(f"g{i},{i},g{i}.pt")
+    return rows
+
+
+def test_malicious_graph_files_are_refused_by_the_loader_and_the_cli(evil, tmp_path, capsys):
+    rows = _good_graphs(tmp_path)
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("\n".join(["id,y,path", *rows, "e1,9,evil_graph.pt",
+                                   "e2,9,evil_raw.pt"]) + "\n")
+    gs = load_graphs(manifest, on_error="skip")
+    assert sorted(p.code for p in gs.dropped) == ["unsafe_file", "unsafe_file"]
+    assert len(gs) == 4
+    assert main(["check-data", "--manifest", str(manifest)]) == 1
+    assert main(["train", "--manifest", str(manifest), "--no-progress", "--no-baseline"]) == 1
+    err = capsys.readouterr()
+    assert "unsafe_file" in err.out and "unsafe_file" in err.err
+    assert "NOT loaded" in err.err and "Traceback" not in err.err
+    assert not evil["marker"].exists()
+
+
+@pytest.mark.parametrize("kind", ["checkpoint", "raw_pickle"])
+def test_malicious_checkpoints_are_refused_everywhere(evil, tmp_path, capsys, kind):
+    path = evil[kind]
+    with pytest.raises(UnsafeFileError, match="NOT loaded"):
+        load_checkpoint(path)
+    with pytest.raises(UnsafeFileError):
+        checkpoint_config(path)
+    assert main(["eval", "--checkpoint", str(path)]) == 1
+    assert main(["train", "--resume", str(path), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("unsafe file refused") == 2 and "Traceback" not in err
+    assert not evil["marker"].exists()
+
+
+def test_resume_through_the_api_refuses_a_malicious_checkpoint(evil, tmp_path):
+    (tmp_path / "m.csv").write_text("\n".join(["id,y,path", *_good_graphs(tmp_path)]) + "\n")
+    gs = load_graphs(tmp_path / "m.csv")
+    with pytest.raises(UnsafeFileError):
+        train(load_config(), graphs=gs, resume=evil["checkpoint"], progress=False)
+    assert not evil["marker"].exists()
+
+
+def test_yaml_is_read_with_a_safe_loader(evil, capsys):
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(evil["yaml"])
+    assert main(["train", "--config", str(evil["yaml"])]) == 2
+    assert "config error" in capsys.readouterr().err
+    assert not evil["marker"].exists()
+
+
+def test_a_genuine_checkpoint_still_loads_and_evaluates(tmp_path, capsys):
+    """The refusals above are not a loader that refuses everything."""
+    rows = _good_graphs(tmp_path)
+    (tmp_path / "m.csv").write_text("\n".join(["id,y,path,split", *(r + ",train" for r in rows),
+                                              "t,5,g0.pt,test", "u,6,g1.pt,test"]) + "\n")
+    (tmp_path / "tiny.yaml").write_text("model:\n  hidden_dim: 4\n  heads: 1\n  num_layers: 1\n"
+                                        "training:\n  epochs: 1\n  device: cpu\n")
+    assert main(["train", "--manifest", str(tmp_path / "m.csv"), "--config",
+                 str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "run"), "--no-progress",
+                 "--no-baseline", "-q"]) == 0
+    for name in ("best.pt", "last.pt"):
+        net, config, ckpt = load_checkpoint(tmp_path / "run" / name)
+        assert config.model.hidden_dim == 4 and ckpt["in_channels"] == 2
+    assert main(["eval", "--checkpoint", str(tmp_path / "run" / "best.pt"),
+                 "--no-baselines"]) == 0
+    assert "spearman" in capsys.readouterr().out
+
+
+def test_package_never_unpickles_unsafely():
+    """Every torch.load in gatrank passes weights_only=True; no unsafe YAML or pickle loads."""
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text()
+        for m in re.finditer(r"torch\.load\(([^)]*)\)", text):
+            if "weights_only=True" not in m.group(1):
+                offenders.append(f"{path.name}: {m.group(0)}")
+        for pattern in (r"yaml\.(unsafe_)?load\(", r"yaml\.full_load", r"pickle\.loads?\(",
+                        r"allow_pickle=True", r"fs\.torch_load"):
+            offenders += [f"{path.name}: {m.group(0)}" for m in re.finditer(pattern, text)]
+    assert not offenders
