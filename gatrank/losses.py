@@ -9,9 +9,9 @@ When no pair is valid the loss is a zero that is still connected to ``scores``, 
 ``backward()`` works and yields zero gradients instead of failing or silently detaching.
 
 Above :data:`CHUNK_THRESHOLD` items the pair terms are computed in row blocks by a custom
-autograd function (:func:`pairwise_rank_loss_chunked`) that recomputes each block in the
-backward pass instead of keeping ``(B, B)`` intermediates: the same loss and gradients, with
-memory ``O(B * block_rows)`` instead of ``O(B^2)``.
+autograd function (:func:`pairwise_rank_loss_chunked`) that accumulates the gradient in the
+same pass instead of keeping ``(B, B)`` intermediates for backward: the same loss and
+gradients, with memory ``O(B * block_rows)`` instead of ``O(B^2)``.
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ __all__ = [
 LN2 = math.log(2.0)
 """Loss of a constant model: softplus(0) = ln 2 for every valid pair."""
 
-CHUNK_THRESHOLD = 512
-"""Lists longer than this use the chunked computation. Below it the dense ``(B, B)`` autograd
-path runs (it also supports double backward); above it the chunked one is both faster and
-memory-bounded (docs/benchmarks.md)."""
+CHUNK_THRESHOLD = 256
+"""Lists longer than this use the chunked computation, which is faster there and bounded in
+memory (docs/benchmarks.md). Batches up to this size take the plain dense ``(B, B)`` autograd
+path, which also supports double backward."""
 
 BLOCK_ELEMENTS = 1 << 21
 """Pair terms per block in the chunked computation (8 MB per float32 temporary)."""
@@ -147,39 +147,55 @@ def _check_args(scores: Tensor, targets: Tensor, temperature: float, group: Tens
 
 
 def _block_terms(s: Tensor, y: Tensor, group: Tensor | None, rows: slice, opts: dict) -> tuple:
-    """Score gaps ``z``, pair weights ``w`` (0 where invalid) and the valid mask of ``rows``.
+    """Negated score gaps ``-z``, pair weights ``w`` (0 where invalid) and the valid mask.
 
-    All three are ``(b, B)`` for a block of ``b`` rows.
+    All three are ``(b, B)`` for a block of ``b`` rows; ``z_ij = (s_i - s_j) / temperature``.
     """
-    # Same expression as valid_pair_mask, restricted to the block's rows.
     dy = y[rows, None] - y[None, :]  # (b, B)
-    mask = (dy > opts["margin_eps"]) & (dy.abs() > opts["tie_eps"])
+    margin, tie = opts["margin_eps"], opts["tie_eps"]
+    if margin >= 0:
+        # dy > margin >= 0 makes |dy| = dy, so valid_pair_mask's test is one comparison here
+        mask = dy > max(margin, tie)
+    else:
+        mask = (dy > margin) & (dy.abs() > tie)
     if group is not None:
         mask &= group[rows, None] == group[None, :]
-    z = (s[rows, None] - s[None, :]) / opts["temperature"]  # (b, B)
-    w = torch.where(mask, dy.abs(), 0.0) if opts["weight_by_diff"] else mask.to(s.dtype)
-    return z, w, mask
+    neg_z = s[None, :] - s[rows, None]  # (b, B)
+    if opts["temperature"] != 1.0:
+        neg_z /= opts["temperature"]
+    w = torch.where(mask, dy.abs_(), 0.0) if opts["weight_by_diff"] else mask.to(s.dtype)
+    return neg_z, w, mask
 
 
 class _ChunkedPairLoss(torch.autograd.Function):
     """Weighted mean of ``softplus(-z_ij)`` over valid pairs, computed block by block.
 
-    Forward keeps only ``scores``/``targets``; backward recomputes each block and uses
-    ``d softplus(-z)/dz = -sigmoid(-z)``, so no ``(B, B)`` tensor outlives its block.
+    The gradient is accumulated in the same pass (``d softplus(-z)/dz = -sigmoid(-z)``) as two
+    ``[B]`` vectors, so no ``(B, B)`` tensor outlives its block and backward is ``O(B)``.
     """
 
     @staticmethod
     def forward(ctx, s, y, group, block_rows, opts):  # noqa: D102
+        want_grad = ctx.needs_input_grad[0]
         num = s.new_zeros(())
         den = s.new_zeros(())
         count = torch.zeros((), dtype=torch.long, device=s.device)
+        # sum_j w_ij sigmoid(-z_ij) per i (row_push) and per j (col_push); see backward
+        row_push = torch.zeros_like(s) if want_grad else None
+        col_push = torch.zeros_like(s) if want_grad else None
         for i0 in range(0, s.shape[0], block_rows):
-            z, w, mask = _block_terms(s, y, group, slice(i0, i0 + block_rows), opts)
-            num += (F.softplus(-z) * w).sum()
+            rows = slice(i0, i0 + block_rows)
+            neg_z, w, mask = _block_terms(s, y, group, rows, opts)
+            num += (F.softplus(neg_z) * w).sum()
             den += w.sum()
             count += mask.sum()
-        ctx.save_for_backward(s, y, den, *(() if group is None else (group,)))
-        ctx.block_rows, ctx.opts = block_rows, opts
+            if want_grad:
+                g = neg_z.sigmoid_().mul_(w)  # (b, B)
+                row_push[rows] += g.sum(dim=1)
+                col_push += g.sum(dim=0)
+        direction = col_push - row_push if want_grad else None  # dL/ds up to 1 / (den * T)
+        ctx.save_for_backward(direction, den)
+        ctx.temperature = opts["temperature"]
         ctx.mark_non_differentiable(count)
         loss = num / den if bool(den > 0) else num
         return loss, count
@@ -187,19 +203,10 @@ class _ChunkedPairLoss(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss, _grad_count):  # noqa: D102
-        s, y, den, *rest = ctx.saved_tensors
-        group = rest[0] if rest else None
-        grad = torch.zeros_like(s)
+        direction, den = ctx.saved_tensors
         if not bool(den > 0):
-            return grad, None, None, None, None
-        coef = grad_loss / (den * ctx.opts["temperature"])
-        for i0 in range(0, s.shape[0], ctx.block_rows):
-            rows = slice(i0, i0 + ctx.block_rows)
-            z, w, _ = _block_terms(s, y, group, rows, ctx.opts)
-            g = torch.sigmoid(-z).mul_(w).mul_(coef)  # (b, B): -dL/ds_i for pair (i, j)
-            grad[rows] -= g.sum(dim=1)
-            grad += g.sum(dim=0)
-        return grad, None, None, None, None
+            return torch.zeros_like(direction), None, None, None, None
+        return direction * (grad_loss / (den * ctx.temperature)), None, None, None, None
 
 
 def pairwise_rank_loss_chunked(
