@@ -453,6 +453,16 @@ CASES: list[FailureMode] = [
                      "`last.pt` / `summary.json` stays intact and no temporary file is left.",
                 tested_by=("tests/test_train_faults.py::test_failed_write_keeps_the_previous_file",
                            "tests/test_train_faults.py::test_crash_while_saving_a_checkpoint_keeps_the_old_one")),
+    # ------------------------------------------------------------------ notebook suite
+    FailureMode("notebook_fails", "suite", "a notebook of `gatrank suite` fails (e.g. on bad data)",
+                1,
+                sees="`[1/5] 01_data_checks  ERROR  DataError: ...` as it runs; its executed "
+                     "notebook keeps the traceback with papermill's pointer to the failing cell "
+                     "at the top, its HTML opens with a red banner quoting the error, "
+                     "`index.html` marks it ERROR, the other notebooks still run and keep their "
+                     "reports, and the suite exits 1.",
+                tested_by=("tests/test_suite_failure.py::"
+                           "test_notebook_failing_on_bad_data_is_reported_and_the_rest_kept",)),
     # ------------------------------------------------------------------ command line
     FailureMode("unknown_flag", "cli", "an unknown command-line flag", 2,
                 lambda d: ["train", "--lr", "0.1"], ("unrecognized arguments: --lr",),
@@ -522,6 +532,7 @@ _AREAS = {
     "security": "Untrusted input",
     "config": "Configuration",
     "training": "During training",
+    "suite": "The notebook suite",
     "cli": "The command line",
 }
 
