@@ -127,10 +127,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"--resume {args.resume}: no such file (pass a run's last.pt)")
         from gatrank.train import checkpoint_config
 
-        cfg, spec = checkpoint_config(args.resume)
+        cfg, specs = checkpoint_config(args.resume)
         if args.config:  # the run's data stays the checkpoint's unless --manifest says otherwise
             cfg = load_config(args.config, data__manifest=cfg.data.manifest)
-        args.model = args.model or spec
+        args.model = args.model or specs["model"]
+        args.loss = args.loss or (specs["loss"] if specs["loss"] != "custom" else "")
         args.out = args.out or str(Path(args.resume).parent)
     else:
         cfg = load_config(args.config or None)

@@ -184,9 +184,11 @@ def _data_fingerprint(graphs: Sequence) -> str:
     return h.hexdigest()[:16]
 
 
-def checkpoint_config(path: str | Path) -> tuple[Config, str]:
-    """The config and model spec stored in a gatrank checkpoint (read with ``weights_only``).
+def checkpoint_config(path: str | Path) -> tuple[Config, dict[str, str]]:
+    """The config, and the model and loss import strings, stored in a gatrank checkpoint.
 
+    Read with ``weights_only``. Returns ``(config, {"model": spec, "loss": spec})``; a spec is
+    ``""`` for gatrank's own and ``"custom"`` for a callable passed in Python.
     ``--resume`` uses this so ``gatrank train --resume run/last.pt`` needs no other flag.
     """
     from gatrank.data import safe_torch_load
@@ -194,12 +196,13 @@ def checkpoint_config(path: str | Path) -> tuple[Config, str]:
     ckpt = safe_torch_load(path)
     if not isinstance(ckpt, dict) or "config" not in ckpt:
         raise ValueError(f"{path} is not a gatrank checkpoint (no 'config' entry)")
-    return Config.from_dict(ckpt["config"], source=f"{path}:config"), ckpt.get("model_spec", "")
+    specs = {"model": ckpt.get("model_spec", ""), "loss": ckpt.get("loss_spec", "")}
+    return Config.from_dict(ckpt["config"], source=f"{path}:config"), specs
 
 
 def _load_resume(
     path: str | Path, config: Config, splits: dict, in_channels: int, fingerprint: str,
-    model_name: str,
+    model_name: str, loss_spec: str,
 ) -> dict[str, Any]:
     """Read a ``last.pt`` and check it belongs to this run; errors say what differs."""
     from gatrank.data import safe_torch_load
@@ -227,6 +230,11 @@ def _load_resume(
         raise ValueError(
             f"cannot resume from {path}: it trained model {ckpt['model_name']!r}, not "
             f"{model_name!r}; pass the same --model"
+        )
+    if ckpt.get("loss_spec", loss_spec) != loss_spec:
+        raise ValueError(
+            f"cannot resume from {path}: it trained with loss {ckpt['loss_spec'] or 'built-in'!r}"
+            f", not {loss_spec or 'built-in'!r}; pass the same --loss"
         )
     if (
         ckpt.get("data_fingerprint") != fingerprint
@@ -473,6 +481,7 @@ def train(
     tie_eps = config.loss.tie_eps
     fingerprint = _data_fingerprint(gs)
     spec = model_name if isinstance(model, str) or model is None else ""
+    loss_spec = loss if isinstance(loss, str) else "custom" if loss else ""
 
     def snapshot(epochs_done: int) -> dict[str, Any]:
         """Everything an exact resume needs after ``epochs_done`` complete epochs."""
@@ -517,6 +526,7 @@ def train(
                     **state,
                     "config": config.to_dict(),
                     "model_spec": spec,
+                    "loss_spec": loss_spec,
                     "model_name": model_name,
                     "in_channels": gs.num_features,
                     "splits": splits,
@@ -527,7 +537,9 @@ def train(
 
     start_epoch = 1
     if resume:
-        ckpt = _load_resume(resume, config, splits, gs.num_features, fingerprint, model_name)
+        ckpt = _load_resume(
+            resume, config, splits, gs.num_features, fingerprint, model_name, loss_spec
+        )
         restore(ckpt)
         start_epoch = ckpt["epoch"] + 1
         t_start -= ckpt["resume"]["elapsed_s"]

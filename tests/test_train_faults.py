@@ -314,6 +314,8 @@ def test_resume_refuses_a_different_config_or_data(graphs, reference, tmp_path):
               resume=ref_out / "last.pt")
     with pytest.raises(ValueError, match="resume from the run's last.pt"):
         train(tiny(), graphs=graphs, progress=False, resume=ref_out / "best.pt")
+    with pytest.raises(ValueError, match="loss 'built-in', not 'custom'; pass the same --loss"):
+        train(tiny(), graphs=graphs, loss=Loss(), progress=False, resume=ref_out / "last.pt")
 
 
 @pytest.mark.slow
