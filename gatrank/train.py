@@ -371,6 +371,26 @@ def _load_graphs(config: Config, graphs):
     )
 
 
+def _cpu_threads(fn: Callable) -> Callable:
+    """Run ``fn(config, ...)`` with ``config.training.cpu_threads`` torch threads, then restore."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(config: Config, *args: Any, **kwargs: Any) -> Any:
+        wanted = config.training.cpu_threads
+        previous = torch.get_num_threads()
+        if wanted and wanted != previous:
+            torch.set_num_threads(wanted)
+        try:
+            return fn(config, *args, **kwargs)
+        finally:
+            if torch.get_num_threads() != previous:
+                torch.set_num_threads(previous)
+
+    return wrapper
+
+
+@_cpu_threads
 def train(
     config: Config,
     *,
