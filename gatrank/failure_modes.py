@@ -384,8 +384,8 @@ CASES: list[FailureMode] = [
                 notes="YAML is read with `yaml.safe_load`, which refuses `!!python/...` tags."),
     # ------------------------------------------------------------------ config
     FailureMode("config_unknown_key", "config", "an unknown (misspelt) config key", 2,
-                _config_case("training:\n  learnig_rate: 0.01\n"),
-                ("training.learnig_rate", "allowed in 'training'")),
+                _config_case("loss:\n  temprature: 0.5\n"),
+                ("loss.temprature", "allowed in 'loss'", "'temperature'")),
     FailureMode("config_wrong_type", "config", "a config value of the wrong type", 2,
                 _config_case("training:\n  batch_size: sixteen\n"),
                 ("training.batch_size", "'sixteen'", "expected int")),
