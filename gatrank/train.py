@@ -115,7 +115,7 @@ def environment_info() -> dict[str, str]:
 # Keys a resumed run may change; every other config key must match the checkpoint, because it
 # changes the trajectory (the data section is checked through the split and a data fingerprint).
 _RESUME_MAY_CHANGE = frozenset(
-    {"epochs", "device", "enable_debug_logs", "nonfinite", "log_every", "patience"}
+    {"epochs", "device", "enable_debug_logs", "nonfinite", "log_every", "patience", "cpu_threads"}
 )
 
 
