@@ -110,6 +110,25 @@ def build_parser() -> argparse.ArgumentParser:
                         "on a small or shared machine")
     _add_model_loss(p)
     _add_common(p)
+
+    p = sub.add_parser("doctor", help="find out why the model collapses: data and loss checks, "
+                                      "an overfit test and ablations; ranked causes with fixes")
+    p.add_argument("--manifest", default="",
+                   help="manifest.csv (default: embedded chembl-activity)")
+    p.add_argument("--config", default="", help="your YAML config (run beside the runbook's)")
+    p.add_argument("--json", default="", help="also write the report as JSON here")
+    p.add_argument("--inject", default="", metavar="FAULT",
+                   help="inject a fault of the zoo first, for demonstration (see --list-faults)")
+    p.add_argument("--list-faults", action="store_true", help="list the fault zoo and exit")
+    p.add_argument("--seed", type=int, default=None, help="override training.seed")
+    p.add_argument("--n", type=int, default=32, help="graphs in the overfit test (runbook: 32)")
+    p.add_argument("--zoo-table", default="", metavar="PAGE",
+                   help="run the doctor on every fault (and the healthy default, 3 seeds) and "
+                        "write the confusion table into PAGE, e.g. docs/doctor.md")
+    p.add_argument("--zoo-graphs", type=int, default=128,
+                   help="--zoo-table: graphs of the embedded data to inject into")
+    _add_model_loss(p)
+    _add_common(p)
     return parser
 
 
@@ -282,12 +301,45 @@ def _cmd_suite(args: argparse.Namespace) -> int:
     return res.exit_code
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from gatrank import faults
+    from gatrank.doctor import DoctorOptions, diagnose
+    from gatrank.io import write_json
+
+    if args.list_faults:
+        for f in faults.list_faults():
+            print(f"{f['name']:<24} {f['cause']:<24} [{f['where']}] {f['description']}")
+        return 0
+    opts = DoctorOptions(n=args.n)
+    if args.zoo_table:
+        def show(r: faults.ZooResult) -> None:
+            print(f"{r.name:<24} {'ok   ' if r.ok else 'WRONG'} {r.verdict:<18} "
+                  f"{', '.join(r.named[:3]) or '-'}  ({r.seconds:.1f}s)", flush=True)
+
+        results = faults.run_zoo(faults.zoo_graphs(args.zoo_graphs), options=opts, on_result=show)
+        faults.write_zoo_page(args.zoo_table, results,
+                              command=f"gatrank doctor --zoo-table {args.zoo_table}"
+                                      + (f" --zoo-graphs {args.zoo_graphs}"
+                                         if args.zoo_graphs != 128 else ""))
+        print(f"wrote the confusion table to {args.zoo_table}")
+        return 0 if all(r.ok for r in results) else EXIT_PROBLEMS
+    report = diagnose(manifest=args.manifest or None, config=args.config or None,
+                      model=args.model or None, loss=args.loss or None,
+                      inject=args.inject or None, options=opts, seed=args.seed)
+    print(report.format_text())
+    if args.json:
+        write_json(args.json, report.to_dict())
+        print(f"wrote {args.json}")
+    return 0 if report.verdict == "healthy" else EXIT_PROBLEMS
+
+
 _COMMANDS = {
     "train": _cmd_train,
     "eval": _cmd_eval,
     "check-data": _cmd_check_data,
     "datasets": _cmd_datasets,
     "suite": _cmd_suite,
+    "doctor": _cmd_doctor,
 }
 
 

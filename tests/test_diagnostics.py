@@ -259,6 +259,12 @@ def test_check_loss_on_the_builtin_and_broken_losses():
     assert not check_loss(naive)["finite_large_gaps"]
 
 
+def test_check_loss_targets_spaced_beyond_tie_eps_keep_the_gradient():
+    wide_ties = make_loss_fn(None, Config().updated({"loss.tie_eps": 20.0}))
+    assert not check_loss(wide_ties)["has_gradient"]  # targets 0..15: every pair is a tie
+    assert check_loss(wide_ties, scale=41.0)["has_gradient"]
+
+
 def test_pair_stats_matches_brute_force_over_the_real_loader():
     graphs = _graphs(10)
     for i, g in enumerate(graphs):
