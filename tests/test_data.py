@@ -16,6 +16,8 @@ from torch_geometric.data import Batch, Data
 from torch_geometric.utils import from_smiles
 
 import gatrank.data as gd
+import gatrank.data.featurize as gd_featurize
+import gatrank.data.graphset as gd_graphset
 from gatrank.data import (
     CheckReport,
     DataError,
@@ -165,7 +167,7 @@ def test_graph_invariants_and_batching(tmp_path):
 
 def test_fast_data_construction_matches_the_constructor():
     attrs = {"x": X4, "edge_index": EI4, "y": torch.tensor([1.0]), "gid": "a", "smiles": ""}
-    fast, ref = gd._make_data(attrs), Data(**attrs)
+    fast, ref = gd_graphset._make_data(attrs), Data(**attrs)
     assert fast.keys() == ref.keys() and fast.num_nodes == ref.num_nodes == 4
     assert all(fast[k] is ref[k] for k in attrs)
 
@@ -182,13 +184,13 @@ def test_no_groups_gives_group_minus_one(tmp_path):
 def test_featurize_smiles_is_one_hot_of_from_smiles():
     g = featurize_smiles("CC(=O)Oc1ccccc1")
     ref = from_smiles("CC(=O)Oc1ccccc1")
-    sizes = [len(v) for v in gd.x_map.values()]
+    sizes = [len(v) for v in gd_featurize.x_map.values()]
     assert g.x.shape == (ref.num_nodes, sum(sizes)) == (ref.num_nodes, 177)
     assert g.x.dtype == torch.float32 and (g.x.sum(1) == len(sizes)).all()
     blocks = torch.split(g.x, sizes, dim=1)
     codes = torch.stack([b.argmax(1) for b in blocks], dim=1)
     assert torch.equal(codes, ref.x)  # oracle: PyG's integer categories
-    e_blocks = torch.split(g.edge_attr, [len(v) for v in gd.e_map.values()], dim=1)
+    e_blocks = torch.split(g.edge_attr, [len(v) for v in gd_featurize.e_map.values()], dim=1)
     assert torch.equal(torch.stack([b.argmax(1) for b in e_blocks], 1), ref.edge_attr)
     assert torch.equal(g.edge_index, ref.edge_index)
 
@@ -501,7 +503,7 @@ def test_second_load_hits_the_cache_with_identical_tensors(tmp_path, monkeypatch
     def boom(*args, **kwargs):
         raise AssertionError("featurization ran although the cache holds these SMILES")
 
-    monkeypatch.setattr(gd, "_featurize_codes", boom)
+    monkeypatch.setattr(gd_featurize, "_featurize_codes", boom)
     second = load_graphs(manifest, on_error="skip", cache_dir=tmp_path / "cache")
     assert second.dropped == first.dropped
     for a, b in zip(first.graphs, second.graphs, strict=True):
@@ -522,18 +524,18 @@ def test_corrupt_cache_is_recomputed(tmp_path, caplog):
 
 
 def test_process_pool_gives_the_same_features(tmp_path, monkeypatch):
-    monkeypatch.setattr(gd, "_POOL_MIN_MOLECULES", 2)
-    serial = gd._pack(gd._featurize_codes(SMILES, 1))
-    pooled = gd._pack(gd._featurize_codes(SMILES, 2))
+    monkeypatch.setattr(gd_featurize, "_POOL_MIN_MOLECULES", 2)
+    serial = gd_featurize._pack(gd_featurize._featurize_codes(SMILES, 1))
+    pooled = gd_featurize._pack(gd_featurize._featurize_codes(SMILES, 2))
     for key in ("x_codes", "edge_index", "e_codes", "num_nodes", "num_edges"):
         assert torch.equal(serial[key], pooled[key])
     assert serial["error_code"] == pooled["error_code"] == ["", "", "", "invalid_smiles", "", ""]
 
 
 def test_cache_key_depends_on_the_smiles_list(tmp_path):
-    a = gd._cache_file(["CCO", "CCN"], tmp_path)
-    assert a == gd._cache_file(["CCO", "CCN"], tmp_path)
-    assert a != gd._cache_file(["CCN", "CCO"], tmp_path)
+    a = gd_featurize._cache_file(["CCO", "CCN"], tmp_path)
+    assert a == gd_featurize._cache_file(["CCO", "CCN"], tmp_path)
+    assert a != gd_featurize._cache_file(["CCN", "CCO"], tmp_path)
 
 
 def test_default_cache_dir_follows_the_environment(tmp_path, monkeypatch):

@@ -1,0 +1,122 @@
+"""``check_manifest``: every problem of a manifest plus a summary of its valid graphs."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gatrank.data.graphset import _assemble, _collect
+from gatrank.data.manifest import SPLITS
+from gatrank.data.problems import DataProblem, _format_problems
+
+__all__ = ["CheckReport", "check_manifest", "TIE_EPS"]
+
+TIE_EPS = 1e-6
+
+
+@dataclass
+class CheckReport:
+    """Every problem of a manifest plus a summary of the graphs that are valid.
+
+    ``ok`` is True when there are no error-level problems; warnings (``singleton_group``) are
+    listed but do not make a manifest fail, matching what ``load_graphs`` accepts.
+    """
+
+    problems: list[DataProblem]
+    summary: dict[str, Any]
+
+    @property
+    def errors(self) -> list[DataProblem]:
+        return [p for p in self.problems if not p.is_warning]
+
+    @property
+    def warnings(self) -> list[DataProblem]:
+        return [p for p in self.problems if p.is_warning]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: ok, problems (each with ``severity``), summary."""
+        return {"ok": self.ok,
+                "problems": [{**asdict(p), "severity": "warning" if p.is_warning else "error"}
+                             for p in self.problems],
+                "summary": self.summary}
+
+    def format_table(self) -> str:
+        """The problems table and the summary, for the CLI."""
+        s = self.summary
+        head = (f"{len(self.errors)} error(s), {len(self.warnings)} warning(s) in "
+                f"{s.get('manifest')}")
+        out = [head, _format_problems(self.problems) if self.problems else "no problems found",
+               "", "summary:"]
+        for key, value in s.items():
+            if isinstance(value, dict):
+                value = ", ".join(f"{k}={_fmt_num(v)}" for k, v in value.items())
+            out.append(f"  {key}: {_fmt_num(value)}")
+        return "\n".join(out)
+
+
+def _fmt_num(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _stats(values: np.ndarray, with_std: bool = False) -> dict[str, float] | None:
+    if len(values) == 0:
+        return None
+    out = {"min": float(values.min()), "mean": float(values.mean())}
+    if with_std:
+        out["std"] = float(values.std())
+    out["max"] = float(values.max())
+    return out
+
+
+def _tie_fraction(y: np.ndarray, groups: np.ndarray | None) -> float | None:
+    """Fraction of rankable pairs (within groups when given) with ``|dy| <= TIE_EPS``."""
+    units = [y] if groups is None else [y[groups == g] for g in np.unique(groups)]
+    ties = pairs = 0
+    for v in units:
+        v = np.sort(v)
+        n = len(v)
+        pairs += n * (n - 1) // 2
+        ties += int((np.searchsorted(v, v + TIE_EPS, side="right") - np.arange(1, n + 1)).sum())
+    return None if pairs == 0 else ties / pairs
+
+
+def check_manifest(path: str | Path, *, allow_outside_root: bool = False,
+                   cache_dir: str | Path | None = None) -> CheckReport:
+    """Validate a manifest and its graphs; never raises for data problems, collects them all.
+
+    Summary: manifest, num_rows, num_graphs (valid), num_features, num_edge_features, nodes and
+    edges {min, mean, max}, y {min, mean, std, max}, tie_fraction (pairs with ``|dy| <= 1e-6``,
+    within groups when there are groups; None without pairs), num_groups (None without groups),
+    splits (counts per split; None without a split column). Statistics cover valid graphs only.
+    """
+    col = _collect(path, allow_outside_root, cache_dir, None)
+    table = col.parsed.table
+    summary: dict[str, Any] = {"manifest": str(col.parsed.manifest),
+                               "num_rows": 0 if table is None else len(table), "num_graphs": 0,
+                               "num_features": None, "num_edge_features": None, "nodes": None,
+                               "edges": None, "y": None, "tie_fraction": None,
+                               "num_groups": None, "splits": None}
+    if table is not None and col.keep:
+        gs = _assemble(col, [])
+        t = gs.table
+        y = t["y"].to_numpy()
+        has_groups = t["group"].notna().any()
+        ea = gs.graphs[0].edge_attr if "edge_attr" in gs.graphs[0] else None
+        summary.update(
+            num_graphs=len(gs), num_features=gs.num_features,
+            num_edge_features=None if ea is None else int(ea.shape[1]),
+            nodes=_stats(t["num_nodes"].to_numpy()), edges=_stats(t["num_edges"].to_numpy()),
+            y=_stats(y, with_std=True),
+            tie_fraction=_tie_fraction(y, t["group"].to_numpy(dtype=str) if has_groups else None),
+            num_groups=int(t["group"].nunique()) if has_groups else None,
+            splits={s: int((t["split"] == s).sum()) for s in SPLITS}
+            if t["split"].notna().any() else None,
+        )
+    return CheckReport(col.problems, summary)
