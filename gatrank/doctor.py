@@ -243,9 +243,21 @@ class DoctorOptions:
     """Graphs in the probe batch of :class:`~gatrank.diagnostics.ModelProbe`."""
     ablations: bool = True
     heldout: bool = True
-    num_threads: int | None = 1
-    """torch threads while diagnosing (restored after); small graphs run fastest on one."""
+    num_threads: int | None = None
+    """torch threads while diagnosing (restored after); None: ``training.cpu_threads`` of the
+    config (default 1: small graphs run fastest on one thread)."""
     permutations: int = 500
+    """Score shuffles in the held-out permutation test (p-values down to 1/(permutations+1))."""
+
+    def __post_init__(self) -> None:
+        for name in ("n", "overfit_epochs", "user_epochs", "heldout_train", "heldout_max",
+                     "heldout_epochs", "probe_graphs", "permutations"):
+            value = getattr(self, name)
+            least = 2 if name in ("n", "heldout_train", "heldout_max") else 1
+            if value < least:
+                raise ValueError(f"DoctorOptions.{name} = {value} is out of range: use at least "
+                                 f"{least}" + (" (ranking needs pairs; the runbook's overfit test "
+                                               "uses 32)" if name == "n" else ""))
 
 
 @dataclass
@@ -622,7 +634,8 @@ class _Doctor:
                        f"{feats['distinct_signatures']} distinct of {len(gs)})",
                        0.6 + 0.3 * feats["indistinguishable"], "data",
                        indistinguishable=feats["indistinguishable"])
-        self.add_stage("data", "failed" if self.causes else "ok", summary, t0)
+        self.add_stage("data", "failed" if stop else "warning" if self.causes else "ok",
+                       summary, t0)
         return stop
 
     def loss_stage(self) -> bool:
@@ -1110,7 +1123,8 @@ def diagnose(
     t_start = time.perf_counter()
     cfg = config if isinstance(config, Config) else load_config(config or None)
     seed = cfg.training.seed if seed is None else seed
-    with _torch_threads(opts.num_threads):
+    threads = opts.num_threads if opts.num_threads is not None else cfg.training.cpu_threads
+    with _torch_threads(threads):
         gs, problems, dropped, source = _load(graphs, manifest, cfg)
         model_edit = None
         fault = None
