@@ -8,13 +8,14 @@ Stages, in order, stopping as soon as the answer is clear:
 2. **loss**: the runbook's loss tests on synthetic scores: a gradient reaches the scores, the
    right order costs less than the reverse.
 3. **model**: frozen parameters and the gradient path from the loss to every parameter.
-4. **overfit**: the runbook's overfit test (first ``n`` training graphs, lr 5e-3, no dropout,
-   full batch) on the user's model, loss and remaining settings, with
+4. **overfit**: the runbook's overfit test (first ``n`` training graphs, up to 500 epochs, lr
+   5e-3, no dropout, full batch) on the user's model, loss and remaining settings, with
    :class:`~gatrank.diagnostics.ModelProbe` measurements at every logged epoch.
 5. **your settings**: the same graphs with the user's own training settings, beside it.
 6. **ablations**, only the ones that tell the remaining suspects apart: weight decay off, a
    shallower GAT with residuals, an unbounded score head, loss temperature 1, a lower or higher
-   learning rate, GATv2, the linear baseline.
+   learning rate, your settings with the runbook's learning rate or without regularization,
+   GATv2, the linear baseline (gatrank's GAT in place of a user's own model).
 7. **held-out**: the user's settings on more training graphs, scored on graphs it never saw
    (a permutation test against chance).
 
@@ -147,6 +148,12 @@ CAUSES: dict[str, dict[str, str]] = {
         "fix": "Runbook 'Pairwise Accuracy ~0.5': check each target belongs to its graph "
                "(ids, row order, joins), that the target is predictable from the graph, and "
                "compare with the linear baseline."},
+    "insufficient_capacity": {
+        "meaning": "the model learns but plateaus below the criteria on a small set that "
+                   "gatrank's GAT fits with the same loss and settings",
+        "fix": "Runbook 'Pairwise Accuracy ~0.5': increase model capacity (width, depth, "
+               "attention or message passing instead of plain pooling of node features), or "
+               "start from gatrank's GATRanker (--model gat)."},
     "does_not_generalize": {
         "meaning": "the model fits its training graphs but held-out ranking is at chance, "
                    "while the linear baseline generalizes",
@@ -157,7 +164,8 @@ CAUSES: dict[str, dict[str, str]] = {
         "fix": "Run gatrank check-data and fix each row it lists, or set data.on_error: skip."},
 }
 """Every cause id the doctor names: its meaning and the runbook's fix. The first 17 are
-DESIGN.md's; ``does_not_generalize`` and ``invalid_data`` are added."""
+DESIGN.md's; ``insufficient_capacity``, ``does_not_generalize`` and ``invalid_data`` are
+added."""
 
 DOCTOR_THRESHOLDS: dict[str, float] = {
     "dead_fraction": 0.95,          # score-head ReLU units dead for every probe graph
@@ -228,12 +236,13 @@ class DoctorOptions:
 
     n: int = 32
     """Graphs in the overfit test (the runbook's 32)."""
-    overfit_epochs: int = 100
-    """Epoch budget of the overfit test and its ablations (it stops once the criteria pass)."""
+    overfit_epochs: int = 500
+    """Epoch budget of the overfit test and its ablations: the runbook's 500. A run stops once
+    the criteria pass or its loss plateaus, so most take a few dozen epochs."""
     user_epochs: int = 60
     """Epoch budget of the run with the user's own settings on the same graphs."""
     stall_epochs: int = 30
-    """Stop a run after this many epochs when its loss has not moved by 1%."""
+    """Stop a run when its best loss has not improved by 1% over this many epochs."""
     heldout_train: int = 64
     """Training graphs in the held-out stage."""
     heldout_max: int = 256
@@ -380,6 +389,22 @@ def _loss_drop(history: Sequence[dict]) -> float:
     return (first - last) / first
 
 
+def _plateau(history: Sequence[dict], window: int) -> bool:
+    """The best loss of the last ``window`` epochs is not 1% below the best loss before them
+    (non-finite losses count as no improvement)."""
+    epoch = history[-1]["epoch"]
+    if epoch < window:
+        return False
+    before = [r["loss"] for r in history if r["epoch"] <= epoch - window and
+              math.isfinite(r["loss"])]
+    recent = [r["loss"] for r in history if r["epoch"] > epoch - window and
+              math.isfinite(r["loss"])]
+    if not before:
+        return False
+    best_recent = min(recent, default=math.inf)
+    return best_recent > min(before) * (1 - DOCTOR_THRESHOLDS["flat_loss_drop"])
+
+
 def _median_grad(history: Sequence[dict]) -> float:
     return float(np.median([h["grad_norm"] for h in history])) if history else 0.0
 
@@ -491,8 +516,9 @@ class _Doctor:
             records.append(rec)
             if stop_on_pass and len(records) > 1 and evaluate_verdict(records).passed:
                 raise _Stop("criteria met")
-            if rec["epoch"] >= stall and _loss_drop(records) < DOCTOR_THRESHOLDS["flat_loss_drop"]:
-                raise _Stop(f"loss flat after {rec['epoch']} epochs")
+            if _plateau(records, stall):
+                raise _Stop(f"loss plateaued: no 1% improvement in the {stall} epochs "
+                            f"before epoch {rec['epoch']}")
 
         make = self.maker(model)
 
@@ -851,6 +877,11 @@ class _Doctor:
             self.symptoms(rb, "overfit")
             if self.opts.ablations:
                 self.overfit_ablations(rb, idx)
+            if not self.causes:
+                self.notes.append(
+                    "no known cause matched the measurements; the runbook's advice for a model "
+                    "that does not fit: check the loss is decreasing and gradients exist, then "
+                    "increase model capacity or the learning rate")
             return self.failure_verdict(rb)
         t0 = time.perf_counter()
         mine = self.run("your settings", self.user_cfg(), idx, stop_on_pass=True)
@@ -933,17 +964,30 @@ class _Doctor:
                 self.notes.append("GATv2 (dynamic attention) fits where GAT does not: set "
                                   "model.conv: gatv2")
                 return
+        reference = "linear" if self.builtin else "gat"
+        label = "the linear baseline" if self.builtin else "gatrank's GAT in place of your model"
         t0 = time.perf_counter()
-        run = self.run("linear baseline", self.overfit_cfg(), idx, stop_on_pass=True,
-                       model="linear")
-        self.add_stage("ablation: linear baseline", "fits" if run.passed else "cannot fit",
+        run = self.run(label, self.overfit_cfg(), idx, stop_on_pass=True, model=reference)
+        self.add_stage(f"ablation: {label}", "fits" if run.passed else "cannot fit",
                        run.summary(), t0)
-        if run.passed:
-            self.notes.append("the linear baseline fits these graphs, so data and loss can be "
-                              "learned: the problem is in the model")
+        learning = (bool(rb.history) and _loss_drop(rb.history) >= THRESHOLDS["flag_loss_drop"]
+                    and _median_grad(rb.history) >= DOCTOR_THRESHOLDS["vanishing_grad_norm"])
+        if run.passed and reference == "gat" and learning:
+            last, ref = rb.history[-1], run.history[-1]
+            self.cause("insufficient_capacity",
+                       f"your model learns (loss {rb.history[0]['loss']:.4g} -> "
+                       f"{last['loss']:.4g}, "
+                       f"median gradient norm {_median_grad(rb.history):.3g}) but plateaus at "
+                       f"pairwise accuracy {last['pairwise_accuracy']:.3f} after {last['epoch']} "
+                       "epochs, while gatrank's GATRanker with the same loss and settings fits "
+                       f"the same graphs (pairwise accuracy {ref['pairwise_accuracy']:.3f} at "
+                       f"epoch {ref['epoch']})", 0.9, "ablation")
+        elif run.passed:
+            self.notes.append(f"{label} fits these graphs, so data and loss can be learned: the "
+                              "problem is in the model")
         else:
-            self.notes.append("the linear baseline cannot fit these graphs either: check the "
-                              "data and the loss first")
+            self.notes.append(f"{label} cannot fit these graphs either: check the data and the "
+                              "loss first")
 
     def user_ablations(self, mine: _Run, idx: Sequence[int]) -> bool:
         """Your settings failed where the runbook's passed: try the runbook's value of each

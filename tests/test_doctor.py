@@ -42,6 +42,17 @@ class DetachedScores(nn.Module):
         return self.linear(pooled).squeeze(-1).detach()
 
 
+class MeanPooledLinear(nn.Module):
+    """A user model too weak to memorize molecules: one linear map of mean-pooled atoms."""
+
+    def __init__(self, in_channels: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_channels, 1)
+
+    def forward(self, batch) -> torch.Tensor:
+        return self.linear(global_mean_pool(batch.x, batch.batch, batch.num_graphs)).squeeze(-1)
+
+
 def reversed_margin_loss(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """A user loss with the sign of the score difference flipped."""
     dy = targets[:, None] - targets[None, :]
@@ -126,6 +137,17 @@ def test_healthy_default_raises_no_cause(zoo_set, seed):
     assert report.runbook_verdict["passed"]
     assert [s.name for s in report.stages] == ["data", "loss", "model", "overfit",
                                                "your_settings", "held-out"]
+    _check_report(report)
+
+
+@pytest.mark.slow
+def test_user_model_that_cannot_fit_is_compared_with_gatranks_gat(zoo_set):
+    report = diagnose(zoo_set, model="test_doctor:MeanPooledLinear")
+    assert report.verdict == "cannot_fit"
+    assert report.cause_ids[0] == "insufficient_capacity", report.format_text()
+    names = [s.name for s in report.stages]
+    assert "ablation: gatrank's GAT in place of your model" in names
+    assert not any("GATv2" in n or "default depth" in n for n in names)  # GAT-only ablations
     _check_report(report)
 
 
