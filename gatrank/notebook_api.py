@@ -22,6 +22,7 @@ import html
 import logging
 import math
 import os
+import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -294,8 +295,9 @@ class NotebookRun:
     def record(self, checks: Sequence[Mapping[str, Any]], **results: Any) -> dict[str, Any]:
         """Write ``<run_dir>/<notebook>.results.json`` and return what was written.
 
-        Keys: notebook, step, passed, label, checks, duration_s, manifest, seed, model, loss,
-        created, plus ``results`` (e.g. ``metrics``, ``verdict``).
+        Keys: notebook, step, passed, label, checks, duration_s, manifest, num_graphs, seed,
+        model, loss, created, python (the kernel's interpreter), plus ``results`` (e.g.
+        ``metrics``, ``verdict``).
         """
         passed, label = summarize_checks(checks)
         out = {
@@ -311,6 +313,7 @@ class NotebookRun:
             "model": self.model or "gat",
             "loss": self.loss or "pairwise_rank_loss",
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "python": sys.executable,
             **results,
         }
         out = _jsonable(out)
@@ -486,12 +489,17 @@ def sortable_table(df: pd.DataFrame, *, max_height: int = 420, float_format: str
 class LiveCurves:
     """A ``train(callbacks=[...])`` callback that keeps the history and redraws a figure in place.
 
-    In JupyterLab the figure updates while training runs (a display handle updated at most every
-    ``min_interval_s``); under papermill the same updates leave the final static figure in the
-    output. Call :meth:`finish` after training for the last redraw.
+    In JupyterLab the curves are a plotly ``FigureWidget`` whose traces are updated while
+    training runs (at most every ``min_interval_s``), over the widget comm: the plotly mime
+    renderer does not redraw on ``update_display_data`` (plotly/plotly.py#3053), so a display
+    handle alone would freeze at the first frame. :meth:`finish` then replaces the widget with the
+    final static figure, which is what papermill, nbconvert and ``gatrank suite`` keep (a headless
+    kernel has no front end to sync a widget to). Without ``anywidget`` (which plotly's
+    ``FigureWidget`` needs) the figure is redrawn through the display handle instead.
 
     Args:
         builder: ``history -> go.Figure`` (default :func:`gatrank.plots.training_curves`).
+        min_interval_s: least time between two redraws while training runs.
         **kwargs: passed to ``builder``.
     """
 
@@ -503,6 +511,8 @@ class LiveCurves:
         self.kwargs = kwargs
         self.min_interval_s = min_interval_s
         self.history: list[dict[str, Any]] = []
+        self.widget: Any = None
+        """The ``FigureWidget`` shown while training runs (None before the first record)."""
         self._handle = None
         self._last = 0.0
 
@@ -515,11 +525,52 @@ class LiveCurves:
         self._last = time.perf_counter()
         if _ipython() is None or not self.history:
             return
-        self._handle = show(self.builder(self.history, **self.kwargs), self._handle)
+        fig = self.builder(self.history, **self.kwargs)
+        if self.widget is None and self._handle is None:
+            self.widget = _figure_widget(fig)
+            if self.widget is not None:
+                from IPython.display import display
+
+                self._handle = display(self.widget, display_id=True)
+                return
+        if self.widget is not None:
+            _sync_widget(self.widget, fig)
+        else:
+            self._handle = show(fig, self._handle)
 
     def finish(self) -> None:
-        """Draw the final figure (whatever the time since the last redraw)."""
-        self._draw()
+        """Leave the final static figure in place of the live one (whatever the time since the
+        last redraw)."""
+        if _ipython() is None or not self.history:
+            return
+        self._last = time.perf_counter()
+        self._handle = show(self.builder(self.history, **self.kwargs), self._handle)
+        if self.widget is not None:
+            self.widget.close()  # its front-end view is gone; free the comm
+            self.widget = None
+
+
+def _figure_widget(fig: Any) -> Any:
+    """``go.FigureWidget(fig)``, or None where plotly cannot make one (no ``anywidget``)."""
+    import plotly.graph_objects as go
+
+    try:
+        return go.FigureWidget(fig)
+    except ImportError as exc:
+        logger.info("live curves redraw through a display handle: %s", exc)
+        return None
+
+
+def _sync_widget(widget: Any, fig: Any) -> None:
+    """Make ``widget`` show ``fig``: new points in place, traces replaced if their count changed."""
+    with widget.batch_update():
+        if len(widget.data) == len(fig.data):
+            for old, new in zip(widget.data, fig.data):
+                old.update(new.to_plotly_json())
+        else:
+            widget.data = ()
+            widget.add_traces(fig.data)
+        widget.update_layout(fig.layout.to_plotly_json())
 
 
 # --------------------------------------------------------------------------- widgets

@@ -40,6 +40,7 @@ __all__ = [
     "NotebookResult",
     "SuiteResult",
     "run_suite",
+    "kernel_manager_class",
     "notebook_parameters",
     "export_html",
     "render_index",
@@ -106,7 +107,7 @@ def default_out_dir() -> Path:
 # --------------------------------------------------------------------------- kernel
 
 
-def _kernel_manager_class() -> type:
+def kernel_manager_class() -> type:
     """A jupyter KernelManager that always starts ``sys.executable -m ipykernel_launcher``.
 
     A kernelspec named ``python3`` may point at another interpreter (a user-level
@@ -282,7 +283,7 @@ def _execute(src: Path, dst: Path, params: dict[str, Any], cwd: Path,
     try:
         papermill.execute_notebook(
             str(src), str(dst), parameters=params, cwd=str(cwd), progress_bar=False,
-            log_output=False, kernel_manager_class=_kernel_manager_class(),
+            log_output=False, kernel_manager_class=kernel_manager_class(),
             execution_timeout=timeout,
         )
     except PapermillExecutionError as exc:

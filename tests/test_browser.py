@@ -1,0 +1,181 @@
+"""Browser checks with Debian's Chromium driven by Playwright (no browser download):
+
+- a ``gatrank suite`` HTML report opens with the network off and its plotly figures render;
+- a notebook runs inside a real JupyterLab server on localhost and shows its live figure.
+
+CI installs ``chromium`` with apt (``.ci/run``); without it these tests are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import nbformat
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run",
+                 "--disable-quic"]
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).is_file():
+        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_manifest(tmp_path_factory) -> Path:
+    from gatrank.datasets import write_dataset
+
+    return write_dataset("chembl-activity", tmp_path_factory.mktemp("tiny"), n=64)
+
+
+def _offline_page(browser, allowed: tuple[str, ...]):
+    """A page whose every request outside ``allowed`` prefixes is aborted and recorded."""
+    ctx = browser.new_context(offline=allowed == ("file:",), viewport={"width": 1300,
+                                                                        "height": 900})
+    blocked: list[str] = []
+    errors: list[str] = []
+
+    def route(r):
+        url = r.request.url
+        if url.startswith(allowed + ("data:", "blob:")):
+            r.continue_()
+        else:
+            blocked.append(url)
+            r.abort()
+
+    ctx.route("**/*", route)
+    page = ctx.new_page()
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    return ctx, page, blocked, errors
+
+
+def test_suite_report_renders_its_plots_with_the_network_off(tmp_path, browser, tiny_manifest):
+    from gatrank.suite import run_suite
+
+    res = run_suite(tiny_manifest, tmp_path / "report", notebooks=["03_overfit"],
+                    parameters={"n": 8, "epochs": 30})
+    assert res.ok, res.summary
+    executed = nbformat.read(str(res.out_dir / "03_overfit.ipynb"), as_version=4)
+    n_figures = sum(PLOTLY_MIME in o.get("data", {})
+                    for c in executed.cells for o in c.get("outputs", []))
+    assert n_figures >= 3
+    ctx, page, blocked, errors = _offline_page(browser, ("file:",))
+    page.goto((res.out_dir / "index.html").as_uri())
+    assert "pairwise accuracy > 0.9" in page.inner_text("body")
+    page.click("text=03_overfit >> nth=0")
+    page.wait_for_load_state("load")
+    assert page.url.endswith("03_overfit.html")
+    page.wait_for_function(
+        f"document.querySelectorAll('div.gatrank-plot .main-svg').length >= {n_figures}",
+        timeout=60_000)
+    drawn = page.eval_on_selector_all("div.gatrank-plot", "els => els.map(e => "
+                                      "e.classList.contains('js-plotly-plot') && "
+                                      "e.querySelectorAll('.scatterlayer .trace').length)")
+    assert len(drawn) == n_figures and all(n > 0 for n in drawn)  # every figure has its traces
+    assert blocked == [] and errors == []
+    ctx.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_notebook_runs_in_jupyterlab_and_shows_its_live_figure(tmp_path, browser,
+                                                               tiny_manifest):
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
+
+    run_dir = tmp_path / "run"
+    nb = parameterize_notebook(load_notebook_node(str(ROOT / "notebooks" / "03_overfit.ipynb")),
+                               {"manifest": str(tiny_manifest), "n": 8, "epochs": 200,
+                                "run_dir": str(run_dir)})
+    nbformat.write(nb, str(tmp_path / "overfit.ipynb"))
+    settings = tmp_path / "settings" / "@jupyterlab"
+    # every cell in the DOM (no windowing), and no news prompt
+    (settings / "notebook-extension").mkdir(parents=True)
+    (settings / "notebook-extension" / "tracker.jupyterlab-settings").write_text(
+        '{"windowingMode": "none"}')
+    (settings / "apputils-extension").mkdir(parents=True)
+    (settings / "apputils-extension" / "notification.jupyterlab-settings").write_text(
+        '{"fetchNews": "false"}')
+    port, token = _free_port(), "gatrank-test"
+    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
+           "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime")}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
+         "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={tmp_path}",
+         "--LabApp.expose_app_in_browser=True", f"--LabApp.user_settings_dir={settings.parent}",
+         f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}"],
+        stdout=open(tmp_path / "lab.log", "w"), stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2)
+                break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    pytest.fail("JupyterLab did not start:\n" + (tmp_path / "lab.log").read_text())
+                time.sleep(0.5)
+        ctx, page, blocked, errors = _offline_page(browser, (base,))
+        page.goto(f"{base}/lab/tree/overfit.ipynb?token={token}")
+        # optional chaining: the shell has no current widget until the notebook has opened
+        page.wait_for_function("window.jupyterapp?.shell?.currentWidget?.sessionContext"
+                               "?.session?.kernel?.status === 'idle'", timeout=120_000)
+        # not awaited: execute() resolves only when every cell has run
+        page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+        # the training cell's figure: sample its number of logged epochs while it runs
+        probe = ("() => { const g = document.querySelector('.jp-OutputArea-output "
+                 ".js-plotly-plot, .jp-OutputArea-output.js-plotly-plot'); "
+                 "return g && g.data ? g.data[0].x.length : null; }")
+        done = ("() => Array.from(document.querySelectorAll('.jp-OutputArea-output'))"
+                ".some(e => e.textContent.includes('overfit verdict:'))")
+        seen, deadline = set(), time.time() + 400
+        while not page.evaluate(done):
+            assert time.time() < deadline, "the notebook did not finish in JupyterLab"
+            n = page.evaluate(probe)
+            if n:
+                seen.add(n)
+            time.sleep(0.1)
+        seen.add(page.evaluate(probe))
+        assert max(seen) == 21  # epochs 1, 10, ..., 200
+        assert len(seen) >= 2, f"the figure was drawn once, not updated while training: {seen}"
+        texts = page.locator(".jp-OutputArea-output").all_inner_texts()
+        assert any("overfit verdict: PASS" in t for t in texts), texts[-3:]
+        assert not any("Traceback" in t for t in texts)
+        res = json.loads((run_dir / "03_overfit.results.json").read_text())
+        assert res["passed"] and res["python"] == sys.executable
+        assert blocked == [], blocked
+        ctx.close()
+    finally:
+        server.terminate()
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()

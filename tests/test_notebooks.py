@@ -1,0 +1,179 @@
+"""The five notebooks: their contract (thin, typed parameters, stored without outputs), a papermill
+run of 03_overfit with tiny parameters whose recorded results are asserted, and nbval over all
+five notebooks as stored (the CI check of the design card)."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import papermill
+import pytest
+import yaml
+
+from gatrank.suite import NOTEBOOKS, kernel_manager_class, notebook_parameters
+
+ROOT = Path(__file__).resolve().parents[1]
+NB_DIR = ROOT / "notebooks"
+PARAMS_DIR = ROOT / "params"
+SANITIZE = Path(__file__).with_name("nbval_sanitize.cfg")
+COMMON = {"manifest": "str", "config": "str", "model": "str", "loss": "str", "seed": "int",
+          "run_dir": "str"}
+RUNBOOK_CRITERIA = {"pairwise_accuracy", "spearman", "score_std", "grad_norm", "loss_decreasing"}
+RUNBOOK_RED_FLAGS = {"pairwise_accuracy_random", "spearman_none", "score_collapsed",
+                     "no_gradients", "loss_flat"}
+
+
+def _read(name: str):
+    return nbformat.read(str(NB_DIR / f"{name}.ipynb"), as_version=4)
+
+
+def _code(nb) -> list:
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_stored_without_outputs_except_the_nbval_oracle(name):
+    nb = _read(name)
+    nbformat.validate(nb)
+    for cell in _code(nb):
+        if "NBVAL_CHECK_OUTPUT" in cell.metadata.get("tags", []):
+            # the verdict line nbval compares against: one short stdout stream, nothing else
+            assert [o.output_type for o in cell.outputs] == ["stream"]
+            assert cell.outputs[0].text.endswith(": PASS\n")
+        else:
+            assert cell.outputs == [], f"{name}: cell {cell.id} has stored outputs"
+            assert cell.execution_count is None
+    assert "widgets" not in nb.metadata
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_parameters_cell_holds_typed_commented_literals(name):
+    nb = _read(name)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1 and tagged[0] is _code(nb)[0]
+    source = tagged[0].source
+    for stmt in ast.parse(source).body:
+        # literal defaults only: derived values belong in the next cell, which papermill
+        # runs after injecting its parameters
+        assert isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name), \
+            ast.unparse(stmt)
+        assert isinstance(stmt.value, ast.Constant), f"{name}: {ast.unparse(stmt)} not a literal"
+        kind = ast.unparse(stmt.annotation)
+        assert type(stmt.value.value).__name__ == kind or (kind == "float" and
+                                                           isinstance(stmt.value.value, int))
+    for line in source.splitlines():
+        assert "  # " in line, f"{name}: parameter without a help comment: {line!r}"
+    declared = papermill.inspect_notebook(str(NB_DIR / f"{name}.ipynb"))
+    for pname, kind in COMMON.items():
+        assert declared[pname]["inferred_type_name"] == kind
+        assert declared[pname]["help"], f"{name}: {pname} has no help for --help-notebook"
+    assert all(p["help"] for p in declared.values())
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_is_thin(name):
+    nb = _read(name)
+    assert nb.cells[0].cell_type == "markdown"
+    assert nb.cells[0].source.startswith(f"# {name[:2]} ")
+    assert "What a pass looks like" in nb.cells[0].source
+    for cell in _code(nb):
+        tree = ast.parse(cell.source)
+        for node in ast.walk(tree):
+            assert not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef,
+                                         ast.Lambda)), f"{name}: logic belongs in gatrank"
+        assert "sys.path" not in cell.source
+    last = _code(nb)[-1]
+    assert "NBVAL_CHECK_OUTPUT" in last.metadata.get("tags", [])
+    assert any("run.record(" in c.source for c in _code(nb)), "results are not recorded"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_params_file_names_declared_parameters_with_their_types(name):
+    declared = papermill.inspect_notebook(str(NB_DIR / f"{name}.ipynb"))
+    raw = yaml.safe_load((PARAMS_DIR / f"{name}.yaml").read_text())
+    assert set(raw) <= set(declared)
+    for key, value in raw.items():
+        kind = declared[key]["inferred_type_name"]
+        assert type(value).__name__ == kind or (kind == "float" and isinstance(value, int)), \
+            f"params/{name}.yaml: {key}={value!r} is not {kind}"
+    merged = notebook_parameters(NB_DIR / f"{name}.ipynb", PARAMS_DIR / f"{name}.yaml",
+                                 {"run_dir": "/x", "seed": 3, "not_declared": 1})
+    assert merged["run_dir"] == "/x" and merged["seed"] == 3 and "not_declared" not in merged
+
+
+def test_params_file_with_an_unknown_key_is_an_error(tmp_path):
+    bad = tmp_path / "03.yaml"
+    bad.write_text("n: 8\nlearnig_rate: 0.1\n")
+    with pytest.raises(ValueError, match="learnig_rate"):
+        notebook_parameters(NB_DIR / "03_overfit.ipynb", bad, {})
+
+
+@pytest.fixture(scope="module")
+def tiny_manifest(tmp_path_factory) -> Path:
+    from gatrank.datasets import write_dataset
+
+    return write_dataset("chembl-activity", tmp_path_factory.mktemp("tiny"), n=64)
+
+
+@pytest.mark.slow
+def test_overfit_notebook_with_tiny_parameters_records_a_passing_verdict(tmp_path,
+                                                                          tiny_manifest):
+    run_dir = tmp_path / "run"
+    out = tmp_path / "03_overfit.ipynb"
+    papermill.execute_notebook(
+        str(NB_DIR / "03_overfit.ipynb"), str(out), cwd=str(NB_DIR), progress_bar=False,
+        parameters={"manifest": str(tiny_manifest), "n": 8, "epochs": 60, "run_dir": str(run_dir)},
+        kernel_manager_class=kernel_manager_class(),
+    )
+    res = json.loads((run_dir / "03_overfit.results.json").read_text())
+    assert res["python"] == sys.executable  # the kernel of the running environment
+    assert (res["n"], res["epochs_run"], res["num_graphs"]) == (8, 60, 64)
+    verdict = res["verdict"]
+    names = {c["name"] for c in verdict["checks"]}
+    assert names == RUNBOOK_CRITERIA | RUNBOOK_RED_FLAGS
+    assert verdict["passed"] and verdict["red_flags"] == [] and res["label"] == "PASS"
+    # the recorded checks are the verdict's plus Step 2C, and agree with the final metrics
+    by_name = {c["name"]: c for c in res["checks"]}
+    assert set(by_name) == names | {"embedding_spread"}
+    metrics = res["metrics"]
+    assert by_name["pairwise_accuracy"]["value"] == pytest.approx(metrics["pairwise_accuracy"])
+    assert metrics["pairwise_accuracy"] > 0.9
+    assert by_name["embedding_spread"]["value"] == pytest.approx(metrics["emb_graph_std"])
+    # training wrote its log: epochs 1, 10, ..., 60
+    logged = [json.loads(line)["epoch"]
+              for line in (run_dir / "03_overfit" / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [1, 10, 20, 30, 40, 50, 60]
+    # the live curves were redrawn in place: one figure, holding every logged epoch
+    nb = nbformat.read(str(out), as_version=4)
+    live = next(c for c in nb.cells if "nb.LiveCurves(" in c.source)
+    figures = [o for o in live.outputs if "application/vnd.plotly.v1+json" in o.get("data", {})]
+    assert len(figures) == 1 and len(live.outputs) == 1
+    traces = figures[0]["data"]["application/vnd.plotly.v1+json"]["data"]
+    assert traces[0]["x"][-1] == 60
+    html = figures[0]["data"]["text/html"]
+    assert "cdn" not in html.lower() and "<script src" not in html
+
+
+@pytest.mark.slow
+def test_nbval_runs_the_five_notebooks_as_stored(tmp_path):
+    """What CI runs: nbval executes each notebook with its stored defaults (on the embedded
+    data set) and compares the cells tagged NBVAL_CHECK_OUTPUT (the verdict lines)."""
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "GATRANK_RUN_DIR": str(run_dir)}
+    cmd = [sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env",
+           "--nbval-sanitize-with", str(SANITIZE), "-p", "no:cacheprovider", "-q",
+           *[str(NB_DIR / f"{n}.ipynb") for n in NOTEBOOKS]]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    for name in NOTEBOOKS:
+        res = json.loads((run_dir / f"{name}.results.json").read_text())
+        assert res["passed"], (name, res["label"])
+    assert (run_dir / "04_full_train" / "best.pt").is_file()
+    assert json.loads((run_dir / "05_eval.results.json").read_text())["checkpoint_source"] \
+        == "04_full_train"
