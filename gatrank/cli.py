@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -176,16 +177,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
     logging.getLogger("gatrank.train").setLevel(
         logging.INFO if cfg.training.enable_debug_logs and not args.quiet else logging.WARNING
     )
-    res = train(
-        cfg,
-        model=args.model or None,
-        loss=args.loss or None,
-        out_dir=args.out or None,
-        progress=not args.no_progress,
-        with_baseline=not args.no_baseline,
-        resume=args.resume or None,
-    )
+    from gatrank import distributed
+
+    try:
+        res = train(
+            cfg,
+            model=args.model or None,
+            loss=args.loss or None,
+            out_dir=args.out or None,
+            progress=not args.no_progress,
+            with_baseline=not args.no_baseline,
+            resume=args.resume or None,
+        )
+        if not distributed.is_main():  # under torchrun only rank 0 reports
+            return 0 if res.summary["status"] == "completed" else EXIT_PROBLEMS
+    finally:
+        distributed.teardown()
     s = res.summary
+    if s.get("distributed"):
+        d = s["distributed"]
+        print(f"distributed: {d['world_size']} processes ({d['backend']}), "
+              f"{d['batch_size_per_process']} graphs per process and step")
     if s.get("dropped_rows"):
         print(f"\ndropped {s['num_dropped_rows']} manifest row(s) with problems (--on-error skip):")
         for p in s["dropped_rows"]:
@@ -354,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
+    if os.environ.get("RANK", "0") not in ("", "0") and not args.debug:
+        level = logging.ERROR  # torchrun's other ranks: rank 0 speaks for the run
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
     from gatrank.config import ConfigError
 

@@ -9,6 +9,9 @@ Every ``log_every`` epochs (and at the first and last epoch) one record is logge
 output folder, appended to ``metrics.jsonl``: loss, pairwise accuracy, Spearman, score mean/std,
 gradient norm (total and per layer), pooled-embedding spread, valid pairs per batch and, in full
 training, the same metrics on the validation split.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) the same loop trains with distributed data parallelism:
+see :mod:`gatrank.distributed` for the conventions (global batch size, rank 0 writes).
 """
 
 from __future__ import annotations
@@ -29,10 +32,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils._pytree import tree_map
+from torch.utils.data import DistributedSampler
 from torch_geometric.loader import DataLoader
 
 from gatrank import __version__
+from gatrank import distributed as dist_
 from gatrank.config import Config
 from gatrank.diagnostics import embedding_stats, grad_norms
 from gatrank.io import append_jsonl, atomic_torch_save, write_json
@@ -428,6 +434,12 @@ def train(
             ``enable_debug_logs`` may change): continues after its last complete epoch. On CPU
             the result equals an uninterrupted run's, weights and metrics.
 
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) the loop trains with DistributedDataParallel: each of
+    the W processes takes ``batch_size // W`` graphs per step from a seeded
+    ``DistributedSampler``, gradients are averaged, every process evaluates the same validation
+    graphs (so early stopping agrees), and only rank 0 writes files, logs and calls
+    ``callbacks``. Exact resume is promised for one process only.
+
     Ctrl-C or SIGTERM stops training and keeps the state after the last *complete* epoch:
     ``last.pt`` (with optimizer, history, best-so-far, early-stopping counter and all RNG
     states), ``summary.json`` with status ``interrupted``, and the returned model. ``last.pt``
@@ -444,7 +456,14 @@ def train(
     t_start = time.perf_counter()
     set_seed(tc.seed)
     device = resolve_device(tc.device)
+    di = dist_.setup(device)  # a no-op unless launched by torchrun
+    device = dist_.process_device(device, di)
+    main = di.is_main
+    if di.enabled and not main:
+        dist_.barrier()  # rank 0 loads first and fills the SMILES cache; the others read it
     gs = _load_graphs(config, graphs)
+    if di.enabled and main:
+        dist_.barrier()
     overfit = tc.overfit_n > 0
     if splits is None:
         if overfit:
@@ -481,13 +500,33 @@ def train(
         weight_decay=tc.weight_decay,
     )
     loader_gen = torch.Generator().manual_seed(tc.seed)
-    loader = DataLoader(
-        train_set,
-        batch_size=min(tc.batch_size, len(train_set)),
-        shuffle=not overfit,
-        generator=loader_gen,
-        drop_last=False,
-    )
+    sampler = None
+    train_net: nn.Module = net
+    if di.enabled:
+        per_process = min(tc.batch_size, len(train_set)) // di.world_size
+        if per_process < 2:
+            raise ValueError(
+                f"training.batch_size={tc.batch_size} over {di.world_size} processes leaves "
+                f"{per_process} graph(s) per process and batch: ranking needs pairs; use "
+                f"training.batch_size >= {2 * di.world_size} or fewer processes"
+            )
+        # the same seed on every rank: the sampler hands each rank a disjoint share per epoch
+        sampler = DistributedSampler(train_set, num_replicas=di.world_size, rank=di.rank,
+                                     shuffle=not overfit, seed=tc.seed, drop_last=False)
+        loader = DataLoader(train_set, batch_size=per_process, sampler=sampler)
+        train_net = DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None,
+            # a user's model may leave parameters out of the forward pass
+            find_unused_parameters=not isinstance(net, (GATRanker, LinearBaseline)),
+        )
+    else:
+        loader = DataLoader(
+            train_set,
+            batch_size=min(tc.batch_size, len(train_set)),
+            shuffle=not overfit,
+            generator=loader_gen,
+            drop_last=False,
+        )
     val_batches = _collate(val_set, device)  # evaluated every epoch: collate once
     out = Path(out_dir) if out_dir else None
     history: list[dict[str, Any]] = []
@@ -539,7 +578,7 @@ def train(
         early, stop_reason = r["early_stopped"], r["stop_reason"]
 
     def save(name: str, state: dict[str, Any], run_status: str) -> None:
-        if out:
+        if out and main:
             atomic_torch_save(
                 out / name,
                 {
@@ -566,14 +605,14 @@ def train(
         # last: model init and loader set-up above drew from the RNGs too
         _set_rng_state(ckpt["resume"]["rng"], loader_gen)
         logger.info("resuming from %s after epoch %d", resume, ckpt["epoch"])
-    if out:
+    if out and main:
         out.mkdir(parents=True, exist_ok=True)
         # a resumed run's log restarts from the checkpoint's history (drops a lost partial epoch)
         (out / "metrics.jsonl").write_text("")
         append_jsonl(out / "metrics.jsonl", history)
 
     bar = None
-    if progress:
+    if progress and main:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=tc.epochs, initial=min(start_epoch - 1, tc.epochs),
@@ -585,6 +624,8 @@ def train(
     try:
         for epoch in range(start_epoch, last_epoch + 1):
             net.train()
+            if sampler is not None:
+                sampler.set_epoch(epoch)
             losses, pairs, norms = [], [], []
             per_layer: dict[str, float] = {}
             skipped_before = skipped_steps
@@ -592,18 +633,24 @@ def train(
             for b_idx, batch in enumerate(loader):
                 batch = batch.to(device)
                 optimizer.zero_grad(set_to_none=True)
-                scores = net(batch).reshape(-1)
+                scores = train_net(batch).reshape(-1)
                 lo = loss_fn(scores, batch.y.reshape(-1), _batch_group(batch))
                 loss_val = float(lo.loss.detach())
                 if lo.loss.requires_grad:
                     lo.loss.backward()
+                elif di.enabled and scores.requires_grad:
+                    # every rank must join DDP's gradient all-reduce, even with nothing to learn
+                    (scores.sum() * 0.0).backward()
                 if b_idx == last_batch:  # per-layer norms are logged for an epoch's last step
                     _, per_layer = grad_norms(net)
                 # clip_grad_norm_ returns the total norm before clipping: one pass, no extra sync
                 total = float(torch.nn.utils.clip_grad_norm_(
                     net.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf
                 ))
-                if not (math.isfinite(loss_val) and math.isfinite(total)):
+                finite = math.isfinite(loss_val) and math.isfinite(total)
+                if di.enabled:  # all ranks skip or stop together
+                    finite = not dist_.any_flag(not finite, device)
+                if not finite:
                     msg = (
                         f"non-finite {'loss' if not math.isfinite(loss_val) else 'gradient norm'} "
                         f"at epoch {epoch}, batch {b_idx} (loss={loss_val}, grad_norm={total})"
@@ -632,7 +679,16 @@ def train(
                     "(training.nonfinite=skip): training cannot make progress. Lower "
                     "training.learning_rate and check the data (gatrank check-data)."
                 )
-            train_loss = float(np.mean(losses)) if losses else float("nan")
+            if di.enabled:  # the epoch's loss and pair counts over every rank's batches
+                n_loss, sum_loss, sum_pairs, n_zero = dist_.all_reduce_sum(
+                    [len(losses), sum(losses), sum(pairs), sum(p == 0 for p in pairs)], device)
+                train_loss = sum_loss / n_loss if n_loss else float("nan")
+                pair_stats = {"valid_pairs_mean": sum_pairs / n_loss if n_loss else 0.0,
+                              "batches_without_pairs": int(n_zero)}
+            else:
+                train_loss = float(np.mean(losses)) if losses else float("nan")
+                pair_stats = {"valid_pairs_mean": float(np.mean(pairs)) if pairs else 0.0,
+                              "batches_without_pairs": int(sum(p == 0 for p in pairs))}
             val_metrics: dict[str, float] = {}
             if val_set:
                 val_metrics = _evaluate(net, val_batches, device, tie_eps, prefix="val_")
@@ -657,9 +713,8 @@ def train(
                     **_evaluate(net, train_set, device, tie_eps),
                     "grad_norm": float(np.mean(norms)) if norms else 0.0,
                     "grad_norm_per_layer": per_layer,
-                    "valid_pairs_mean": float(np.mean(pairs)) if pairs else 0.0,
+                    **pair_stats,
                     "valid_pairs_min": int(min(pairs)) if pairs else 0,
-                    "batches_without_pairs": int(sum(p == 0 for p in pairs)),
                     "skipped_steps": skipped_steps,
                     "lr": optimizer.param_groups[0]["lr"],
                     "time_s": round(time.perf_counter() - t_start, 3),
@@ -668,11 +723,11 @@ def train(
                 for probe in probes:
                     record.update(probe(net, train_set, device))
                 history.append(record)
-                if out:
+                if out and main:
                     append_jsonl(out / "metrics.jsonl", [record])
-                if tc.enable_debug_logs:
+                if tc.enable_debug_logs and main:
                     logger.info(_format_record(record))
-                for cb in callbacks:
+                for cb in callbacks if main else ():
                     cb(record)
             if bar is not None:
                 bar.update(1)
@@ -718,6 +773,8 @@ def train(
         "loss": loss if isinstance(loss, str) and loss else ("custom" if loss else "pairwise_rank_loss"),
         "seed": tc.seed,
         "device": str(device),
+        "distributed": {"world_size": di.world_size, "backend": di.backend,
+                        "batch_size_per_process": loader.batch_size} if di.enabled else None,
         "num_graphs": len(gs),
         "split_sizes": {k: len(v) for k, v in splits.items()},
         "skipped_steps": skipped_steps,
@@ -748,7 +805,7 @@ def train(
             "best_val_spearman": base.summary["best_val_spearman"],
             "test": base.summary.get("test", {}),
         }
-    if out:
+    if out and main:
         if best["state"] is None and failure is None:
             save("best.pt", {"state_dict": _cpu_clone(net.state_dict()),
                              "optimizer": optimizer.state_dict(),
