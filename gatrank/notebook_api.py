@@ -53,6 +53,7 @@ __all__ = [
     "checkpoint_for_eval",
     "checks_table",
     "show_checks",
+    "show_causes",
     "show_grouped",
     "show_results",
     "config_table",
@@ -427,6 +428,33 @@ def show_results(results: Mapping[str, Any]) -> None:
     colour = "#1a7f37" if results["passed"] else "#cf222e"
     display(HTML(f"<h3 style='color:{colour}'>{html.escape(results['step'])}: "
                  f"{html.escape(results['label'])}</h3>" + _checks_html(results["checks"])))
+
+
+def show_causes(report: Any, *, command: str = "gatrank doctor") -> None:
+    """Display a :class:`gatrank.doctor.DoctorReport`: its verdict, then each cause (most likely
+    first) with its likelihood, evidence and the runbook's fix; when there is none, one line."""
+    if _ipython() is None:
+        return
+    from IPython.display import HTML, display
+
+    if not report.causes:
+        display(HTML(f"<p>The doctor's reading: <b>{html.escape(report.verdict)}</b>, no cause "
+                     "of collapse found.</p>"))
+        return
+    rows = "".join(
+        f"<tr><td style='text-align:right'>{k}</td>"
+        f"<td style='text-align:left'><code>{html.escape(c.id)}</code></td>"
+        f"<td style='text-align:right'>{c.score:.2f}</td>"
+        f"<td style='text-align:left'>{html.escape(c.evidence)}</td>"
+        f"<td style='text-align:left'>{html.escape(c.fix)}</td></tr>"
+        for k, c in enumerate(report.causes, 1))
+    head = "".join(f"<th style='text-align:left'>{h}</th>"
+                   for h in ("#", "cause", "likelihood", "evidence", "fix"))
+    display(HTML(
+        f"<p style='color:#cf222e'>The doctor's reading: <b>{html.escape(report.verdict)}</b>. "
+        f"Likely causes, most likely first (for static checks and ablations that tell them "
+        f"apart, run <code>{html.escape(command)}</code>):</p>"
+        f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"))
 
 
 def config_table(config: Config) -> pd.DataFrame:

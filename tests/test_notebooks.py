@@ -138,6 +138,7 @@ def test_overfit_notebook_with_tiny_parameters_records_a_passing_verdict(tmp_pat
     names = {c["name"] for c in verdict["checks"]}
     assert names == RUNBOOK_CRITERIA | RUNBOOK_RED_FLAGS
     assert verdict["passed"] and verdict["red_flags"] == [] and res["label"] == "PASS"
+    assert res["causes"] == []  # a passing run names no cause
     # the recorded checks are the verdict's plus Step 2C, and agree with the final metrics
     by_name = {c["name"]: c for c in res["checks"]}
     assert set(by_name) == names | {"embedding_spread"}
@@ -158,6 +159,27 @@ def test_overfit_notebook_with_tiny_parameters_records_a_passing_verdict(tmp_pat
     assert traces[0]["x"][-1] == 60
     html = figures[0]["data"]["text/html"]
     assert "cdn" not in html.lower() and "<script src" not in html
+
+
+@pytest.mark.slow
+def test_overfit_notebook_that_fails_shows_and_records_the_doctors_causes(tmp_path,
+                                                                          tiny_manifest):
+    run_dir = tmp_path / "run"
+    out = tmp_path / "03_overfit.ipynb"
+    papermill.execute_notebook(
+        str(NB_DIR / "03_overfit.ipynb"), str(out), cwd=str(NB_DIR), progress_bar=False,
+        parameters={"manifest": str(tiny_manifest), "n": 8, "epochs": 30,
+                    "learning_rate": 1e-7, "run_dir": str(run_dir)},
+        kernel_manager_class=kernel_manager_class(),
+    )
+    res = json.loads((run_dir / "03_overfit.results.json").read_text())
+    assert res["label"].startswith("FAIL") and not res["verdict"]["passed"]
+    assert res["causes"][0]["id"] == "learning_rate_too_low", res["causes"]
+    assert "1e-07" in res["causes"][0]["evidence"] and res["causes"][0]["fix"]
+    nb = nbformat.read(str(out), as_version=4)
+    cell = next(c for c in nb.cells if "nb.show_causes(" in c.source)
+    shown = "".join(o.get("data", {}).get("text/html", "") for o in cell.outputs)
+    assert "learning_rate_too_low" in shown and "gatrank doctor --manifest" in shown
 
 
 @pytest.mark.slow
