@@ -311,6 +311,11 @@ class _Collated(list):
     """Graphs collated into PyG batches on the device once, for an evaluation run every epoch."""
 
 
+_COLLATE_ONCE_MAX = 4096
+"""Training sets up to this many graphs are collated once for their per-epoch uses (a second
+copy of them in memory); larger ones are collated batch by batch when needed."""
+
+
 def _collate(graphs: Sequence, device: torch.device, batch_size: int = 256) -> _Collated:
     loader = DataLoader(list(graphs), batch_size=batch_size, shuffle=False)
     return _Collated(batch.to(device) for batch in loader)
@@ -528,6 +533,14 @@ def train(
             drop_last=False,
         )
     val_batches = _collate(val_set, device)  # evaluated every epoch: collate once
+    # the training graphs are scored at every logged epoch: collate them once too, unless that
+    # copy of the data would be large
+    train_eval = _collate(train_set, device) if len(train_set) <= _COLLATE_ONCE_MAX else train_set
+    # an unshuffled one-process loader yields the same batches every epoch (the overfit test):
+    # collate them once instead of once per epoch
+    fixed_batches = (_Collated(b.to(device) for b in loader)
+                     if sampler is None and overfit and len(train_set) <= _COLLATE_ONCE_MAX
+                     else None)
     out = Path(out_dir) if out_dir else None
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"epoch": 0, "val_spearman": -math.inf, "state": None}
@@ -630,7 +643,7 @@ def train(
             per_layer: dict[str, float] = {}
             skipped_before = skipped_steps
             last_batch = len(loader) - 1
-            for b_idx, batch in enumerate(loader):
+            for b_idx, batch in enumerate(fixed_batches or loader):
                 batch = batch.to(device)
                 optimizer.zero_grad(set_to_none=True)
                 scores = train_net(batch).reshape(-1)
@@ -710,7 +723,7 @@ def train(
                 record = {
                     "epoch": epoch,
                     "loss": train_loss,
-                    **_evaluate(net, train_set, device, tie_eps),
+                    **_evaluate(net, train_eval, device, tie_eps),
                     "grad_norm": float(np.mean(norms)) if norms else 0.0,
                     "grad_norm_per_layer": per_layer,
                     **pair_stats,
