@@ -520,7 +520,7 @@ def test_corrupt_cache_is_recomputed(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="gatrank.data"):
         gs = load_graphs(manifest, cache_dir=tmp_path / "c")
     assert len(gs) == 2 and "ignoring unusable SMILES cache" in caplog.text
-    assert safe_torch_load(cache_file)["error_code"] == ["", ""]  # rewritten
+    assert safe_torch_load(cache_file)["errors"] == {}  # rewritten
 
 
 def test_process_pool_gives_the_same_features(tmp_path, monkeypatch):
@@ -529,7 +529,8 @@ def test_process_pool_gives_the_same_features(tmp_path, monkeypatch):
     pooled = gd_featurize._pack(gd_featurize._featurize_codes(SMILES, 2))
     for key in ("x_codes", "edge_index", "e_codes", "num_nodes", "num_edges"):
         assert torch.equal(serial[key], pooled[key])
-    assert serial["error_code"] == pooled["error_code"] == ["", "", "", "invalid_smiles", "", ""]
+    assert serial["errors"].keys() == pooled["errors"].keys() == {3}
+    assert serial["errors"][3][0] == pooled["errors"][3][0] == "invalid_smiles"
 
 
 def test_cache_key_depends_on_the_smiles_list(tmp_path):
@@ -631,3 +632,24 @@ def test_check_report_lists_problems_and_summarizes_valid_rows(files):
     d = report.to_dict()
     assert d["problems"][0]["code"] == "missing_file" and d["problems"][0]["severity"] == "error"
     assert "missing_file" in report.format_table()
+
+
+def test_fast_graph_construction_behaves_like_data():
+    from gatrank.data.graphset import _make_data
+
+    def attrs():
+        return {"x": torch.rand(3, 4), "edge_index": torch.tensor([[0, 1], [1, 2]]),
+                "y": torch.tensor([1.5]), "gid": "a", "smiles": "CCO"}
+
+    a = attrs()
+    fast, ref = _make_data(dict(a)), Data(**a)
+    assert fast.keys() == ref.keys() and fast.num_nodes == ref.num_nodes == 3
+    assert fast._store._parent() is fast  # the storage points back at its own graph
+    other = _make_data(attrs())
+    other.z = torch.zeros(1)  # attributes set later stay on their own graph
+    assert "z" not in fast and "z" in other
+    for name in ("x", "edge_index", "y"):
+        assert torch.equal(fast[name], ref[name]) and torch.equal(fast.clone()[name], ref[name])
+    b1, b2 = Batch.from_data_list([fast, other]), Batch.from_data_list([ref, Data(**attrs())])
+    assert torch.equal(b1.batch, b2.batch) and torch.equal(b1.edge_index, b2.edge_index)
+    assert b1.gid == b2.gid == ["a", "a"]

@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["featurize_smiles", "default_cache_dir", "FEATURIZER_VERSION"]
 
-FEATURIZER_VERSION = "1"
+FEATURIZER_VERSION = "2"
 """Bump when SMILES featurization changes, so old cache files are not reused."""
 
 _POOL_MIN_MOLECULES = 500
@@ -128,8 +128,9 @@ def _pack(results: Sequence[Any]) -> dict[str, Any]:
                                     else np.zeros((0, len(_E_SIZES)), np.uint8)),
         "num_nodes": torch.tensor(nodes, dtype=torch.long),
         "num_edges": torch.tensor(edges, dtype=torch.long),
-        "error_code": ["" if not isinstance(r[0], str) else r[0] for r in results],
-        "error_message": ["" if not isinstance(r[0], str) else r[1] for r in results],
+        # failures only: a list of one string per molecule costs the weights_only unpickler
+        # more than all the tensors together on a cached reload
+        "errors": {i: (r[0], r[1]) for i, r in enumerate(results) if isinstance(r[0], str)},
     }
 
 
@@ -143,9 +144,10 @@ def _unpack(packed: dict[str, Any]) -> list[Any]:
     xs = torch.split(_one_hot(packed["x_codes"], _X_SIZES), n_nodes)
     eis = torch.split(packed["edge_index"], n_edges, dim=1)
     eas = torch.split(_one_hot(packed["e_codes"], _E_SIZES), n_edges)
-    return [(code, msg) if code else (x, ei, ea)
-            for code, msg, x, ei, ea in zip(packed["error_code"], packed["error_message"],
-                                            xs, eis, eas, strict=True)]
+    out: list[Any] = list(zip(xs, eis, eas, strict=True))
+    for i, (code, msg) in packed["errors"].items():
+        out[i] = (code, msg)
+    return out
 
 
 def default_cache_dir() -> Path:
@@ -170,7 +172,7 @@ def _read_cache(path: Path, n: int) -> dict[str, Any] | None:
         return None
     try:
         packed = safe_torch_load(path)
-        if packed.get("version") != FEATURIZER_VERSION or len(packed["error_code"]) != n:
+        if packed.get("version") != FEATURIZER_VERSION or len(packed["num_nodes"]) != n:
             raise ValueError("cache entry does not match this SMILES list")
         return packed
     except Exception as exc:  # any damage to a cache file just means recomputing it
