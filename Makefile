@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine (see README):
 #   make demo   set up .venv if missing, then run the notebook suite on the embedded data
-#   make test   set up .venv if missing, then run the test suite
+#   make test   set up .venv if missing, then run the test suite and the quick benchmarks
+#   (make bench: the full benchmarks, which regenerate docs/benchmarks.md)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -10,7 +11,7 @@ TORCH  ?= torch==2.13.0
 OUT    ?= reports/demo
 PYTEST_ARGS ?= -n 2
 
-.PHONY: demo test venv clean
+.PHONY: demo test bench venv clean
 
 venv: $(VENV)/.installed
 
@@ -26,6 +27,10 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m benchmarks --quick
+
+bench: venv
+	$(BIN)/python -m benchmarks
 
 clean:
 	rm -rf $(VENV) reports/demo .pytest_cache

@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="", help="write predictions.csv, metrics.json, scatter.html")
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument("--model", default="", help="import string of a custom model checkpoint")
+    p.add_argument("--device", default="", help="auto (CUDA when present), cpu or cuda "
+                   "(default: the checkpoint's training.device)")
     _add_common(p)
 
     p = sub.add_parser("check-data", help="validate a manifest and list every problem")
@@ -205,7 +207,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     final = s["final"]
     print(
         f"\n{s['mode']} run {s['status']} after {s['epochs_run']} epochs in {s['wall_time_s']:.1f}s "
-        f"on {s['num_graphs']} graphs (splits {s['split_sizes']})"
+        + (f"on the first {s['split_sizes']['train']} of {s['num_graphs']} graphs"
+           if s["mode"] == "overfit" else
+           f"on {s['num_graphs']} graphs (splits {s['split_sizes']})")
     )
     if final:
         print(
@@ -248,6 +252,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         out_dir=args.out or None,
         k=args.k,
         baselines=not args.no_baselines,
+        device=args.device,
     )
     print(f"split: {res.split} ({len(res.predictions)} graphs)")
     print(res.table().to_string(float_format=lambda v: f"{v:.4f}"))

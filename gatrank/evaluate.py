@@ -106,10 +106,13 @@ def evaluate_checkpoint(
     out_dir: str | Path | None = None,
     k: int = 10,
     baselines: bool = True,
+    device: str = "",
 ) -> EvalResult:
     """Score ``checkpoint`` on ``split`` (``train``/``val``/``test``/``all``) of ``manifest``.
 
     The split is recomputed exactly as training made it (same manifest, seed and fractions).
+    ``device`` (``auto``/``cpu``/``cuda``) overrides the checkpoint's ``training.device``
+    (default ``auto``: CUDA when present), for scoring and for the baselines trained beside it.
     With ``out_dir``: ``predictions.csv``, ``metrics.json`` and ``scatter.html`` (plotly.js
     embedded, opens offline).
     """
@@ -118,6 +121,8 @@ def evaluate_checkpoint(
     from gatrank.train import predict, resolve_device
 
     net, config, _ = load_checkpoint(checkpoint, model=model)
+    if device:
+        config = config.updated({"training.device": device})
     manifest = manifest or config.data.manifest or default_manifest()
     gs = load_graphs(
         manifest, on_error=config.data.on_error, allow_outside_root=config.data.allow_outside_root

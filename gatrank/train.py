@@ -805,6 +805,8 @@ def train(
     if test_idx:
         summary["test"] = _evaluate(net, [gs[i] for i in test_idx], device, tie_eps)
     if with_baseline and not overfit and status == "completed":
+        if tc.enable_debug_logs and main:
+            logger.info("linear baseline (pooled input features -> one score) on the same splits:")
         base = train(
             config,
             graphs=gs,
