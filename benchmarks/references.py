@@ -160,7 +160,8 @@ def bare_pyg_loop(
             targets = torch.cat([b.y.reshape(-1) for b in val]).cpu().numpy()
             rho = spearmanr(scores, targets).statistic
             if rho > best:
-                best, best_state = rho, {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best = rho
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if best_state is not None:
         model.load_state_dict(best_state)
     if device.type == "cuda":
