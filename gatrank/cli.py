@@ -177,7 +177,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from gatrank.train import train
 
     logging.getLogger("gatrank.train").setLevel(
-        logging.INFO if cfg.training.enable_debug_logs and not args.quiet else logging.WARNING
+        logging.ERROR if _other_rank() and not args.debug
+        else logging.INFO if cfg.training.enable_debug_logs and not args.quiet else logging.WARNING
     )
     from gatrank import distributed
 
@@ -235,8 +236,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if s["status"] == "interrupted":
         print(f"{s['stop_reason']}.", file=sys.stderr)
         if args.out:
-            print(f"continue with: gatrank train --resume {Path(args.out) / 'last.pt'}",
-                  file=sys.stderr)
+            launcher = (f"torchrun --nproc-per-node {s['distributed']['world_size']} -m "
+                        if s.get("distributed") else "")
+            print(f"continue with: {launcher}gatrank train --resume "
+                  f"{Path(args.out) / 'last.pt'}", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0 if s["status"] == "completed" else EXIT_PROBLEMS
 
@@ -366,12 +369,17 @@ def _loaded(module: str, name: str) -> type | tuple[()]:
     return getattr(mod, name) if mod is not None else ()
 
 
+def _other_rank() -> bool:
+    """A torchrun process other than rank 0: it trains but leaves the talking to rank 0."""
+    return os.environ.get("RANK", "0") not in ("", "0")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 problems found, 2 bad usage or input)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
-    if os.environ.get("RANK", "0") not in ("", "0") and not args.debug:
+    if _other_rank() and not args.debug:
         level = logging.ERROR  # torchrun's other ranks: rank 0 speaks for the run
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
     from gatrank.config import ConfigError

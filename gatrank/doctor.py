@@ -221,7 +221,8 @@ class Cause:
 class Stage:
     name: str
     status: str
-    """``ok``, ``failed`` (found a problem), ``passed``/``fits`` or ``skipped``."""
+    """``ok``, ``warning`` (worth a look, not a cause), ``failed`` (found a problem),
+    ``passed``/``fits`` or ``skipped``."""
     summary: dict[str, Any]
     seconds: float
 
@@ -723,7 +724,17 @@ class _Doctor:
                        f"{len(trainable)} trainable parameter tensors (no gradient path from "
                        "the model's scores to the loss)", 1.0, "model")
             stop = True
-        self.add_stage("model", "failed" if stop else "ok", summary, t0)
+        status = "failed" if stop else "ok"
+        if not stop and path["requires_grad"] and (
+                path["grad_norm"] < DOCTOR_THRESHOLDS["vanishing_grad_norm"]):
+            # not a cause by itself (an untrained model can start flat), but worth a look
+            status = "warning"
+            self.notes.append(
+                f"at initialisation the gradient norm on a real batch is "
+                f"{path['grad_norm']:.3g} (runbook: > {THRESHOLDS['grad_norm']:g}) and "
+                f"{len(path['zero'])} parameter tensor(s) get exactly zero gradient: gradients "
+                "barely reach the parameters before any training (dead or saturated units?)")
+        self.add_stage("model", status, summary, t0)
         return stop
 
     # ----------------------------------------------------------------- reading runs

@@ -85,6 +85,8 @@ def baseline_scores(
     n = len(split_idx)
     out = {"constant": np.zeros(n), "random": rng.random(n)}
     if len(train_idx) >= 2:
+        if config.training.enable_debug_logs:
+            logger.info("linear baseline: training on the %d training graphs", len(train_idx))
         res = train(
             config,
             graphs=gs,
