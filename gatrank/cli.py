@@ -303,6 +303,9 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
 def _cmd_suite(args: argparse.Namespace) -> int:
     from gatrank.suite import run_suite
 
+    if not args.debug:  # papermill logs four lines per notebook; the suite prints its own
+        logging.getLogger("papermill").setLevel(logging.WARNING)
+
     overrides = {"config": args.config or None, "model": args.model or None,
                  "loss": args.loss or None, "seed": args.seed}
     res = run_suite(

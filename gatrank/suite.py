@@ -125,6 +125,10 @@ def kernel_manager_class() -> type:
         )
 
     class CurrentPythonKernelManager(KernelManager):
+        # unix sockets beside the connection file: nothing listens on a TCP port of this
+        # machine, and the kernel has no "running over TCP without encryption" warning to print
+        transport = "ipc" if os.name == "posix" else "tcp"
+
         @property
         def kernel_spec(self) -> KernelSpec:
             if self._kernel_spec is None:
