@@ -124,10 +124,19 @@ def kernel_manager_class() -> type:
             "kernel of this environment: pip install ipykernel"
         )
 
+    from jupyter_core.paths import jupyter_runtime_dir
+    from traitlets import default
+
+    # unix sockets beside the connection file: nothing listens on a TCP port of this machine,
+    # and the kernel has no "running over TCP without encryption" warning to print; TCP where
+    # there are no unix sockets or their path would pass the ~100-byte limit
+    sockets = os.path.join(jupyter_runtime_dir(), f"kernel-{'0' * 36}-ipc-99999")
+    transport = "ipc" if os.name == "posix" and len(sockets) < 100 else "tcp"
+
     class CurrentPythonKernelManager(KernelManager):
-        # unix sockets beside the connection file: nothing listens on a TCP port of this
-        # machine, and the kernel has no "running over TCP without encryption" warning to print
-        transport = "ipc" if os.name == "posix" else "tcp"
+        @default("transport")
+        def _transport_default(self) -> str:
+            return transport
 
         @property
         def kernel_spec(self) -> KernelSpec:

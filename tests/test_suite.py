@@ -161,3 +161,10 @@ def test_a_failing_notebook_is_reported_and_the_suite_goes_on(tmp_path, capsys):
     index = (out / "index.html").read_text()
     assert 'class="badge ERROR">ERROR<' in index and 'href="01_broken.html"' in index
     assert "value is 7" in index
+
+
+def test_kernels_talk_over_unix_sockets_unless_their_path_is_too_long(tmp_path, monkeypatch):
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "rt"))
+    assert kernel_manager_class()().transport == ("ipc" if sys.platform != "win32" else "tcp")
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / ("x" * 80)))
+    assert kernel_manager_class()().transport == "tcp"
