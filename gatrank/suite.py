@@ -23,6 +23,7 @@ import logging
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -137,6 +138,16 @@ def kernel_manager_class() -> type:
         @default("transport")
         def _transport_default(self) -> str:
             return transport
+
+        @default("ip")
+        def _ip_default(self) -> str:
+            if self.transport != "ipc":
+                return super()._ip_default()
+            # jupyter_client reads ip before it names the connection file and would fall back
+            # to "kernel-ipc" in the working folder, shared by every kernel started there
+            runtime = jupyter_runtime_dir()
+            os.makedirs(runtime, exist_ok=True)
+            return os.path.join(runtime, f"kernel-{uuid.uuid4()}-ipc")
 
         @property
         def kernel_spec(self) -> KernelSpec:
