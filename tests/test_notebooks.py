@@ -124,17 +124,22 @@ def tiny_manifest(tmp_path_factory) -> Path:
     return write_dataset("chembl-activity", tmp_path_factory.mktemp("tiny"), n=64)
 
 
-@pytest.mark.slow
-def test_overfit_notebook_with_tiny_parameters_records_a_passing_verdict(tmp_path,
-                                                                          tiny_manifest):
+def _run_overfit(tmp_path: Path, manifest: Path, **parameters) -> tuple[dict, Path, Path]:
+    """03_overfit through papermill from notebooks/: (recorded results, executed copy, run dir)."""
     run_dir = tmp_path / "run"
     out = tmp_path / "03_overfit.ipynb"
     papermill.execute_notebook(
         str(NB_DIR / "03_overfit.ipynb"), str(out), cwd=str(NB_DIR), progress_bar=False,
-        parameters={"manifest": str(tiny_manifest), "n": 8, "epochs": 60, "run_dir": str(run_dir)},
+        parameters={"manifest": str(manifest), "run_dir": str(run_dir), **parameters},
         kernel_manager_class=kernel_manager_class(),
     )
-    res = json.loads((run_dir / "03_overfit.results.json").read_text())
+    return json.loads((run_dir / "03_overfit.results.json").read_text()), out, run_dir
+
+
+@pytest.mark.slow
+def test_overfit_notebook_with_tiny_parameters_records_a_passing_verdict(tmp_path,
+                                                                          tiny_manifest):
+    res, out, run_dir = _run_overfit(tmp_path, tiny_manifest, n=8, epochs=60)
     assert res["python"] == sys.executable  # the kernel of the running environment
     assert (res["n"], res["epochs_run"], res["num_graphs"]) == (8, 60, 64)
     verdict = res["verdict"]
@@ -167,15 +172,7 @@ def test_overfit_notebook_with_tiny_parameters_records_a_passing_verdict(tmp_pat
 @pytest.mark.slow
 def test_overfit_notebook_that_fails_shows_and_records_the_doctors_causes(tmp_path,
                                                                           tiny_manifest):
-    run_dir = tmp_path / "run"
-    out = tmp_path / "03_overfit.ipynb"
-    papermill.execute_notebook(
-        str(NB_DIR / "03_overfit.ipynb"), str(out), cwd=str(NB_DIR), progress_bar=False,
-        parameters={"manifest": str(tiny_manifest), "n": 8, "epochs": 30,
-                    "learning_rate": 1e-7, "run_dir": str(run_dir)},
-        kernel_manager_class=kernel_manager_class(),
-    )
-    res = json.loads((run_dir / "03_overfit.results.json").read_text())
+    res, out, _ = _run_overfit(tmp_path, tiny_manifest, n=8, epochs=30, learning_rate=1e-7)
     assert res["label"].startswith("FAIL") and not res["verdict"]["passed"]
     assert res["causes"][0]["id"] == "learning_rate_too_low", res["causes"]
     assert "1e-07" in res["causes"][0]["evidence"] and res["causes"][0]["fix"]
