@@ -128,7 +128,7 @@ def kernel_manager_class() -> type:
     from jupyter_core.paths import jupyter_runtime_dir
     from traitlets import default
 
-    # unix sockets beside the connection file: nothing listens on a TCP port of this machine,
+    # unix sockets in Jupyter's runtime folder: nothing listens on a TCP port of this machine,
     # and the kernel has no "running over TCP without encryption" warning to print; TCP where
     # there are no unix sockets or their path would pass the ~100-byte limit
     sockets = os.path.join(jupyter_runtime_dir(), f"kernel-{'0' * 36}-ipc-99999")
