@@ -533,14 +533,14 @@ def train(
             drop_last=False,
         )
     val_batches = _collate(val_set, device)  # evaluated every epoch: collate once
-    # the training graphs are scored at every logged epoch: collate them once too, unless that
-    # copy of the data would be large
-    train_eval = _collate(train_set, device) if len(train_set) <= _COLLATE_ONCE_MAX else train_set
+    small = len(train_set) <= _COLLATE_ONCE_MAX  # a second, collated copy of it is affordable
     # an unshuffled one-process loader yields the same batches every epoch (the overfit test):
     # collate them once instead of once per epoch
     fixed_batches = (_Collated(b.to(device) for b in loader)
-                     if sampler is None and overfit and len(train_set) <= _COLLATE_ONCE_MAX
-                     else None)
+                     if sampler is None and overfit and small else None)
+    # the training graphs are scored at every logged epoch: collate them once too (the fixed
+    # batches already hold them, in order)
+    train_eval = fixed_batches or (_collate(train_set, device) if small else train_set)
     out = Path(out_dir) if out_dir else None
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"epoch": 0, "val_spearman": -math.inf, "state": None}
