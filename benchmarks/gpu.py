@@ -1,5 +1,5 @@
 """``python -m benchmarks.gpu [--epochs N] [--batch-sizes 16,128] [--json F]``: graphs per second
-of ``gatrank.train`` on the CPU and on CUDA, same model, data, config and seed.
+of ``gatrank.training`` on the CPU and on CUDA, same model, data, config and seed.
 
 For machines that have a GPU; without one it measures the CPU and says CUDA is absent (exit 0).
 Each run is full training on the embedded default (chembl-activity) with the runbook's config and
@@ -20,7 +20,7 @@ import torch
 from gatrank.config import Config
 from gatrank.data import load_graphs, split_indices
 from gatrank.datasets import default_manifest
-from gatrank.train import train
+from gatrank.training import train
 
 __all__ = ["main", "measure"]
 

@@ -1,4 +1,4 @@
-"""Training loop: graphs per second of ``gatrank.train`` against a bare PyG loop.
+"""Training loop: graphs per second of ``gatrank.training`` against a bare PyG loop.
 
 Both train the same model (same config and seed) with the same batch size, loss, gradient
 clipping and Adam settings; gatrank's loop also computes everything it logs (metrics on the
@@ -18,7 +18,7 @@ from benchmarks.common import Check, Options, Section, alternate
 from benchmarks.references import bare_pyg_loop
 from gatrank.config import Config, overfit_config
 from gatrank.model import build_model
-from gatrank.train import resolve_device, set_seed, train
+from gatrank.training import resolve_device, set_seed, train
 
 __all__ = ["run", "RATIO_TARGET"]
 
@@ -76,7 +76,7 @@ def run(opts: Options) -> Section:
         key="training",
         title="Training loop throughput",
         method=(
-            "gatrank.train (INFO logging to a null handler, as the CLI logs; no output folder) "
+            "gatrank.training (INFO logging to a null handler, as the CLI logs; no output folder) "
             "vs a bare PyG loop: forward, the same loss, backward, clip_grad_norm_(1.0), Adam, "
             "nothing else; in full training both also select the best epoch by validation "
             "Spearman (the bare loop scores the validation graphs after every epoch with scipy "
@@ -91,7 +91,7 @@ def run(opts: Options) -> Section:
         columns=["mode", "graphs", "epochs", "batch size", "bare PyG graphs/s",
                  "gatrank graphs/s", "ratio"],
     )
-    train_logger = logging.getLogger("gatrank.train")
+    train_logger = logging.getLogger("gatrank.training")
     old_level, old_propagate = train_logger.level, train_logger.propagate
     null = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115 - closed below
     train_logger.setLevel(logging.INFO)

@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    # gatrank.train (torch) is imported only once the config is valid: a typo fails in 0.1 s
+    # gatrank.training (torch) is imported only once the config is valid: a typo fails in 0.1 s
     from gatrank.config import ConfigError, load_config, overfit_config
 
     if args.overfit_n and args.overfit_n < 2:
@@ -147,7 +147,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if not Path(args.resume).is_file():
             raise FileNotFoundError(f"--resume {args.resume}: no such file (pass a run's last.pt)")
-        from gatrank.train import checkpoint_config
+        from gatrank.training import checkpoint_config
 
         cfg, specs = checkpoint_config(args.resume)
         if args.config:  # the run's data stays the checkpoint's unless --manifest says otherwise
@@ -174,13 +174,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = overfit_config(cfg, args.overfit_n)
     if args.epochs is not None:
         cfg = cfg.updated({"training.epochs": args.epochs})
-    from gatrank.train import train
+    from gatrank.training import train
 
-    logging.getLogger("gatrank.train").setLevel(
+    logging.getLogger("gatrank.training").setLevel(
         logging.ERROR if _other_rank() and not args.debug
         else logging.INFO if cfg.training.enable_debug_logs and not args.quiet else logging.WARNING
     )
-    from gatrank import distributed
+    from gatrank.training import distributed
 
     try:
         res = train(
@@ -219,7 +219,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             f"grad norm {final['grad_norm']:.4f}"
         )
     if s["mode"] == "overfit":
-        from gatrank.verdict import evaluate_verdict, format_verdict
+        from gatrank.checks.verdict import evaluate_verdict, format_verdict
 
         verdict = evaluate_verdict(res.history)
         print(format_verdict(verdict))
@@ -325,7 +325,7 @@ def _cmd_suite(args: argparse.Namespace) -> int:
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
-    from gatrank import faults
+    from gatrank.doctor import faults
     from gatrank.doctor import DoctorOptions, diagnose
     from gatrank.io import write_json
 
@@ -398,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         # classes of modules not imported yet cannot have raised (and importing them costs torch)
         DataError = _loaded("gatrank.data", "DataError")  # noqa: N806
         UnsafeFileError = _loaded("gatrank.data", "UnsafeFileError")  # noqa: N806
-        NonFiniteError = _loaded("gatrank.train", "NonFiniteError")  # noqa: N806
+        NonFiniteError = _loaded("gatrank.training", "NonFiniteError")  # noqa: N806
         kind = (
             "data problems" if isinstance(exc, DataError)
             else "config error" if isinstance(exc, ConfigError)

@@ -42,7 +42,7 @@ def load_checkpoint(path: str | Path, *, model: str = "") -> tuple[nn.Module, Co
     """Rebuild the model saved in a checkpoint (loaded with ``weights_only=True``).
 
     Args:
-        path: a ``best.pt``/``last.pt`` written by :func:`gatrank.train.train`.
+        path: a ``best.pt``/``last.pt`` written by :func:`gatrank.training.train`.
         model: the import string of a user model when the checkpoint holds one.
     """
     from gatrank.data import safe_torch_load
@@ -79,7 +79,7 @@ def baseline_scores(
     - ``random``: seeded uniform noise (chance level);
     - ``linear``: :class:`gatrank.model.LinearBaseline` trained on ``train_idx`` with ``config``.
     """
-    from gatrank.train import predict, resolve_device, train
+    from gatrank.training import predict, resolve_device, train
 
     rng = np.random.default_rng(seed)
     n = len(split_idx)
@@ -120,7 +120,7 @@ def evaluate_checkpoint(
     """
     from gatrank.data import load_graphs, split_indices
     from gatrank.datasets import default_manifest
-    from gatrank.train import predict, resolve_device
+    from gatrank.training import predict, resolve_device
 
     net, config, _ = load_checkpoint(checkpoint, model=model)
     if device:

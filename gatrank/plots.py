@@ -1,6 +1,6 @@
 """Plotly figure builders. Pure functions: data in, figure out; nothing is shown or written.
 
-Threshold lines come from :data:`gatrank.verdict.THRESHOLDS` and are drawn as line traces (not
+Threshold lines come from :data:`gatrank.checks.verdict.THRESHOLDS` and are drawn as line traces (not
 shapes) so they stay in data coordinates on log axes and show their rule on hover. Colours:
 green dashed = pass criterion, green dotted = the runbook's "ideally", red dotted = red flag.
 """
@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from gatrank.losses import LN2
-from gatrank.verdict import THRESHOLDS
+from gatrank.checks.verdict import THRESHOLDS
 
 __all__ = [
     "scatter_pred_vs_true",
@@ -103,9 +103,9 @@ def training_curves(
     dashed beside the training values.
 
     Args:
-        history: records as :func:`gatrank.train.train` logs them (``epoch``, ``loss``,
+        history: records as :func:`gatrank.training.train` logs them (``epoch``, ``loss``,
             ``pairwise_accuracy``, ``spearman``, ``score_mean``, ``score_std``, ``grad_norm``).
-        thresholds: defaults to :data:`gatrank.verdict.THRESHOLDS`.
+        thresholds: defaults to :data:`gatrank.checks.verdict.THRESHOLDS`.
         loss_reference: a reference loss to draw (``None``: none, e.g. for a user loss).
     """
     t = dict(THRESHOLDS if thresholds is None else thresholds)
@@ -253,7 +253,7 @@ def feature_spread(stats: pd.DataFrame) -> go.Figure:
 
     Args:
         stats: one row per feature with columns ``feature``, ``std``, ``graph_std`` and
-            ``constant`` (bool), as :func:`gatrank.notebook_api.feature_stats` returns.
+            ``constant`` (bool), as :func:`gatrank.notebook.feature_stats` returns.
     """
     const = stats[stats["constant"]]
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,

@@ -1,6 +1,6 @@
 """The bad-input corpus, end to end through the command line.
 
-Every live case of :mod:`gatrank.failure_modes` is built in a fresh folder and run through
+Every live case of :mod:`tools.failure_modes` is built in a fresh folder and run through
 ``gatrank.cli.main``: it must exit with its documented code, print no traceback, name what is
 wrong (for a bad row: its line, id and file on one output line), and still print what
 ``docs/failure_modes.md`` says it prints. A few cases also run as a real ``python -m gatrank``
@@ -21,7 +21,7 @@ import torch
 
 from gatrank.cli import main
 from gatrank.data import DataError
-from gatrank.failure_modes import (
+from tools.failure_modes import (
     CASES,
     MARKER,
     FailureMode,
@@ -33,7 +33,7 @@ from gatrank.failure_modes import (
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "failure_modes.md"
 LIVE = [c for c in CASES if c.build is not None]
-REGENERATE = "regenerate it: python -m gatrank.failure_modes docs/failure_modes.md"
+REGENERATE = "regenerate it: python -m tools.failure_modes docs/failure_modes.md"
 
 # The issue's list of bad inputs, each mapped to the corpus case that covers it.
 REQUIRED = {

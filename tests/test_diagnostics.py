@@ -13,7 +13,7 @@ from torch_geometric.loader import DataLoader
 from torch_geometric.nn import GATConv
 
 from gatrank.config import Config, ModelConfig
-from gatrank.diagnostics import (
+from gatrank.checks.probes import (
     ModelProbe,
     activation_stats,
     attention_entropy,
@@ -35,7 +35,7 @@ from gatrank.diagnostics import (
 )
 from gatrank.losses import LN2, LossOutput, pairwise_rank_loss
 from gatrank.model import GATRanker
-from gatrank.train import make_loss_fn, train
+from gatrank.training import make_loss_fn, train
 
 
 def _path_graph(n: int, x: torch.Tensor, y: float, group: int = -1) -> Data:

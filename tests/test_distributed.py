@@ -1,5 +1,5 @@
 """Multi-process training: ``torchrun --nproc-per-node 2 -m gatrank train`` (gloo on CPU) against
-the same run in one process, and :mod:`gatrank.distributed` outside torchrun."""
+the same run in one process, and :mod:`gatrank.training.distributed` outside torchrun."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gatrank import distributed
+from gatrank.training import distributed
 from gatrank.data import safe_torch_load
 
 TOLERANCE = 0.1

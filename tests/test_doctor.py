@@ -22,10 +22,10 @@ from torch_geometric.nn import global_mean_pool
 from gatrank.cli import main
 from gatrank.config import Config, overfit_config
 from gatrank.data import GraphSet
-from gatrank.diagnostics import ModelProbe
+from gatrank.checks.probes import ModelProbe
 from gatrank.doctor import CAUSES, VERDICTS, diagnose, diagnose_history
-from gatrank.faults import FAULTS, ZooResult, inject, zoo_graphs
-from gatrank.train import train
+from gatrank.doctor.faults import FAULTS, ZooResult, inject, zoo_graphs
+from gatrank.training import train
 
 # --------------------------------------------------------------------------- a user's own code
 

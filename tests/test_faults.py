@@ -13,7 +13,7 @@ from torch_geometric.data import Batch, Data
 
 from gatrank.config import Config
 from gatrank.data import GraphSet
-from gatrank.diagnostics import (
+from gatrank.checks.probes import (
     activation_stats,
     check_graphs,
     check_loss,
@@ -22,9 +22,9 @@ from gatrank.diagnostics import (
     gradient_path,
 )
 from gatrank.doctor import CAUSES
-from gatrank.faults import FAULTS, ZooResult, get_fault, inject, list_faults, write_zoo_page
+from gatrank.doctor.faults import FAULTS, ZooResult, get_fault, inject, list_faults, write_zoo_page
 from gatrank.model import build_model
-from gatrank.train import make_loss_fn, set_seed
+from gatrank.training import make_loss_fn, set_seed
 
 DESIGN_CAUSES = [  # the cause ids of DESIGN.md, in its order
     "nan_or_inf_inputs", "empty_graphs", "constant_targets", "no_valid_pairs",

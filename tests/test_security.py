@@ -19,8 +19,8 @@ from gatrank.cli import main
 from gatrank.config import ConfigError, load_config
 from gatrank.data import UnsafeFileError, load_graphs
 from gatrank.evaluate import load_checkpoint
-from gatrank.failure_modes import MARKER
-from gatrank.train import checkpoint_config, train
+from tools.failure_modes import MARKER
+from gatrank.training import checkpoint_config, train
 
 PACKAGE = Path(__file__).resolve().parents[1] / "gatrank"
 

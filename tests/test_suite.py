@@ -15,7 +15,7 @@ import plotly.io as pio
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from gatrank import notebook_api
+from gatrank.notebook import session as notebook_api
 from gatrank.suite import export_html, kernel_manager_class, render_index, run_suite
 
 PLOTLY_BANNER = re.compile(r"\* plotly\.js v\d+\.\d+\.\d+")

@@ -12,8 +12,8 @@ from gatrank.config import Config, overfit_config
 from gatrank.data import load_graphs
 from gatrank.datasets import write_dataset
 from gatrank.evaluate import evaluate_checkpoint
-from gatrank.train import train
-from gatrank.verdict import evaluate_verdict
+from gatrank.training import train
+from gatrank.checks.verdict import evaluate_verdict
 
 pytestmark = pytest.mark.slow
 

@@ -27,7 +27,7 @@ from gatrank.data import load_graphs, safe_torch_load
 from gatrank.datasets import write_dataset
 from gatrank.io import atomic_torch_save, atomic_write_text, write_json
 from gatrank.losses import LossOutput, pairwise_rank_loss
-from gatrank.train import NonFiniteError, environment_info, train
+from gatrank.training import NonFiniteError, environment_info, train
 
 TIMING = {"time_s"}
 
@@ -202,7 +202,7 @@ def test_skip_mode_counts_skipped_steps(graphs, caplog):
     cfg = tiny(training__patience=0, training__epochs=4, training__nonfinite="skip")
     per_epoch = _train_batches(graphs, cfg)
     bad = {3, per_epoch + 1}  # epoch 1 batch 2, epoch 2 batch 0
-    with caplog.at_level("WARNING", logger="gatrank.train"):
+    with caplog.at_level("WARNING", logger="gatrank.training"):
         res = train(cfg, graphs=graphs, loss=Loss(nan_at=bad), progress=False)
     assert res.summary["status"] == "completed"
     assert res.summary["skipped_steps"] == len(bad)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gatrank.verdict import THRESHOLDS, evaluate_verdict, format_verdict
+from gatrank.checks.verdict import THRESHOLDS, evaluate_verdict, format_verdict
 
 
 def _rec(epoch, loss, pa, sp, std, gn):

@@ -5,7 +5,7 @@
 :func:`setup` sees them and joins the process group (gloo on CPU, NCCL on CUDA). Without them
 (a plain ``gatrank train``) everything here is a no-op and training runs in one process.
 
-Conventions of a distributed run (see :func:`gatrank.train.train`):
+Conventions of a distributed run (see :func:`gatrank.training.train`):
 
 - ``training.batch_size`` is the *global* batch: each of the W processes takes
   ``batch_size // W`` graphs per step from a :class:`~torch.utils.data.DistributedSampler`

@@ -99,7 +99,7 @@ class SuiteResult:
 
 def default_out_dir() -> Path:
     """``<project>/reports/<UTC timestamp>`` (``./reports/...`` outside a project checkout)."""
-    from gatrank.notebook_api import project_root
+    from gatrank.notebook import project_root
 
     root = project_root() or Path.cwd()
     return root / "reports" / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -349,7 +349,7 @@ def run_suite(
             often fastest. Default: torch's choice.
         progress: called with one line per notebook when it finishes.
     """
-    from gatrank.notebook_api import STEPS, project_root
+    from gatrank.notebook import STEPS, project_root
 
     t0 = time.perf_counter()
     root = project_root()

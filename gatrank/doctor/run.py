@@ -10,7 +10,7 @@ Stages, in order, stopping as soon as the answer is clear:
 3. **model**: frozen parameters and the gradient path from the loss to every parameter.
 4. **overfit**: the runbook's overfit test (first ``n`` training graphs, up to 500 epochs, lr
    5e-3, no dropout, full batch) on the user's model, loss and remaining settings, with
-   :class:`~gatrank.diagnostics.ModelProbe` measurements at every logged epoch.
+   :class:`~gatrank.checks.probes.ModelProbe` measurements at every logged epoch.
 5. **your settings**: the same graphs with the user's own training settings, beside it.
 6. **ablations**, only the ones that tell the remaining suspects apart: weight decay off, a
    shallower GAT with residuals, an unbounded score head, loss temperature 1, a lower or higher
@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from gatrank.config import Config, load_config, overfit_config
-from gatrank.diagnostics import (
+from gatrank.checks.probes import (
     ModelProbe,
     check_graphs,
     check_loss,
@@ -52,7 +52,7 @@ from gatrank.diagnostics import (
     pair_stats,
 )
 from gatrank.losses import LN2
-from gatrank.verdict import THRESHOLDS, evaluate_verdict
+from gatrank.checks.verdict import THRESHOLDS, evaluate_verdict
 
 __all__ = [
     "CAUSES",
@@ -186,7 +186,7 @@ DOCTOR_THRESHOLDS: dict[str, float] = {
     "heavy_weight_decay": 0.1,
     "strong": 0.85,                 # a cause this likely needs no ablation to confirm it
 }
-"""Every threshold the doctor uses, beside the runbook's (:data:`gatrank.verdict.THRESHOLDS`)."""
+"""Every threshold the doctor uses, beside the runbook's (:data:`gatrank.checks.verdict.THRESHOLDS`)."""
 
 VERDICTS = ("healthy", "bad_data", "broken_loss", "cannot_fit", "collapsed", "unstable",
             "no_generalization")
@@ -250,7 +250,7 @@ class DoctorOptions:
     """At most this many held-out graphs are scored."""
     heldout_epochs: int = 40
     probe_graphs: int = 32
-    """Graphs in the probe batch of :class:`~gatrank.diagnostics.ModelProbe`."""
+    """Graphs in the probe batch of :class:`~gatrank.checks.probes.ModelProbe`."""
     ablations: bool = True
     heldout: bool = True
     num_threads: int | None = None
@@ -281,7 +281,7 @@ class DoctorReport:
     config_diff: list[dict[str, Any]] = field(default_factory=list)
     """The user's training settings beside the runbook's overfit settings."""
     runbook_verdict: dict[str, Any] | None = None
-    """:meth:`gatrank.verdict.Verdict.to_dict` of the overfit test."""
+    """:meth:`gatrank.checks.verdict.Verdict.to_dict` of the overfit test."""
     setup: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -508,7 +508,7 @@ class _Doctor:
             model=None, keep: list[nn.Module] | None = None) -> _Run:
         """Train on ``idx`` with ``cfg``; stops once the criteria pass or the loss stalls.
         The trained model is appended to ``keep`` when given."""
-        from gatrank.train import NonFiniteError, train
+        from gatrank.training import NonFiniteError, train
 
         records: list[dict[str, Any]] = []
         stall = self.opts.stall_epochs
@@ -666,7 +666,7 @@ class _Doctor:
         return stop
 
     def loss_stage(self) -> bool:
-        from gatrank.train import make_loss_fn
+        from gatrank.training import make_loss_fn
 
         t0 = time.perf_counter()
         lc = self.cfg.loss
@@ -698,7 +698,7 @@ class _Doctor:
     def model_stage(self, idx: Sequence[int]) -> bool:
         from torch_geometric.data import Batch
 
-        from gatrank.train import make_loss_fn, set_seed
+        from gatrank.training import make_loss_fn, set_seed
 
         t0 = time.perf_counter()
         set_seed(self.cfg.training.seed)
@@ -1028,7 +1028,7 @@ class _Doctor:
         return self.strongest() >= 0.5
 
     def heldout_stage(self) -> str:
-        from gatrank.train import predict, resolve_device
+        from gatrank.training import predict, resolve_device
 
         t0 = time.perf_counter()
         self.train_split()
@@ -1167,7 +1167,7 @@ def diagnose(
             ``package.module:Name``, a factory ``in_channels -> nn.Module`` or a module (copied
             for every run).
         loss: the user's loss ``(scores, targets) -> scalar`` (import string or callable).
-        inject: a fault of :mod:`gatrank.faults` to inject first (for demonstration).
+        inject: a fault of :mod:`gatrank.doctor.faults` to inject first (for demonstration).
         options: run budgets; :class:`DoctorOptions` defaults.
         seed: overrides ``training.seed`` (runs are seeded and deterministic on CPU).
 
@@ -1184,7 +1184,7 @@ def diagnose(
         model_edit = None
         fault = None
         if inject:
-            from gatrank.faults import inject as inject_fault
+            from gatrank.doctor.faults import inject as inject_fault
 
             if gs is None:
                 raise ValueError(f"cannot inject {inject!r}: the manifest {source} has problems; "
@@ -1218,7 +1218,7 @@ def diagnose_history(history: Sequence[dict[str, Any]], *,
 
     Applies the runbook's verdict and the measurement rules of :func:`diagnose` to logged
     records (``train(...).history`` or ``metrics.jsonl``; records with
-    :class:`~gatrank.diagnostics.ModelProbe` keys give more evidence). Without the static
+    :class:`~gatrank.checks.probes.ModelProbe` keys give more evidence). Without the static
     checks and ablations causes are *suspected*: scores stay below those of :func:`diagnose`.
     """
     if not history:

@@ -92,7 +92,7 @@ def _loss_drop(history: Sequence[dict]) -> float:
 
 
 def evaluate_verdict(history: Sequence[dict[str, Any]], prefix: str = "") -> Verdict:
-    """Evaluate the runbook's criteria on logged records (see :mod:`gatrank.train`).
+    """Evaluate the runbook's criteria on logged records (see :mod:`gatrank.training`).
 
     The accuracy, Spearman and score-std criteria use the last record. The gradient criterion
     uses the median over the learning phase: the records up to the epoch where the accuracy,

@@ -7,7 +7,7 @@ Three kinds:
   spread (runbook Step 2C), how distinct graphs stay after each GAT layer, oversmoothing per layer
   (Dirichlet energy, mean average distance), attention entropy per layer and head against uniform
   attention, dead ReLU units and saturated bounded outputs. :class:`ModelProbe` bundles them for
-  ``gatrank.train.train(..., probes=[ModelProbe()])``.
+  ``gatrank.training.train(..., probes=[ModelProbe()])``.
 - **static checks** before training: frozen parameters and parameters missing from the
   optimizer, whether the loss has a gradient path to every parameter, whether the loss prefers
   the right order, valid pairs per batch.
@@ -424,7 +424,7 @@ def gradient_path(model: nn.Module, loss_fn: LossFn, batch) -> dict[str, Any]:
     """Whether the loss on ``batch`` reaches every trainable parameter with a gradient.
 
     One forward and backward pass in eval mode (no dropout) through ``loss_fn(scores, targets,
-    group) -> LossOutput`` (see :func:`gatrank.train.make_loss_fn`); ``.grad`` fields are not
+    group) -> LossOutput`` (see :func:`gatrank.training.make_loss_fn`); ``.grad`` fields are not
     touched.
 
     Returns:
@@ -550,7 +550,7 @@ def pair_stats(
         group: ``[N]`` group ids (negative: no groups); pairs form only inside a group.
         seed: the loader's seed; with ``shuffle`` the batches are those of the first epoch of
             a ``DataLoader(shuffle=True)`` with a generator seeded with it, as
-            ``gatrank.train`` builds its loader.
+            ``gatrank.training`` builds its loader.
 
     Returns:
         ``{"batches", "batches_without_pairs", "fraction_without_pairs", "pairs_mean",

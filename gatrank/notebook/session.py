@@ -9,7 +9,7 @@
   :func:`sortable_table`, :func:`show_results`, and ipywidgets explorers (a sample browser, an
   epoch slider, a top-k slider).
 
-The measurements themselves are in :mod:`gatrank.notebook_checks`; figures in
+The measurements themselves are in :mod:`gatrank.checks.steps`; figures in
 :mod:`gatrank.plots`.
 
 Run folder: the ``run_dir`` parameter, else ``$GATRANK_RUN_DIR``, else ``reports/interactive``
@@ -37,7 +37,7 @@ import torch
 
 from gatrank.config import Config, load_config
 from gatrank.io import write_json
-from gatrank.notebook_checks import summarize_checks
+from gatrank.checks.steps import summarize_checks
 
 __all__ = [
     "RENDERER",
@@ -192,7 +192,7 @@ def project_root(start: str | Path | None = None) -> Path | None:
     for d in (here, *here.parents):
         if (d / "notebooks").is_dir() and (d / "params").is_dir():
             return d
-    pkg_parent = Path(__file__).resolve().parents[1]
+    pkg_parent = Path(__file__).resolve().parents[2]  # .../gatrank/notebook/session.py
     if (pkg_parent / "notebooks").is_dir() and (pkg_parent / "params").is_dir():
         return pkg_parent
     return None
@@ -370,7 +370,7 @@ def checkpoint_for_eval(run: NotebookRun, checkpoint: str = "", *,
     saved = run.run_dir / "04_full_train" / "best.pt"
     if saved.is_file():
         return saved, "04_full_train"
-    from gatrank.train import train
+    from gatrank.training import train
 
     logger.warning("no checkpoint at %s (run 04_full_train first to evaluate its model); "
                    "training one now for %d epochs", saved, fallback_epochs)
@@ -684,7 +684,7 @@ def epoch_explorer(history: Sequence[Mapping[str, Any]], prefix: str = ""):
     import ipywidgets as widgets
     from IPython.display import display
 
-    from gatrank.verdict import evaluate_verdict
+    from gatrank.checks.verdict import evaluate_verdict
 
     epochs = [int(h["epoch"]) for h in history]
     slider = widgets.SelectionSlider(options=epochs, value=epochs[-1], description="epoch",

@@ -11,7 +11,7 @@ gradient norm (total and per layer), pooled-embedding spread, valid pairs per ba
 training, the same metrics on the validation split.
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1) the same loop trains with distributed data parallelism:
-see :mod:`gatrank.distributed` for the conventions (global batch size, rank 0 writes).
+see :mod:`gatrank.training.distributed` for the conventions (global batch size, rank 0 writes).
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ from torch.utils.data import DistributedSampler
 from torch_geometric.loader import DataLoader
 
 from gatrank import __version__
-from gatrank import distributed as dist_
+from gatrank.training import distributed as dist_
 from gatrank.config import Config
-from gatrank.diagnostics import embedding_stats, grad_norms
+from gatrank.checks.probes import embedding_stats, grad_norms
 from gatrank.io import append_jsonl, atomic_torch_save, write_json
 from gatrank.losses import LossOutput, pairwise_rank_loss, valid_pair_mask
 from gatrank.metrics import ranking_metrics
@@ -432,7 +432,7 @@ def train(
         with_baseline: in full training, also train the linear baseline on the same splits
             and config and report it beside the model (``summary["baseline"]``).
         probes: measurements taken at each logged epoch: ``probe(model, train_graphs, device)``
-            returns a dict merged into the record (see :mod:`gatrank.diagnostics`). They run
+            returns a dict merged into the record (see :mod:`gatrank.checks.probes`). They run
             after the epoch's last optimizer step, so gradients of that step are still there.
         resume: a ``last.pt`` of an earlier run with the same config (only
             ``training.epochs``/``device``/``nonfinite``/``log_every``/``patience``/

@@ -9,7 +9,7 @@ users can run them without a notebook:
 - Step 3 and the enhanced evaluation: :func:`training_checks`, :func:`evaluation_checks`.
 
 A check is a dict ``{name, kind, rule, value, ok[, detail]}`` as in
-:class:`gatrank.verdict.Check`; ``kind`` is ``pass`` (a criterion: the step fails without it),
+:class:`gatrank.checks.verdict.Check`; ``kind`` is ``pass`` (a criterion: the step fails without it),
 ``red_flag`` (``ok`` means the flag is not raised) or ``warning`` (reported, never fails).
 """
 
@@ -27,7 +27,7 @@ import torch
 
 from gatrank.config import Config
 from gatrank.losses import LN2, valid_pair_mask
-from gatrank.verdict import THRESHOLDS
+from gatrank.checks.verdict import THRESHOLDS
 
 __all__ = [
     "check",
@@ -308,7 +308,7 @@ def loss_tests(loss: str | Callable | None, config: Config) -> list[dict[str, An
     gatrank's loss, temperature T equals dividing the scores by T and a constant model scores
     ln 2.
     """
-    from gatrank.train import make_loss_fn
+    from gatrank.training import make_loss_fn
 
     fn = make_loss_fn(loss, config)
     builtin = not loss
@@ -397,7 +397,7 @@ def loss_gap_curves(loss: str | Callable | None, config: Config, *,
     For gatrank's loss one curve per temperature; for a user loss one curve (``your loss``).
     Returns columns gap, loss, grad, label.
     """
-    from gatrank.train import make_loss_fn
+    from gatrank.training import make_loss_fn
 
     gaps = np.linspace(-8, 8, 161) if gaps is None else np.asarray(gaps, dtype=float)
     variants: list[tuple[str, Any]]
@@ -432,7 +432,7 @@ def init_loss_per_batch(graphs: Any, config: Config, *, model: str = "",
 
     from gatrank.data import split_indices
     from gatrank.model import build_model
-    from gatrank.train import make_loss_fn, set_seed
+    from gatrank.training import make_loss_fn, set_seed
 
     cfg, gs = config, graphs
     set_seed(cfg.training.seed)

@@ -1,0 +1,26 @@
+"""The doctor: runs the runbook's stages on a model and its data and names the cause of a
+collapse."""
+
+from gatrank.doctor.run import (
+    CAUSES,
+    DOCTOR_THRESHOLDS,
+    VERDICTS,
+    Cause,
+    diagnose,
+    diagnose_history,
+    DoctorOptions,
+    DoctorReport,
+    Stage,
+)
+
+__all__ = [
+    "CAUSES",
+    "DOCTOR_THRESHOLDS",
+    "VERDICTS",
+    "Cause",
+    "Stage",
+    "DoctorOptions",
+    "DoctorReport",
+    "diagnose",
+    "diagnose_history",
+]

@@ -1,0 +1,25 @@
+"""The suite: runs the five notebooks headlessly with papermill and writes the reports."""
+
+from gatrank.suite.run import (
+    NOTEBOOKS,
+    default_out_dir,
+    export_html,
+    kernel_manager_class,
+    notebook_parameters,
+    NotebookResult,
+    render_index,
+    run_suite,
+    SuiteResult,
+)
+
+__all__ = [
+    "NOTEBOOKS",
+    "NotebookResult",
+    "SuiteResult",
+    "run_suite",
+    "kernel_manager_class",
+    "notebook_parameters",
+    "export_html",
+    "render_index",
+    "default_out_dir",
+]
