@@ -18,7 +18,8 @@ from benchmarks.common import Check, Options, Section, alternate
 from benchmarks.references import bare_pyg_loop
 from gatrank.config import Config, overfit_config
 from gatrank.model import build_model
-from gatrank.training import resolve_device, set_seed, train
+from gatrank.runtime import resolve_device, set_seed
+from gatrank.training import train
 
 __all__ = ["run", "RATIO_TARGET"]
 

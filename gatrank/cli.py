@@ -325,8 +325,7 @@ def _cmd_suite(args: argparse.Namespace) -> int:
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
-    from gatrank.doctor import faults
-    from gatrank.doctor import DoctorOptions, diagnose
+    from gatrank.doctor import DoctorOptions, diagnose, faults
     from gatrank.io import write_json
 
     if args.list_faults:

@@ -79,7 +79,8 @@ def baseline_scores(
     - ``random``: seeded uniform noise (chance level);
     - ``linear``: :class:`gatrank.model.LinearBaseline` trained on ``train_idx`` with ``config``.
     """
-    from gatrank.training import predict, resolve_device, train
+    from gatrank.runtime import resolve_device
+    from gatrank.training import predict, train
 
     rng = np.random.default_rng(seed)
     n = len(split_idx)
@@ -120,7 +121,8 @@ def evaluate_checkpoint(
     """
     from gatrank.data import load_graphs, split_indices
     from gatrank.datasets import default_manifest
-    from gatrank.training import predict, resolve_device
+    from gatrank.runtime import resolve_device
+    from gatrank.training import predict
 
     net, config, _ = load_checkpoint(checkpoint, model=model)
     if device:

@@ -17,14 +17,20 @@ gradients, with memory ``O(B * block_rows)`` instead of ``O(B^2)``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from gatrank.config import Config
+from gatrank.plugins import load_object
+
 __all__ = [
     "LossOutput",
+    "LossFn",
+    "make_loss_fn",
     "pairwise_rank_loss",
     "pairwise_rank_loss_chunked",
     "PairwiseRankLoss",
@@ -290,3 +296,49 @@ class PairwiseRankLoss(torch.nn.Module):
             f"margin_eps={self.margin_eps}, tie_eps={self.tie_eps}, "
             f"temperature={self.temperature}, weight_by_diff={self.weight_by_diff}"
         )
+
+
+# --------------------------------------------------------------------------- the configured loss
+
+LossFn = Callable[[Tensor, Tensor, "Tensor | None"], LossOutput]
+"""What training calls: ``fn(scores [B], targets [B], group [B] or None) -> LossOutput``."""
+
+
+def make_loss_fn(loss: str | Callable | None, config: Config) -> LossFn:
+    """Adapt the configured loss to ``fn(scores, targets, group) -> LossOutput``.
+
+    ``None``/empty gives gatrank's pairwise loss with the ``loss`` section's settings. An import
+    string or callable is a user loss ``(scores, targets) -> scalar``; its valid-pair count is
+    computed with the configured eps so batches without pairs are still visible.
+    """
+    lc = config.loss
+    if not loss:
+        def builtin(scores: Tensor, targets: Tensor, group: Tensor | None) -> LossOutput:
+            return pairwise_rank_loss(
+                scores,
+                targets,
+                margin_eps=lc.margin_eps,
+                tie_eps=lc.tie_eps,
+                temperature=lc.temperature,
+                weight_by_diff=lc.weight_by_diff,
+                group=group,
+            )
+
+        return builtin
+    user = load_object(loss, what="loss") if isinstance(loss, str) else loss
+
+    def wrapped(scores: Tensor, targets: Tensor, group: Tensor | None) -> LossOutput:
+        out = user(scores, targets)
+        if isinstance(out, LossOutput):
+            return out
+        if not isinstance(out, Tensor) or out.numel() != 1:
+            raise TypeError(
+                f"loss {loss!r} must return a scalar tensor, got "
+                f"{type(out).__name__}{tuple(out.shape) if isinstance(out, Tensor) else ''}"
+            )
+        pairs = int(
+            valid_pair_mask(targets, margin_eps=lc.margin_eps, tie_eps=lc.tie_eps, group=group).sum()
+        )
+        return LossOutput(loss=out.reshape(()), num_pairs=pairs)
+
+    return wrapped

@@ -15,8 +15,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from gatrank.losses import LN2
 from gatrank.checks.verdict import THRESHOLDS
+from gatrank.losses import LN2
 
 __all__ = [
     "scatter_pred_vs_true",

@@ -12,7 +12,6 @@ from torch_geometric.data import Batch, Data
 from torch_geometric.loader import DataLoader
 from torch_geometric.nn import GATConv
 
-from gatrank.config import Config, ModelConfig
 from gatrank.checks.probes import (
     ModelProbe,
     activation_stats,
@@ -20,12 +19,9 @@ from gatrank.checks.probes import (
     check_graphs,
     check_loss,
     dirichlet_energy,
-    embedding_stats,
     feature_stats,
     frozen_parameters,
-    grad_norms,
     gradient_path,
-    layer_name,
     layer_stats,
     loss_ratio,
     mean_average_distance,
@@ -33,9 +29,11 @@ from gatrank.checks.probes import (
     param_snapshot,
     update_ratios,
 )
-from gatrank.losses import LN2, LossOutput, pairwise_rank_loss
+from gatrank.config import Config, ModelConfig
+from gatrank.losses import LN2, LossOutput, make_loss_fn, pairwise_rank_loss
+from gatrank.metrics import embedding_stats, grad_norms, layer_name
 from gatrank.model import GATRanker
-from gatrank.training import make_loss_fn, train
+from gatrank.training import train
 
 
 def _path_graph(n: int, x: torch.Tensor, y: float, group: int = -1) -> Data:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gatrank.training import distributed
 from gatrank.data import safe_torch_load
+from gatrank.training import distributed
 
 TOLERANCE = 0.1
 """How far a 2-process run's held-out Spearman and pairwise accuracy may be from one process's:

@@ -19,10 +19,10 @@ from torch import nn
 from torch_geometric.data import Data
 from torch_geometric.nn import global_mean_pool
 
+from gatrank.checks.probes import ModelProbe
 from gatrank.cli import main
 from gatrank.config import Config, overfit_config
 from gatrank.data import GraphSet
-from gatrank.checks.probes import ModelProbe
 from gatrank.doctor import CAUSES, VERDICTS, diagnose, diagnose_history
 from gatrank.doctor.faults import FAULTS, ZooResult, inject, zoo_graphs
 from gatrank.training import train

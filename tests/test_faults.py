@@ -11,8 +11,6 @@ import pytest
 import torch
 from torch_geometric.data import Batch, Data
 
-from gatrank.config import Config
-from gatrank.data import GraphSet
 from gatrank.checks.probes import (
     activation_stats,
     check_graphs,
@@ -21,10 +19,13 @@ from gatrank.checks.probes import (
     frozen_parameters,
     gradient_path,
 )
+from gatrank.config import Config
+from gatrank.data import GraphSet
 from gatrank.doctor import CAUSES
 from gatrank.doctor.faults import FAULTS, ZooResult, get_fault, inject, list_faults, write_zoo_page
+from gatrank.losses import make_loss_fn
 from gatrank.model import build_model
-from gatrank.training import make_loss_fn, set_seed
+from gatrank.runtime import set_seed
 
 DESIGN_CAUSES = [  # the cause ids of DESIGN.md, in its order
     "nan_or_inf_inputs", "empty_graphs", "constant_targets", "no_valid_pairs",

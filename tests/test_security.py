@@ -19,8 +19,8 @@ from gatrank.cli import main
 from gatrank.config import ConfigError, load_config
 from gatrank.data import UnsafeFileError, load_graphs
 from gatrank.evaluate import load_checkpoint
-from tools.failure_modes import MARKER
 from gatrank.training import checkpoint_config, train
+from tools.failure_modes import MARKER
 
 PACKAGE = Path(__file__).resolve().parents[1] / "gatrank"
 

@@ -8,12 +8,12 @@ import re
 import pytest
 import torch
 
+from gatrank.checks.verdict import evaluate_verdict
 from gatrank.config import Config, overfit_config
 from gatrank.data import load_graphs
 from gatrank.datasets import write_dataset
 from gatrank.evaluate import evaluate_checkpoint
 from gatrank.training import train
-from gatrank.checks.verdict import evaluate_verdict
 
 pytestmark = pytest.mark.slow
 

@@ -27,7 +27,8 @@ from gatrank.data import load_graphs, safe_torch_load
 from gatrank.datasets import write_dataset
 from gatrank.io import atomic_torch_save, atomic_write_text, write_json
 from gatrank.losses import LossOutput, pairwise_rank_loss
-from gatrank.training import NonFiniteError, environment_info, train
+from gatrank.runtime import environment_info
+from gatrank.training import NonFiniteError, train
 
 TIMING = {"time_s"}
 

@@ -25,9 +25,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from gatrank.checks.verdict import THRESHOLDS
 from gatrank.config import Config
 from gatrank.losses import LN2, valid_pair_mask
-from gatrank.checks.verdict import THRESHOLDS
 
 __all__ = [
     "check",
@@ -308,7 +308,7 @@ def loss_tests(loss: str | Callable | None, config: Config) -> list[dict[str, An
     gatrank's loss, temperature T equals dividing the scores by T and a constant model scores
     ln 2.
     """
-    from gatrank.training import make_loss_fn
+    from gatrank.losses import make_loss_fn
 
     fn = make_loss_fn(loss, config)
     builtin = not loss
@@ -397,7 +397,7 @@ def loss_gap_curves(loss: str | Callable | None, config: Config, *,
     For gatrank's loss one curve per temperature; for a user loss one curve (``your loss``).
     Returns columns gap, loss, grad, label.
     """
-    from gatrank.training import make_loss_fn
+    from gatrank.losses import make_loss_fn
 
     gaps = np.linspace(-8, 8, 161) if gaps is None else np.asarray(gaps, dtype=float)
     variants: list[tuple[str, Any]]
@@ -431,8 +431,9 @@ def init_loss_per_batch(graphs: Any, config: Config, *, model: str = "",
     from torch_geometric.loader import DataLoader
 
     from gatrank.data import split_indices
+    from gatrank.losses import make_loss_fn
     from gatrank.model import build_model
-    from gatrank.training import make_loss_fn, set_seed
+    from gatrank.runtime import set_seed
 
     cfg, gs = config, graphs
     set_seed(cfg.training.seed)

@@ -6,11 +6,11 @@ from gatrank.doctor.run import (
     DOCTOR_THRESHOLDS,
     VERDICTS,
     Cause,
-    diagnose,
-    diagnose_history,
     DoctorOptions,
     DoctorReport,
     Stage,
+    diagnose,
+    diagnose_history,
 )
 
 __all__ = [

@@ -41,7 +41,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from gatrank.config import Config, load_config, overfit_config
 from gatrank.checks.probes import (
     ModelProbe,
     check_graphs,
@@ -51,8 +50,9 @@ from gatrank.checks.probes import (
     gradient_path,
     pair_stats,
 )
-from gatrank.losses import LN2
 from gatrank.checks.verdict import THRESHOLDS, evaluate_verdict
+from gatrank.config import Config, load_config, overfit_config
+from gatrank.losses import LN2
 
 __all__ = [
     "CAUSES",
@@ -666,7 +666,7 @@ class _Doctor:
         return stop
 
     def loss_stage(self) -> bool:
-        from gatrank.training import make_loss_fn
+        from gatrank.losses import make_loss_fn
 
         t0 = time.perf_counter()
         lc = self.cfg.loss
@@ -698,7 +698,8 @@ class _Doctor:
     def model_stage(self, idx: Sequence[int]) -> bool:
         from torch_geometric.data import Batch
 
-        from gatrank.training import make_loss_fn, set_seed
+        from gatrank.losses import make_loss_fn
+        from gatrank.runtime import set_seed
 
         t0 = time.perf_counter()
         set_seed(self.cfg.training.seed)
@@ -1028,7 +1029,8 @@ class _Doctor:
         return self.strongest() >= 0.5
 
     def heldout_stage(self) -> str:
-        from gatrank.training import predict, resolve_device
+        from gatrank.runtime import resolve_device
+        from gatrank.training import predict
 
         t0 = time.perf_counter()
         self.train_split()

@@ -35,9 +35,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from gatrank.checks.steps import summarize_checks
 from gatrank.config import Config, load_config
 from gatrank.io import write_json
-from gatrank.checks.steps import summarize_checks
 
 __all__ = [
     "RENDERER",

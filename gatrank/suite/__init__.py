@@ -2,14 +2,14 @@
 
 from gatrank.suite.run import (
     NOTEBOOKS,
+    NotebookResult,
+    SuiteResult,
     default_out_dir,
     export_html,
     kernel_manager_class,
     notebook_parameters,
-    NotebookResult,
     render_index,
     run_suite,
-    SuiteResult,
 )
 
 __all__ = [

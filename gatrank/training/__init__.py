@@ -1,27 +1,5 @@
 """Training: one loop for the overfit test and full training, its checkpoints, and torchrun."""
 
-from gatrank.training.loop import (
-    LossFn,
-    NonFiniteError,
-    TrainResult,
-    checkpoint_config,
-    environment_info,
-    make_loss_fn,
-    predict,
-    resolve_device,
-    set_seed,
-    train,
-)
+from gatrank.training.loop import NonFiniteError, TrainResult, checkpoint_config, predict, train
 
-__all__ = [
-    "NonFiniteError",
-    "TrainResult",
-    "LossFn",
-    "make_loss_fn",
-    "resolve_device",
-    "set_seed",
-    "predict",
-    "train",
-    "environment_info",
-    "checkpoint_config",
-]
+__all__ = ["NonFiniteError", "TrainResult", "predict", "train", "checkpoint_config"]

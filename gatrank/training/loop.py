@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import platform
 import random
 import signal
 import threading
@@ -37,32 +36,23 @@ from torch.utils._pytree import tree_map
 from torch.utils.data import DistributedSampler
 from torch_geometric.loader import DataLoader
 
-from gatrank import __version__
-from gatrank.training import distributed as dist_
 from gatrank.config import Config
-from gatrank.checks.probes import embedding_stats, grad_norms
 from gatrank.io import append_jsonl, atomic_torch_save, write_json
-from gatrank.losses import LossOutput, pairwise_rank_loss, valid_pair_mask
-from gatrank.metrics import ranking_metrics
+from gatrank.losses import make_loss_fn
+from gatrank.metrics import embedding_stats, grad_norms, ranking_metrics
 from gatrank.model import GATRanker, LinearBaseline, build_model
-from gatrank.plugins import load_object
+from gatrank.runtime import environment_info, resolve_device, set_seed
+from gatrank.training import distributed as dist_
 
 __all__ = [
     "NonFiniteError",
     "TrainResult",
-    "LossFn",
-    "make_loss_fn",
-    "resolve_device",
-    "set_seed",
     "predict",
     "train",
-    "environment_info",
     "checkpoint_config",
 ]
 
 logger = logging.getLogger(__name__)
-
-LossFn = Callable[[Tensor, Tensor, "Tensor | None"], LossOutput]
 
 
 class NonFiniteError(RuntimeError):
@@ -84,38 +74,6 @@ class TrainResult:
     """Everything ``summary.json`` holds: config, splits, best epoch, test metrics, status."""
     splits: dict[str, list[int]] = field(default_factory=dict)
     """Indices into the graph set for ``train``/``val``/``test``."""
-
-
-def set_seed(seed: int) -> None:
-    """Seed Python, NumPy and torch so a CPU run is repeatable."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"training.device={name!r} but CUDA is not available here; use 'auto'")
-    return torch.device(name)
-
-
-def environment_info() -> dict[str, str]:
-    """Versions stored in every run summary, for reproducibility."""
-    import scipy
-    import torch_geometric
-
-    return {
-        "gatrank": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_geometric": torch_geometric.__version__,
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "platform": platform.platform(),
-    }
 
 
 # Keys a resumed run may change; every other config key must match the checkpoint, because it
@@ -253,46 +211,6 @@ def _load_resume(
             "from the ones it trained on; use the same manifest and data settings"
         )
     return ckpt
-
-
-def make_loss_fn(loss: str | Callable | None, config: Config) -> LossFn:
-    """Adapt the configured loss to ``fn(scores, targets, group) -> LossOutput``.
-
-    ``None``/empty gives gatrank's pairwise loss with the ``loss`` section's settings. An import
-    string or callable is a user loss ``(scores, targets) -> scalar``; its valid-pair count is
-    computed with the configured eps so batches without pairs are still visible.
-    """
-    lc = config.loss
-    if not loss:
-        def builtin(scores: Tensor, targets: Tensor, group: Tensor | None) -> LossOutput:
-            return pairwise_rank_loss(
-                scores,
-                targets,
-                margin_eps=lc.margin_eps,
-                tie_eps=lc.tie_eps,
-                temperature=lc.temperature,
-                weight_by_diff=lc.weight_by_diff,
-                group=group,
-            )
-
-        return builtin
-    user = load_object(loss, what="loss") if isinstance(loss, str) else loss
-
-    def wrapped(scores: Tensor, targets: Tensor, group: Tensor | None) -> LossOutput:
-        out = user(scores, targets)
-        if isinstance(out, LossOutput):
-            return out
-        if not isinstance(out, Tensor) or out.numel() != 1:
-            raise TypeError(
-                f"loss {loss!r} must return a scalar tensor, got "
-                f"{type(out).__name__}{tuple(out.shape) if isinstance(out, Tensor) else ''}"
-            )
-        pairs = int(
-            valid_pair_mask(targets, margin_eps=lc.margin_eps, tie_eps=lc.tie_eps, group=group).sum()
-        )
-        return LossOutput(loss=out.reshape(()), num_pairs=pairs)
-
-    return wrapped
 
 
 def _batch_group(batch) -> Tensor | None:
