@@ -269,10 +269,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_check_data(args: argparse.Namespace) -> int:
     from gatrank.data import check_manifest
-    from gatrank.datasets import default_manifest
+    from gatrank.datasets import manifest_or_default
     from gatrank.io import write_json
 
-    manifest = args.manifest or default_manifest()
+    manifest = manifest_or_default(args.manifest)
     report = check_manifest(manifest, allow_outside_root=args.allow_outside_root)
     print(report.format_table())
     if args.json:

@@ -22,7 +22,14 @@ from gatrank.data import default_cache_dir
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DATASETS", "list_datasets", "write_dataset", "default_manifest", "DEFAULT_DATASET"]
+__all__ = [
+    "DATASETS",
+    "list_datasets",
+    "write_dataset",
+    "default_manifest",
+    "manifest_or_default",
+    "DEFAULT_DATASET",
+]
 
 DEFAULT_DATASET = "chembl-activity"
 DATASETS: dict[str, str] = {
@@ -202,3 +209,12 @@ def default_manifest(cache_dir: str | Path | None = None) -> Path:
     if manifest.is_file():
         return manifest
     return write_dataset(DEFAULT_DATASET, manifest.parent)
+
+
+def manifest_or_default(*candidates: str | Path | None) -> Path:
+    """The first non-empty of ``candidates`` (a ``--manifest`` flag, then the config's
+    ``data.manifest``, ...), else the embedded default (see :func:`default_manifest`)."""
+    for candidate in candidates:
+        if candidate:
+            return Path(candidate)
+    return default_manifest()

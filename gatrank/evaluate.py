@@ -120,14 +120,14 @@ def evaluate_checkpoint(
     embedded, opens offline).
     """
     from gatrank.data import load_graphs, split_indices
-    from gatrank.datasets import default_manifest
+    from gatrank.datasets import manifest_or_default
     from gatrank.runtime import resolve_device
     from gatrank.training import predict
 
     net, config, _ = load_checkpoint(checkpoint, model=model)
     if device:
         config = config.updated({"training.device": device})
-    manifest = manifest or config.data.manifest or default_manifest()
+    manifest = manifest_or_default(manifest, config.data.manifest)
     gs = load_graphs(
         manifest, on_error=config.data.on_error, allow_outside_root=config.data.allow_outside_root
     )

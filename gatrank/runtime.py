@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import platform
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
+import scipy
 import torch
+import torch_geometric
 
 from gatrank import __version__
 
-__all__ = ["set_seed", "resolve_device", "environment_info"]
+__all__ = ["set_seed", "resolve_device", "torch_threads", "environment_info"]
 
 
 def set_seed(seed: int) -> None:
@@ -30,11 +34,22 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch threads (``None``/0: leave them as they are), then
+    restore the previous count."""
+    previous = torch.get_num_threads()
+    if n and n != previous:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)
+
+
 def environment_info() -> dict[str, str]:
     """Versions stored in every run summary, for reproducibility."""
-    import scipy
-    import torch_geometric
-
     return {
         "gatrank": __version__,
         "python": platform.python_version(),

@@ -1,8 +1,10 @@
-"""Shared test set-up: keep gatrank's on-disk caches out of the user's home directory."""
+"""Shared test set-up: gatrank's on-disk caches kept out of the user's home directory, and
+fixtures more than one test file uses."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -12,3 +14,13 @@ def _session_cache_dir(tmp_path_factory: pytest.TempPathFactory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GATRANK_CACHE_DIR", str(tmp_path_factory.mktemp("gatrank-cache")))
         yield
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest single-threaded on a shared machine (``pytestmark =
+    pytest.mark.usefixtures("one_thread")`` in a test file applies it to every test there)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

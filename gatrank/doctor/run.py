@@ -31,8 +31,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +52,7 @@ from gatrank.checks.probes import (
 from gatrank.checks.verdict import THRESHOLDS, evaluate_verdict
 from gatrank.config import Config, load_config, overfit_config
 from gatrank.losses import LN2
+from gatrank.runtime import torch_threads
 
 __all__ = [
     "CAUSES",
@@ -408,19 +408,6 @@ def _plateau(history: Sequence[dict], window: int) -> bool:
 
 def _median_grad(history: Sequence[dict]) -> float:
     return float(np.median([h["grad_norm"] for h in history])) if history else 0.0
-
-
-@contextmanager
-def _torch_threads(n: int | None) -> Iterator[None]:
-    if not n:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 class _Doctor:
@@ -1136,9 +1123,9 @@ def _load(graphs, manifest, cfg: Config) -> tuple[Any, list, list, str]:
     if graphs is not None:
         return graphs, check_graphs(graphs.graphs), [], "in-memory graphs"
     from gatrank.data import check_manifest, load_graphs
-    from gatrank.datasets import default_manifest
+    from gatrank.datasets import manifest_or_default
 
-    path = manifest or cfg.data.manifest or default_manifest()
+    path = manifest_or_default(manifest, cfg.data.manifest)
     report = check_manifest(path, allow_outside_root=cfg.data.allow_outside_root)
     if report.errors and cfg.data.on_error == "raise":
         return None, report.problems, [], str(path)
@@ -1181,7 +1168,7 @@ def diagnose(
     cfg = config if isinstance(config, Config) else load_config(config or None)
     seed = cfg.training.seed if seed is None else seed
     threads = opts.num_threads if opts.num_threads is not None else cfg.training.cpu_threads
-    with _torch_threads(threads):
+    with torch_threads(threads):
         gs, problems, dropped, source = _load(graphs, manifest, cfg)
         model_edit = None
         fault = None

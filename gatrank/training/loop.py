@@ -16,6 +16,7 @@ see :mod:`gatrank.training.distributed` for the conventions (global batch size, 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -41,7 +42,7 @@ from gatrank.io import append_jsonl, atomic_torch_save, write_json
 from gatrank.losses import make_loss_fn
 from gatrank.metrics import embedding_stats, grad_norms, ranking_metrics
 from gatrank.model import GATRanker, LinearBaseline, build_model
-from gatrank.runtime import environment_info, resolve_device, set_seed
+from gatrank.runtime import environment_info, resolve_device, set_seed, torch_threads
 from gatrank.training import distributed as dist_
 
 __all__ = [
@@ -292,9 +293,9 @@ def _load_graphs(config: Config, graphs):
     if graphs is not None:
         return graphs
     from gatrank.data import load_graphs
-    from gatrank.datasets import default_manifest
+    from gatrank.datasets import manifest_or_default
 
-    manifest = config.data.manifest or default_manifest()
+    manifest = manifest_or_default(config.data.manifest)
     return load_graphs(
         manifest, on_error=config.data.on_error, allow_outside_root=config.data.allow_outside_root
     )
@@ -302,19 +303,11 @@ def _load_graphs(config: Config, graphs):
 
 def _cpu_threads(fn: Callable) -> Callable:
     """Run ``fn(config, ...)`` with ``config.training.cpu_threads`` torch threads, then restore."""
-    import functools
 
     @functools.wraps(fn)
     def wrapper(config: Config, *args: Any, **kwargs: Any) -> Any:
-        wanted = config.training.cpu_threads
-        previous = torch.get_num_threads()
-        if wanted and wanted != previous:
-            torch.set_num_threads(wanted)
-        try:
+        with torch_threads(config.training.cpu_threads):
             return fn(config, *args, **kwargs)
-        finally:
-            if torch.get_num_threads() != previous:
-                torch.set_num_threads(previous)
 
     return wrapper
 
