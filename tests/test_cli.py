@@ -10,30 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from custom_plugins import interrupting_loss
 
 from gatrank.cli import main
 from gatrank.config import Config, ConfigError, overfit_config
 from gatrank.data import safe_torch_load
-from gatrank.losses import pairwise_rank_loss
 
 TINY = ("model:\n  hidden_dim: 8\n  heads: 2\n  num_layers: 1\n"
         "training:\n  batch_size: 4\n  log_every: 1\n  device: cpu\n  patience: 0\n")
-
-
-class InterruptOnCall:
-    """A user loss (``--loss test_cli:interrupting_loss``) that presses Ctrl-C on call N."""
-
-    def __init__(self):
-        self.calls, self.at = 0, None
-
-    def __call__(self, scores, targets):
-        self.calls += 1
-        if self.calls == self.at:
-            raise KeyboardInterrupt
-        return pairwise_rank_loss(scores, targets)
-
-
-interrupting_loss = InterruptOnCall()
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -91,7 +75,7 @@ def test_cli_resume_continues_exactly(data):
 
 def test_interrupted_run_exits_130_and_says_how_to_resume(data, capsys):
     interrupting_loss.calls, interrupting_loss.at = 0, 5  # 2 batches per epoch: during epoch 3
-    code = _train(data, "run", "--epochs", "6", "--loss", "test_cli:interrupting_loss")
+    code = _train(data, "run", "--epochs", "6", "--loss", "custom_plugins:interrupting_loss")
     err = capsys.readouterr().err
     assert code == 130
     assert "Ctrl-C during epoch 3; kept the state after epoch 2" in err
@@ -101,7 +85,7 @@ def test_interrupted_run_exits_130_and_says_how_to_resume(data, capsys):
     assert ckpt["status"] == "interrupted" and ckpt["epoch"] == 2
     interrupting_loss.at = None
     assert main(["train", "--resume", str(data / "run" / "last.pt"), "--loss",
-                 "test_cli:interrupting_loss", "--no-progress", "--no-baseline", "-q"]) == 0
+                 "custom_plugins:interrupting_loss", "--no-progress", "--no-baseline", "-q"]) == 0
     assert json.loads((data / "run" / "summary.json").read_text())["epochs_run"] == 6
 
 

@@ -17,7 +17,6 @@ import pytest
 import torch
 from torch import nn
 from torch_geometric.data import Data
-from torch_geometric.nn import global_mean_pool
 
 from gatrank.checks.probes import ModelProbe
 from gatrank.cli import main
@@ -26,39 +25,6 @@ from gatrank.data import GraphSet
 from gatrank.doctor import CAUSES, VERDICTS, diagnose, diagnose_history
 from gatrank.doctor.faults import FAULTS, ZooResult, inject, zoo_graphs
 from gatrank.training import train
-
-# --------------------------------------------------------------------------- a user's own code
-
-
-class DetachedScores(nn.Module):
-    """A user model with the classic bug: the scores leave the autograd graph."""
-
-    def __init__(self, in_channels: int) -> None:
-        super().__init__()
-        self.linear = nn.Linear(in_channels, 1)
-
-    def forward(self, batch) -> torch.Tensor:
-        pooled = global_mean_pool(batch.x, batch.batch, batch.num_graphs)
-        return self.linear(pooled).squeeze(-1).detach()
-
-
-class MeanPooledLinear(nn.Module):
-    """A user model too weak to memorize molecules: one linear map of mean-pooled atoms."""
-
-    def __init__(self, in_channels: int) -> None:
-        super().__init__()
-        self.linear = nn.Linear(in_channels, 1)
-
-    def forward(self, batch) -> torch.Tensor:
-        return self.linear(global_mean_pool(batch.x, batch.batch, batch.num_graphs)).squeeze(-1)
-
-
-def reversed_margin_loss(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """A user loss with the sign of the score difference flipped."""
-    dy = targets[:, None] - targets[None, :]
-    ds = scores[:, None] - scores[None, :]
-    return torch.relu(1.0 + ds[dy > 0]).mean()
-
 
 # --------------------------------------------------------------------------- helpers
 
@@ -142,7 +108,7 @@ def test_healthy_default_raises_no_cause(zoo_set, seed):
 
 @pytest.mark.slow
 def test_user_model_that_cannot_fit_is_compared_with_gatranks_gat(zoo_set):
-    report = diagnose(zoo_set, model="test_doctor:MeanPooledLinear")
+    report = diagnose(zoo_set, model="custom_plugins:MeanPooledLinear")
     assert report.verdict == "cannot_fit"
     assert report.cause_ids[0] == "insufficient_capacity", report.format_text()
     names = [s.name for s in report.stages]
@@ -177,15 +143,15 @@ def test_in_memory_graphs_are_validated_too():
 
 
 def test_user_model_by_import_string_without_a_gradient_path():
-    report = diagnose(_small_set(), model="test_doctor:DetachedScores")
+    report = diagnose(_small_set(), model="custom_plugins:DetachedScores")
     assert report.cause_ids[0] == "loss_detached"
-    assert report.setup["model"] == "test_doctor:DetachedScores"
+    assert report.setup["model"] == "custom_plugins:DetachedScores"
     assert report.stages[-1].name == "model"
     _check_report(report)
 
 
 def test_user_loss_by_import_string_in_the_wrong_direction():
-    report = diagnose(_small_set(), loss="test_doctor:reversed_margin_loss")
+    report = diagnose(_small_set(), loss="custom_plugins:reversed_margin_loss")
     assert report.verdict == "broken_loss"
     assert report.cause_ids == ["loss_wrong_direction"]
     _check_report(report)
@@ -236,7 +202,7 @@ def test_cli_writes_a_report_for_a_user_model(tmp_path, capsys):
     manifest = _write_manifest(tmp_path, [_path(5, i) for i in range(8)])
     out = tmp_path / "report.json"
     rc = main(["doctor", "-q", "--manifest", str(manifest), "--model",
-               "test_doctor:DetachedScores", "--json", str(out)])
+               "custom_plugins:DetachedScores", "--json", str(out)])
     assert rc == 1
     report = json.loads(out.read_text())
     assert report["verdict"] == "broken_loss"
