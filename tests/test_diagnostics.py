@@ -16,18 +16,20 @@ from gatrank.checks.probes import (
     ModelProbe,
     activation_stats,
     attention_entropy,
+    dirichlet_energy,
+    layer_stats,
+    mean_average_distance,
+    param_snapshot,
+    update_ratios,
+)
+from gatrank.checks.static import (
     check_graphs,
     check_loss,
-    dirichlet_energy,
     feature_stats,
     frozen_parameters,
     gradient_path,
-    layer_stats,
     loss_ratio,
-    mean_average_distance,
     pair_stats,
-    param_snapshot,
-    update_ratios,
 )
 from gatrank.config import Config, ModelConfig
 from gatrank.losses import LN2, LossOutput, make_loss_fn, pairwise_rank_loss

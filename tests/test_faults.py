@@ -13,6 +13,8 @@ from torch_geometric.data import Batch, Data
 
 from gatrank.checks.probes import (
     activation_stats,
+)
+from gatrank.checks.static import (
     check_graphs,
     check_loss,
     feature_stats,

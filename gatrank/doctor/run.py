@@ -42,6 +42,8 @@ from torch import nn
 
 from gatrank.checks.probes import (
     ModelProbe,
+)
+from gatrank.checks.static import (
     check_graphs,
     check_loss,
     feature_stats,
