@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["THRESHOLDS", "Check", "Verdict", "evaluate_verdict", "format_verdict"]
+__all__ = ["THRESHOLDS", "Check", "Verdict", "evaluate_verdict", "format_verdict", "loss_drop"]
 
 THRESHOLDS: dict[str, float] = {
     "pairwise_accuracy": 0.9,
@@ -84,7 +84,9 @@ class Verdict:
         return pd.DataFrame([asdict(c) for c in self.checks])
 
 
-def _loss_drop(history: Sequence[dict]) -> float:
+def loss_drop(history: Sequence[dict]) -> float:
+    """Relative drop of the loss from the first logged record to the last (0.1 = 10% lower);
+    0 when either loss is non-finite or the first is not positive."""
     first, last = history[0]["loss"], history[-1]["loss"]
     if not (np.isfinite(first) and np.isfinite(last)) or first <= 0:
         return 0.0
@@ -123,7 +125,7 @@ def evaluate_verdict(history: Sequence[dict[str, Any]], prefix: str = "") -> Ver
     epochs_to_pass = first_epoch(t["pairwise_accuracy"], t["spearman"])
     learning_phase = [h for h in history if epochs_to_pass is None or h["epoch"] <= epochs_to_pass]
     gn = float(np.median([h["grad_norm"] for h in learning_phase]))
-    drop = _loss_drop(history)
+    drop = loss_drop(history)
     checks = [
         Check("pairwise_accuracy", "pass", f"pairwise accuracy > {t['pairwise_accuracy']}", pa,
               pa > t["pairwise_accuracy"]),

@@ -51,7 +51,7 @@ from gatrank.checks.static import (
     gradient_path,
     pair_stats,
 )
-from gatrank.checks.verdict import THRESHOLDS, evaluate_verdict
+from gatrank.checks.verdict import THRESHOLDS, evaluate_verdict, loss_drop
 from gatrank.config import Config, load_config, overfit_config
 from gatrank.losses import LN2
 from gatrank.runtime import torch_threads
@@ -383,13 +383,6 @@ class _Run:
         if self.error:
             out["error"] = self.error
         return out
-
-
-def _loss_drop(history: Sequence[dict]) -> float:
-    first, last = history[0]["loss"], history[-1]["loss"]
-    if not (math.isfinite(first) and math.isfinite(last)) or first <= 0:
-        return 0.0
-    return (first - last) / first
 
 
 def _plateau(history: Sequence[dict], window: int) -> bool:
@@ -845,7 +838,7 @@ class _Doctor:
             return "high"
         if h and h[-1]["loss"] > 1.2 * h[0]["loss"]:
             return "high"
-        flat = h and _loss_drop(h) < t["flat_loss_drop"]
+        flat = h and loss_drop(h) < t["flat_loss_drop"]
         if flat and _median_grad(h) >= t["vanishing_grad_norm"]:
             return "low"
         if lr < t["lr_low"]:
@@ -971,7 +964,7 @@ class _Doctor:
         run = self.run(label, self.overfit_cfg(), idx, stop_on_pass=True, model=reference)
         self.add_stage(f"ablation: {label}", "fits" if run.passed else "cannot fit",
                        run.summary(), t0)
-        learning = (bool(rb.history) and _loss_drop(rb.history) >= THRESHOLDS["flag_loss_drop"]
+        learning = (bool(rb.history) and loss_drop(rb.history) >= THRESHOLDS["flag_loss_drop"]
                     and _median_grad(rb.history) >= DOCTOR_THRESHOLDS["vanishing_grad_norm"])
         if run.passed and reference == "gat" and learning:
             last, ref = rb.history[-1], run.history[-1]
