@@ -29,7 +29,7 @@ from tools.failure_modes import (
     shown_output,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PAGE = ROOT / "docs" / "failure_modes.md"
 LIVE = [c for c in CASES if c.build is not None]
 REGENERATE = "regenerate it: python -m tools.failure_modes docs/failure_modes.md"

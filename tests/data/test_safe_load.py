@@ -1,4 +1,5 @@
-"""Untrusted files: pickles that would run code are refused, and the code never runs.
+"""gatrank.data.safe_load, and every file gatrank reads: pickles that would run code are
+refused, and the code never runs.
 
 Every payload here writes a marker file when unpickled or constructed. The positive controls
 load the same files the unsafe way and see the marker appear, so the tests below cannot pass
@@ -7,6 +8,7 @@ merely because the payload was broken.
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
 from pathlib import Path
@@ -14,15 +16,17 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from tiny_graphs import EI4, X4, save_pt, write_manifest
+from torch_geometric.data import Data
 
 from gatrank.cli import main
 from gatrank.config import ConfigError, load_config
-from gatrank.data import UnsafeFileError, load_graphs
+from gatrank.data import DataError, UnsafeFileError, load_graphs, safe_torch_load
 from gatrank.evaluate import load_checkpoint
 from gatrank.training import checkpoint_config, train
 from tools.failure_modes import MARKER
 
-PACKAGE = Path(__file__).resolve().parents[1] / "gatrank"
+PACKAGE = Path(__file__).resolve().parents[2] / "gatrank"
 
 
 class Payload:
@@ -158,3 +162,30 @@ def test_package_never_unpickles_unsafely():
                         r"allow_pickle=True", r"fs\.torch_load"):
             offenders += [f"{path.name}: {m.group(0)}" for m in re.finditer(pattern, text)]
     assert not offenders
+
+
+
+def test_unsafe_pt_file_is_refused_and_never_executed(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"x": Exploit(), "edge_index": EI4}, tmp_path / "evil.pt")
+    with open(tmp_path / "evil_pickle.pt", "wb") as f:  # a raw pickle, not a torch zip file
+        pickle.dump(Exploit(), f)
+    with pytest.raises(UnsafeFileError, match="NOT loaded") as err:
+        safe_torch_load(tmp_path / "evil.pt")
+    assert str(tmp_path / "evil.pt") in str(err.value) and "allowlist" in str(err.value)
+    manifest = write_manifest(tmp_path, "y,path\n1,evil.pt\n2,evil_pickle.pt\n")
+    with pytest.raises(DataError) as err:
+        load_graphs(manifest)
+    assert [p.code for p in err.value.problems] == ["unsafe_file", "unsafe_file"]
+    assert not marker.exists()
+
+
+def test_safe_torch_load_reads_pyg_data(tmp_path):
+    save_pt(tmp_path / "g.pt", y=torch.tensor([1.0]))  # the allowlist covers torch.save(Data)
+    d = safe_torch_load(tmp_path / "g.pt")
+    assert isinstance(d, Data) and torch.equal(d.x, X4) and torch.equal(d.edge_index, EI4)

@@ -1,51 +1,38 @@
-"""Every failure mode gatrank handles, as a runnable catalogue, and the page that lists them.
-
-Each :class:`FailureMode` either builds a bad input in a folder and names the ``gatrank``
-command line that meets it (a *live* case), or, for faults that need a running process (Ctrl-C,
-SIGTERM, a crash mid-write), describes what the user sees and names the test that checks it.
-``python -m tools.failure_modes docs/failure_modes.md`` runs every live case through the real
-CLI and writes the page from what came out; ``tests/test_bad_inputs.py`` runs the same cases,
-checks each against its expectations, and checks the page still says what the CLI says.
-"""
+"""The catalogue: every failure mode gatrank handles, live (built and run) or described."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
-import logging
-import os
-import re
-import sys
-import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
-__all__ = [
-    "FailureMode",
-    "CaseRun",
-    "CASES",
-    "MARKER",
-    "run_case",
-    "shown_output",
-    "render_markdown",
-    "section_output",
-    "main",
-]
-
-logger = logging.getLogger(__name__)
-
-MARKER = "PWNED"
-"""File a malicious payload would create in its case folder; its absence proves it never ran."""
-
-_TINY = (
-    "model:\n  hidden_dim: 8\n  heads: 2\n  num_layers: 1\n"
-    "training:\n  batch_size: 4\n  log_every: 1\n  device: cpu\n"
+from tools.failure_modes.builders import (
+    _TINY,
+    MARKER,
+    _bad_json,
+    _check,
+    _config_case,
+    _evil_checkpoint,
+    _evil_graph,
+    _evil_yaml,
+    _good,
+    _json_graph,
+    _manifest,
+    _mixed,
+    _npz_pickled,
+    _outside,
+    _pt,
+    _rows,
+    _tiny_with,
+    _train,
+    _trained_run,
+    _truncated,
+    _x,
 )
+
+__all__ = ["FailureMode", "CASES"]
 
 
 @dataclass(frozen=True)
@@ -74,162 +61,6 @@ class FailureMode:
     dropped-rows block of ``train --on-error skip``)."""
     notes: str = ""
 
-
-@dataclass
-class CaseRun:
-    """The outcome of one live case: exit code and both output streams."""
-
-    exit_code: int
-    stdout: str
-    stderr: str
-    folder: Path = field(default_factory=Path)
-
-    @property
-    def output(self) -> str:
-        return self.stdout + self.stderr
-
-
-# --------------------------------------------------------------------------- builders
-
-
-def _x(num_nodes: int, width: int = 2, seed: int = 0) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.rand(num_nodes, width, generator=gen)
-
-
-def _chain(num_nodes: int) -> torch.Tensor:
-    """Undirected path 0-1-...-(n-1), both directions: ``[2, 2(n-1)]``."""
-    a = torch.arange(num_nodes - 1)
-    return torch.stack([torch.cat([a, a + 1]), torch.cat([a + 1, a])])
-
-
-def _pt(folder: Path, name: str, x: torch.Tensor | None = None,
-        edge_index: torch.Tensor | None = None, seed: int = 0) -> str:
-    x = _x(4, seed=seed) if x is None else x
-    torch.save({"x": x, "edge_index": _chain(x.shape[0]) if edge_index is None else edge_index},
-               folder / name)
-    return name
-
-
-def _good(folder: Path, n: int = 4) -> list[str]:
-    """``n`` valid graph files g0.pt ... and their manifest rows ``id,y,path``."""
-    return [f"g{i},{1.0 + i},{_pt(folder, f'g{i}.pt', seed=i)}" for i in range(n)]
-
-
-def _manifest(folder: Path, text: str | bytes, name: str = "manifest.csv") -> Path:
-    path = folder / name
-    if isinstance(text, bytes):
-        path.write_bytes(text)
-    else:
-        path.write_text(text, encoding="utf-8", newline="")
-    return path
-
-
-def _rows(folder: Path, *bad: str, header: str = "id,y,path") -> Path:
-    """A manifest of four good rows followed by ``bad`` rows (so bad rows start on line 6)."""
-    pad = "," * (header.count(",") - 2)  # empty cells for columns after id,y,path
-    good = [row + pad for row in _good(folder)]
-    return _manifest(folder, "\n".join([header, *good, *bad]) + "\n")
-
-
-def _train(folder: Path, manifest: Path | str, *extra: str) -> list[str]:
-    config = folder / "tiny.yaml"
-    config.write_text(_TINY)
-    args = ["train", "--manifest", str(manifest), "--no-progress", "--no-baseline",
-            "--epochs", "1", *extra]
-    return args if "--config" in extra else [*args, "--config", str(config)]
-
-
-def _check(manifest: Path | str, *extra: str) -> list[str]:
-    return ["check-data", "--manifest", str(manifest), *extra]
-
-
-class _Exploit:
-    """Unpickling this runs code that creates ``MARKER`` in the folder."""
-
-    def __init__(self, folder: Path):
-        self.target = str(folder.resolve() / MARKER)
-
-    def __reduce__(self):
-        return (exec, (f"open({self.target!r}, 'w').write('payload ran')",))
-
-
-def _evil_graph(folder: Path) -> list[str]:
-    torch.save({"x": _Exploit(folder), "edge_index": _chain(4)}, folder / "evil.pt")
-    return _train(folder, _rows(folder, "evil,9,evil.pt"))
-
-
-def _evil_checkpoint(folder: Path) -> Path:
-    path = folder / "last.pt"
-    torch.save({"state_dict": {}, "config": {}, "resume": _Exploit(folder)}, path)
-    return path
-
-
-def _evil_yaml(folder: Path) -> list[str]:
-    target = str(folder.resolve() / MARKER)
-    (folder / "evil.yaml").write_text(
-        f"training: !!python/object/apply:exec [\"open({target!r}, 'w')\"]\n"
-    )
-    return _train(folder, _rows(folder), "--config", str(folder / "evil.yaml"))
-
-
-def _trained_run(folder: Path) -> Path:
-    """A finished one-epoch run in ``folder/run``; returns its last.pt."""
-    from gatrank.cli import main
-
-    args = _train(folder, _rows(folder), "--out", str(folder / "run"), "-q")
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        if main(args) != 0:
-            raise RuntimeError("could not train the run a resume case starts from")
-    return folder / "run" / "last.pt"
-
-
-def _config_case(text: str) -> Callable[[Path], list[str]]:
-    def build(folder: Path) -> list[str]:
-        (folder / "bad.yaml").write_text(text)
-        return _train(folder, _rows(folder), "--config", str(folder / "bad.yaml"))
-
-    return build
-
-
-def _mixed(folder: Path) -> Path:
-    return _rows(folder, "n1,nan,g0.pt", "n2,3,missing.pt", "n3,4,g1.txt")
-
-
-def _json_graph(folder: Path, name: str, obj: dict) -> str:
-    (folder / name).write_text(json.dumps(obj))
-    return name
-
-
-def _npz_pickled(folder: Path) -> list[str]:
-    np.savez(folder / "obj.npz", x=np.array([{"a": 1}], dtype=object), edge_index=_chain(4).numpy())
-    return _train(folder, _rows(folder, "obj,9,obj.npz"))
-
-
-def _truncated(folder: Path) -> list[str]:
-    _pt(folder, "full.pt")
-    data = (folder / "full.pt").read_bytes()
-    (folder / "cut.pt").write_bytes(data[: len(data) // 2])
-    return _train(folder, _rows(folder, "cut,9,cut.pt"))
-
-
-def _outside(folder: Path, *extra: str) -> list[str]:
-    inner = folder / "data"
-    inner.mkdir()
-    _pt(folder, "shared.pt")
-    m = _manifest(inner, "\n".join(["id,y,path", *_good(inner), "out,9,../shared.pt"]) + "\n")
-    return _check(m, *extra)
-
-
-def _tiny_with(folder: Path, training_lines: str) -> Path:
-    path = folder / "changed.yaml"
-    path.write_text(_TINY.replace("training:\n", "training:\n" + training_lines))
-    return path
-
-
-def _bad_json(folder: Path) -> list[str]:
-    (folder / "bad.json").write_text('{"x": [[1, 2], ')
-    return _train(folder, _rows(folder, "bad,9,bad.json"))
 
 
 CASES: list[FailureMode] = [
@@ -469,139 +300,3 @@ CASES: list[FailureMode] = [
                 notes="argparse's usage message; no traceback."),
 ]
 
-
-# --------------------------------------------------------------------------- running
-
-
-def run_case(case: FailureMode, folder: str | Path) -> CaseRun:
-    """Build ``case`` in ``folder`` and run the CLI on it in this process, inside ``folder``.
-
-    The case sees relative paths, as a user in their data folder would, so what it prints does
-    not depend on where ``folder`` is. Log records of level WARNING and above are captured with
-    stderr, which is what ``gatrank`` shows at the command line.
-    """
-    from gatrank.cli import main
-
-    if case.build is None:
-        raise ValueError(f"case {case.id!r} has no command to run (see its tested_by)")
-    folder = Path(folder).resolve()
-    folder.mkdir(parents=True, exist_ok=True)
-    out, err = io.StringIO(), io.StringIO()
-    handler = logging.StreamHandler(err)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    handler.setLevel(logging.WARNING)
-    root = logging.getLogger()
-    # with a handler on the root logger, main()'s logging.basicConfig leaves logging alone
-    root.addHandler(handler)
-    previous = os.getcwd()
-    os.chdir(folder)
-    try:
-        argv = case.build(Path("."))
-        err.seek(0)
-        err.truncate()  # keep only what the command itself prints
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = main(argv)
-            except SystemExit as exc:  # argparse's usage errors
-                code = exc.code if isinstance(exc.code, int) else 2
-    finally:
-        os.chdir(previous)
-        root.removeHandler(handler)
-    return CaseRun(code, out.getvalue(), err.getvalue(), folder)
-
-
-def shown_output(case: FailureMode, run: CaseRun) -> str:
-    """The part of the output the page shows, with the case folder written as ``<dir>``."""
-    if case.excerpt == "dropped":
-        lines = run.stdout.splitlines()
-        start = next(i for i, ln in enumerate(lines) if ln.startswith("dropped "))
-        end = next((i for i in range(start + 1, len(lines)) if not lines[i].strip()), len(lines))
-        text = "\n".join(lines[start:end])
-    else:
-        text = run.output
-    text = text.replace(str(run.folder), "<dir>")
-    return "\n".join(line.rstrip() for line in text.strip("\n").splitlines())
-
-
-# --------------------------------------------------------------------------- the page
-
-_AREAS = {
-    "manifest": "The manifest file",
-    "row": "Manifest rows",
-    "graph file": "Graph files and SMILES",
-    "security": "Untrusted input",
-    "config": "Configuration",
-    "training": "During training",
-    "suite": "The notebook suite",
-    "cli": "The command line",
-}
-
-_HEADER = """# Failure modes: what goes wrong and what you see
-
-Generated by `python -m tools.failure_modes docs/failure_modes.md` from the live cases in
-`tools/failure_modes.py`; `tests/test_bad_inputs.py` runs every case and fails when this page
-no longer shows what the command line prints. Paths of the case folder are written `<dir>`.
-
-Exit codes: `0` fine (warnings may be printed), `1` problems found in the data or the run, `2`
-bad usage, config or another error, `130` interrupted (Ctrl-C / SIGTERM, checkpoint saved). No
-case prints a Python traceback; add `--debug` to any command to see one.
-"""
-
-
-def _fence(text: str) -> str:
-    return "```text\n" + (text or "(no output)") + "\n```"
-
-
-def render_markdown(results: dict[str, str]) -> str:
-    """The page: one section per case; ``results`` maps live case ids to :func:`shown_output`."""
-    parts = [_HEADER, "| area | failure mode | exit |", "| --- | --- | --- |"]
-    for case in CASES:
-        parts.append(f"| {case.area} | [{case.title}](#{case.id}) | {case.exit_code} |")
-    for area, heading in _AREAS.items():
-        parts.append(f"\n## {heading}")
-        for case in (c for c in CASES if c.area == area):
-            parts.append(f'\n### <a id="{case.id}"></a>{case.title}\n')
-            parts.append(f"Case `{case.id}`, exit code {case.exit_code}.")
-            if case.notes:
-                parts.append(case.notes)
-            if case.build is not None:
-                parts.append("\n" + _fence(results[case.id]))
-            else:
-                parts.append(f"\nYou see {case.sees}")
-                parts.append("\nChecked by " + ", ".join(f"`{t}`" for t in case.tested_by) + ".")
-    return "\n".join(parts) + "\n"
-
-
-def section_output(page: str, case_id: str) -> str | None:
-    """The fenced output recorded for ``case_id`` in a rendered page (None if absent)."""
-    m = re.search(rf'<a id="{re.escape(case_id)}"></a>.*?```text\n(.*?)\n```', page, re.S)
-    return None if m is None else m.group(1)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m tools.failure_modes [OUT.md]``: run every live case, write the page."""
-    args = sys.argv[1:] if argv is None else argv
-    target = Path(args[0]) if args else Path("docs/failure_modes.md")
-    torch.set_num_threads(1)
-    results: dict[str, str] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        os.environ.setdefault("GATRANK_CACHE_DIR", str(Path(tmp) / "cache"))
-        for case in CASES:
-            if case.build is None:
-                continue
-            run = run_case(case, Path(tmp) / case.id)
-            if run.exit_code != case.exit_code:
-                logger.warning("case %s exited %d, expected %d", case.id, run.exit_code,
-                               case.exit_code)
-            results[case.id] = shown_output(case, run)
-    from gatrank.io import atomic_write_text
-
-    atomic_write_text(target, render_markdown(results))
-    logger.info("wrote %s (%d cases)", target, len(CASES))
-    return 0
-
-
-if __name__ == "__main__":
-    logger.addHandler(logging.StreamHandler())
-    logger.setLevel(logging.INFO)
-    raise SystemExit(main())
