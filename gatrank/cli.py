@@ -8,6 +8,11 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # annotations only: at run time these cost yaml and torch (see the commands)
+    from gatrank.config import Config
+    from gatrank.training import TrainResult
 
 __all__ = ["main", "build_parser"]
 
@@ -18,8 +23,7 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
-class CommandFailed(Exception):
-    """A command finished but found problems: exit 1 with this message."""
+# --------------------------------------------------------------------------- the parser
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -32,25 +36,22 @@ def _add_model_loss(p: argparse.ArgumentParser) -> None:
                    help="'gat' (default), 'linear', or your own 'package.module:Name' taking "
                         "in_channels and returning an nn.Module with forward(batch) -> [G] scores")
     p.add_argument("--loss", default="",
-                   help="your own loss 'package.module:Name', a callable (scores, targets) -> scalar")
+                   help="your own loss 'package.module:Name', a callable (scores, targets) "
+                        "-> scalar")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="gatrank",
-        description="Find out why a graph ranking model collapses to constant scores.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="overfit test (--overfit-n) or full training")
-    p.add_argument("--manifest", default="", help="manifest.csv (default: embedded chembl-activity)")
+    p.add_argument("--manifest", default="",
+                   help="manifest.csv (default: embedded chembl-activity)")
     p.add_argument("--config", default="", help="YAML config; keys it omits keep their defaults")
     p.add_argument("--overfit-n", type=int, default=0,
                    help="runbook overfit test: first N graphs, 500 epochs, lr 5e-3, no dropout")
     p.add_argument("--epochs", type=int, default=None, help="override training.epochs")
     p.add_argument("--seed", type=int, default=None, help="override training.seed")
     p.add_argument("--device", default=None, help="override training.device (auto, cpu, cuda)")
-    p.add_argument("--out", default="", help="write metrics.jsonl, summary.json and checkpoints here")
+    p.add_argument("--out", default="",
+                   help="write metrics.jsonl, summary.json and checkpoints here")
     p.add_argument("--no-baseline", action="store_true",
                    help="full training: skip the linear baseline trained beside the model")
     p.add_argument("--on-error", choices=["raise", "skip"], default=None,
@@ -64,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_loss(p)
     _add_common(p)
 
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="score a checkpoint on a split with baselines beside it")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--manifest", default="", help="default: the manifest the checkpoint trained on")
@@ -76,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the checkpoint's training.device)")
     _add_common(p)
 
+
+def _add_check_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check-data", help="validate a manifest and list every problem")
     p.add_argument("--manifest", default="", help="default: the embedded chembl-activity")
     p.add_argument("--json", default="", help="also write the report as JSON here")
@@ -85,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "listed rows and still have graphs left")
     _add_common(p)
 
+
+def _add_datasets(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("datasets", help="embedded data sets (no network)")
     dsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     d = dsub.add_parser("list", help="list the embedded data sets")
@@ -96,9 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     _add_common(d)
 
+
+def _add_suite(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("suite", help="run the five notebooks headlessly and write a report "
                                      "(executed notebooks, offline HTML, summary.json, index.html)")
-    p.add_argument("--manifest", default="", help="manifest.csv (default: embedded chembl-activity)")
+    p.add_argument("--manifest", default="",
+                   help="manifest.csv (default: embedded chembl-activity)")
     p.add_argument("--out", default="",
                    help="report folder (default: reports/<timestamp>, linked as reports/latest)")
     p.add_argument("--config", default="", help="YAML config passed to every notebook")
@@ -114,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_loss(p)
     _add_common(p)
 
+
+def _add_doctor(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("doctor", help="find out why the model collapses: data and loss checks, "
                                       "an overfit test and ablations; ranked causes with fixes")
     p.add_argument("--manifest", default="",
@@ -132,11 +144,37 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--zoo-table: graphs of the embedded data to inject into")
     _add_model_loss(p)
     _add_common(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``gatrank`` parser: one subcommand per command, in the order ``--help`` lists them."""
+    parser = argparse.ArgumentParser(
+        prog="gatrank",
+        description="Find out why a graph ranking model collapses to constant scores.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_train, _add_eval, _add_check_data, _add_datasets, _add_suite, _add_doctor):
+        add(sub)
     return parser
 
 
+# --------------------------------------------------------------------------- the commands
+# Each command imports the modules it runs when it runs: `gatrank --help` and usage errors
+# answer without importing torch (seconds), and `train` checks its config and flags before
+# gatrank.training (torch) is imported, so a typo fails in 0.1 s.
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    # gatrank.training (torch) is imported only once the config is valid: a typo fails in 0.1 s
+    cfg = _train_config(args)
+    res, is_main = _run_training(args, cfg)
+    if not is_main:  # under torchrun only rank 0 reports
+        return 0 if res.summary["status"] == "completed" else EXIT_PROBLEMS
+    _print_training(args, res)
+    return _train_exit(args, res.summary)
+
+
+def _train_config(args: argparse.Namespace) -> Config:
+    """The run's config: the YAML (or a resumed run's own), then the flags that override it."""
     from gatrank.config import ConfigError, load_config, overfit_config
 
     if args.overfit_n and args.overfit_n < 2:
@@ -144,19 +182,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             f"--overfit-n {args.overfit_n} is out of range: allowed 0 (off) or >= 2 "
             "(ranking needs pairs; the runbook uses 32)"
         )
-    if args.resume:
-        if not Path(args.resume).is_file():
-            raise FileNotFoundError(f"--resume {args.resume}: no such file (pass a run's last.pt)")
-        from gatrank.training import checkpoint_config
-
-        cfg, specs = checkpoint_config(args.resume)
-        if args.config:  # the run's data stays the checkpoint's unless --manifest says otherwise
-            cfg = load_config(args.config, data__manifest=cfg.data.manifest)
-        args.model = args.model or specs["model"]
-        args.loss = args.loss or (specs["loss"] if specs["loss"] != "custom" else "")
-        args.out = args.out or str(Path(args.resume).parent)
-    else:
-        cfg = load_config(args.config or None)
+    cfg = _resume_config(args) if args.resume else load_config(args.config or None)
     overrides = {}
     if args.manifest:
         overrides["data.manifest"] = args.manifest
@@ -174,14 +200,33 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = overfit_config(cfg, args.overfit_n)
     if args.epochs is not None:
         cfg = cfg.updated({"training.epochs": args.epochs})
-    from gatrank.training import train
+    return cfg
+
+
+def _resume_config(args: argparse.Namespace) -> Config:
+    """A resumed run's config; its model, loss and folder fill the flags left empty."""
+    from gatrank.config import load_config
+    from gatrank.training import checkpoint_config
+
+    if not Path(args.resume).is_file():
+        raise FileNotFoundError(f"--resume {args.resume}: no such file (pass a run's last.pt)")
+    cfg, specs = checkpoint_config(args.resume)
+    if args.config:  # the run's data stays the checkpoint's unless --manifest says otherwise
+        cfg = load_config(args.config, data__manifest=cfg.data.manifest)
+    args.model = args.model or specs["model"]
+    args.loss = args.loss or (specs["loss"] if specs["loss"] != "custom" else "")
+    args.out = args.out or str(Path(args.resume).parent)
+    return cfg
+
+
+def _run_training(args: argparse.Namespace, cfg: Config) -> tuple[TrainResult, bool]:
+    """Train; also whether this process is rank 0 (asked before the process group is left)."""
+    from gatrank.training import distributed, train
 
     logging.getLogger("gatrank.training").setLevel(
         logging.ERROR if _other_rank() and not args.debug
         else logging.INFO if cfg.training.enable_debug_logs and not args.quiet else logging.WARNING
     )
-    from gatrank.training import distributed
-
     try:
         res = train(
             cfg,
@@ -192,10 +237,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
             with_baseline=not args.no_baseline,
             resume=args.resume or None,
         )
-        if not distributed.is_main():  # under torchrun only rank 0 reports
-            return 0 if res.summary["status"] == "completed" else EXIT_PROBLEMS
+        return res, distributed.is_main()
     finally:
         distributed.teardown()
+
+
+def _print_training(args: argparse.Namespace, res: TrainResult) -> None:
+    """What the run did: processes, dropped rows, final train metrics, verdict, test scores."""
+    from gatrank.checks.verdict import evaluate_verdict, format_verdict
+
     s = res.summary
     if s.get("distributed"):
         d = s["distributed"]
@@ -207,7 +257,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             print(f"  line {p['line']}  id {p['id']}  {p['file']}: {p['problem']} [{p['code']}]")
     final = s["final"]
     print(
-        f"\n{s['mode']} run {s['status']} after {s['epochs_run']} epochs in {s['wall_time_s']:.1f}s "
+        f"\n{s['mode']} run {s['status']} after {s['epochs_run']} epochs in "
+        f"{s['wall_time_s']:.1f}s "
         + (f"on the first {s['split_sizes']['train']} of {s['num_graphs']} graphs"
            if s["mode"] == "overfit" else
            f"on {s['num_graphs']} graphs (splits {s['split_sizes']})")
@@ -219,10 +270,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             f"grad norm {final['grad_norm']:.4f}"
         )
     if s["mode"] == "overfit":
-        from gatrank.checks.verdict import evaluate_verdict, format_verdict
-
-        verdict = evaluate_verdict(res.history)
-        print(format_verdict(verdict))
+        print(format_verdict(evaluate_verdict(res.history)))
     if "test" in s:
         t = s["test"]
         print(f"test (best epoch {s['best_epoch']}): spearman {t['spearman']:.3f}  "
@@ -233,6 +281,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
               f"pairwise accuracy {t['pairwise_accuracy']:.3f}")
     if args.out:
         print(f"wrote {args.out}/metrics.jsonl, summary.json, best.pt, last.pt")
+
+
+def _train_exit(args: argparse.Namespace, s: dict[str, Any]) -> int:
+    """0 completed, 130 interrupted (saying how to continue), 1 otherwise."""
     if s["status"] == "interrupted":
         print(f"{s['stop_reason']}.", file=sys.stderr)
         if args.out:
@@ -384,17 +436,16 @@ def main(argv: list[str] | None = None) -> int:
     if _other_rank() and not args.debug:
         level = logging.ERROR  # torchrun's other ranks: rank 0 speaks for the run
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
-    from gatrank.config import ConfigError
-
     try:
         return _COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - the CLI turns every failure into a message
         if args.debug:
             raise
         # classes of modules not imported yet cannot have raised (and importing them costs torch)
+        ConfigError = _loaded("gatrank.config", "ConfigError")  # noqa: N806
         DataError = _loaded("gatrank.data", "DataError")  # noqa: N806
         UnsafeFileError = _loaded("gatrank.data", "UnsafeFileError")  # noqa: N806
         NonFiniteError = _loaded("gatrank.training", "NonFiniteError")  # noqa: N806
