@@ -7,7 +7,7 @@ import gc
 import logging
 import weakref
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,10 +84,8 @@ def _collect(path: str | Path, allow_outside_root: bool, cache_dir: str | Path |
         return _Collected(parsed, problems, [], {})
     table = parsed.table
     assert table is not None
-    root = parsed.manifest.parent
     # plain lists: pandas scalar access costs ~25 us, too slow per row for a cached reload
     lines, ids = table["line"].tolist(), table["id"].tolist()
-    smiles, paths = table["smiles"].tolist(), table["path"].tolist()
     bad_lines = {p.line for p in problems if not p.is_warning}
     ok_rows = [i for i, line in enumerate(lines) if line not in bad_lines]
     tensors: dict[int, tuple[Tensor, Tensor, Tensor | None]] = {}
@@ -95,27 +93,50 @@ def _collect(path: str | Path, allow_outside_root: bool, cache_dir: str | Path |
     def report(i: int, file: str, code: str, problem: str, fix: str) -> None:
         problems.append(DataProblem(lines[i], ids[i], file, problem, fix, code))
 
+    _load_smiles(table["smiles"].tolist(), ok_rows, str(parsed.manifest), cache_dir, num_workers,
+                 tensors, report)
+    _load_files(table["path"].tolist(), ok_rows, parsed.manifest.parent, tensors, report)
+    _check_widths(table, tensors, parsed.manifest, problems)
+    bad_lines = {p.line for p in problems if not p.is_warning}
+    keep = [i for i in sorted(tensors) if lines[i] not in bad_lines]
+    problems.sort(key=lambda p: (p.line or 0))
+    return _Collected(parsed, problems, keep, tensors)
+
+
+_Report = Callable[[int, str, str, str, str], None]  # (row, file, code, problem, fix)
+
+
+def _load_smiles(smiles: list[str | None], ok_rows: list[int], mfile: str,
+                 cache_dir: str | Path | None, num_workers: int | None,
+                 tensors: dict[int, tuple[Tensor, Tensor, Tensor | None]],
+                 report: _Report) -> None:
+    """Featurize the rows' SMILES into ``tensors``; report those that give no usable graph."""
     smiles_rows = [i for i in ok_rows if smiles[i] is not None]
     featurized = _featurize_all([smiles[i] for i in smiles_rows], cache_dir, num_workers)
     for i, out in zip(smiles_rows, featurized, strict=True):
         smi = smiles[i]
         if isinstance(out[0], str) and out[0] == "invalid_smiles":
-            report(i, str(parsed.manifest), out[0], f"SMILES {smi!r} is invalid: {out[1]}",
+            report(i, mfile, out[0], f"SMILES {smi!r} is invalid: {out[1]}",
                    "correct the SMILES (check it in RDKit: Chem.MolFromSmiles), or remove the row")
         elif isinstance(out[0], str):
-            report(i, str(parsed.manifest), out[0], f"cannot featurize SMILES {smi!r}: {out[1]}",
+            report(i, mfile, out[0], f"cannot featurize SMILES {smi!r}: {out[1]}",
                    "remove the row, or featurize it yourself and give it as a graph file")
         elif out[0].shape[0] == 0:
-            report(i, str(parsed.manifest), "empty_graph", f"SMILES {smi!r} has no atoms",
+            report(i, mfile, "empty_graph", f"SMILES {smi!r} has no atoms",
                    "correct the SMILES, or remove the row")
         elif out[1].shape[1] == 0:
-            report(i, str(parsed.manifest), "no_edges",
+            report(i, mfile, "no_edges",
                    f"molecule {smi!r} has {out[0].shape[0]} atom(s) and no bonds",
                    "message passing needs edges: remove single-atom molecules and salts-only "
                    "rows, or keep the largest fragment")
         else:
             tensors[i] = out
 
+
+def _load_files(paths: list[str | None], ok_rows: list[int], root: Path,
+                tensors: dict[int, tuple[Tensor, Tensor, Tensor | None]],
+                report: _Report) -> None:
+    """Load and check the rows' graph files into ``tensors``; report every file problem."""
     for i in ok_rows:
         rel = paths[i]
         if rel is None:
@@ -146,12 +167,6 @@ def _collect(path: str | Path, allow_outside_root: bool, cache_dir: str | Path |
             report(i, rel, code, problem, fix)
         if graph is not None:
             tensors[i] = graph
-
-    _check_widths(table, tensors, parsed.manifest, problems)
-    bad_lines = {p.line for p in problems if not p.is_warning}
-    keep = [i for i in sorted(tensors) if lines[i] not in bad_lines]
-    problems.sort(key=lambda p: (p.line or 0))
-    return _Collected(parsed, problems, keep, tensors)
 
 
 def _check_widths(table: pd.DataFrame, tensors: dict[int, tuple[Tensor, Tensor, Tensor | None]],

@@ -44,17 +44,15 @@ def test_fast_data_construction_matches_the_constructor():
 
 
 def test_fast_graph_construction_behaves_like_data():
-    from gatrank.data.graphset import _make_data
-
     def attrs():
         return {"x": torch.rand(3, 4), "edge_index": torch.tensor([[0, 1], [1, 2]]),
                 "y": torch.tensor([1.5]), "gid": "a", "smiles": "CCO"}
 
     a = attrs()
-    fast, ref = _make_data(dict(a)), Data(**a)
+    fast, ref = gd_graphset._make_data(dict(a)), Data(**a)
     assert fast.keys() == ref.keys() and fast.num_nodes == ref.num_nodes == 3
     assert fast._store._parent() is fast  # the storage points back at its own graph
-    other = _make_data(attrs())
+    other = gd_graphset._make_data(attrs())
     other.z = torch.zeros(1)  # attributes set later stay on their own graph
     assert "z" not in fast and "z" in other
     for name in ("x", "edge_index", "y"):
