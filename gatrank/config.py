@@ -74,7 +74,8 @@ class DataConfig:
             self.val_fraction + self.test_fraction,
             "< 1 (something must be left to train on)",
         )
-        _check(self.on_error in ("raise", "skip"), "data.on_error", self.on_error, "'raise' or 'skip'")
+        _check(self.on_error in ("raise", "skip"), "data.on_error", self.on_error,
+               "'raise' or 'skip'")
 
 
 @dataclass
@@ -254,7 +255,7 @@ class Config:
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
-    """Check ``value`` against the default's type; YAML reads ``1e-3`` as a string, so accept that."""
+    """Check ``value`` against the default's type (YAML reads ``1e-3`` as a string: accepted)."""
     kind = type(default)
     if kind is bool:
         if isinstance(value, bool):

@@ -18,7 +18,10 @@ import pandas as pd
 import torch
 from torch_geometric.data import Data
 
-from gatrank.data import default_cache_dir
+from gatrank.data.featurize import default_cache_dir
+
+# RDKit is imported inside the functions that read its files, on purpose: it is a heavy import
+# that listing the data sets or writing `synthetic` never needs.
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +55,7 @@ def list_datasets() -> list[dict[str, Any]]:
 
 
 def _rdkit_file(*parts: str, contrib: bool) -> Path:
-    from rdkit import RDConfig
+    from rdkit import RDConfig  # deferred (see the imports)
 
     path = Path(RDConfig.RDContribDir if contrib else RDConfig.RDDataDir, *parts)
     if not path.is_file():
@@ -72,7 +75,7 @@ def _chembl_activity() -> pd.DataFrame:
 
 def _nci_tpsa() -> pd.DataFrame:
     """id (the NCI row number from first_5K.smi), smiles, y (TPSA); unparsable SMILES dropped."""
-    from rdkit import Chem, RDLogger
+    from rdkit import Chem, RDLogger  # deferred (see the imports)
 
     RDLogger.DisableLog("rdApp.*")
     # skip only the leading '#' comment line: '#' inside SMILES is a triple bond

@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "write_json", "append_jsonl", "atomic_torch_save"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "write_json", "append_jsonl",
+           "atomic_torch_save"]
 
 
 def _atomic(path: Path, write) -> None:

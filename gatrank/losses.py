@@ -336,9 +336,8 @@ def make_loss_fn(loss: str | Callable | None, config: Config) -> LossFn:
                 f"loss {loss!r} must return a scalar tensor, got "
                 f"{type(out).__name__}{tuple(out.shape) if isinstance(out, Tensor) else ''}"
             )
-        pairs = int(
-            valid_pair_mask(targets, margin_eps=lc.margin_eps, tie_eps=lc.tie_eps, group=group).sum()
-        )
+        pairs = int(valid_pair_mask(targets, margin_eps=lc.margin_eps, tie_eps=lc.tie_eps,
+                                    group=group).sum())
         return LossOutput(loss=out.reshape(()), num_pairs=pairs)
 
     return wrapped

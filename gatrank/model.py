@@ -16,6 +16,7 @@ from torch_geometric.nn import (
 )
 
 from gatrank.config import ModelConfig
+from gatrank.plugins import load_object
 
 __all__ = ["GATRanker", "LinearBaseline", "pool", "build_model"]
 
@@ -74,7 +75,7 @@ class GATRanker(nn.Module):
         self.score_head = nn.Sequential(*layers)
 
     def node_embeddings(self, batch) -> list[Tensor]:
-        """Node embeddings after each GAT layer: a list of ``num_layers`` tensors ``[N, hidden]``."""
+        """Node embeddings after each GAT layer: ``num_layers`` tensors ``[N, hidden]``."""
         x, edge_index = batch.x, batch.edge_index
         outs = []
         for i, conv in enumerate(self.convs):
@@ -117,8 +118,6 @@ def build_model(in_channels: int, config: ModelConfig | None = None, spec: str =
     """Build the model named by ``spec``: empty or ``gat`` → :class:`GATRanker`, ``linear`` →
     :class:`LinearBaseline`, otherwise an import string ``package.module:Name`` of a callable
     taking ``in_channels`` and returning an ``nn.Module`` with ``forward(batch) -> [G]``."""
-    from gatrank.plugins import load_object
-
     if spec in ("", "gat"):
         return GATRanker(in_channels, config)
     if spec == "linear":

@@ -1,8 +1,9 @@
 """Plotly figure builders. Pure functions: data in, figure out; nothing is shown or written.
 
-Threshold lines come from :data:`gatrank.checks.verdict.THRESHOLDS` and are drawn as line traces (not
-shapes) so they stay in data coordinates on log axes and show their rule on hover. Colours:
-green dashed = pass criterion, green dotted = the runbook's "ideally", red dotted = red flag.
+Threshold lines come from :data:`gatrank.checks.verdict.THRESHOLDS` and are drawn as line
+traces (not shapes) so they stay in data coordinates on log axes and show their rule on hover.
+Colours: green dashed = pass criterion, green dotted = the runbook's "ideally", red dotted = red
+flag.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import plotly.colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -282,8 +284,6 @@ def loss_vs_gap(curves: pd.DataFrame, *, reference: float | None = LN2) -> go.Fi
             ``label`` (one line per label, e.g. per temperature).
         reference: a loss level to mark at gap 0 (``ln 2`` for gatrank's loss).
     """
-    import plotly.colors
-
     palette = plotly.colors.qualitative.Plotly
     fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "d loss / d s_hi"))
     for i, (label, part) in enumerate(curves.groupby("label", sort=False)):
@@ -370,7 +370,7 @@ def graph_drawing(
         positions: ``[N, 2]`` node coordinates (e.g. RDKit 2D depiction); default: a spring
             layout seeded with ``seed``.
     """
-    import networkx as nx
+    import networkx as nx  # deferred on purpose: a heavy import only this figure needs
 
     n = int(x.shape[0])
     g = nx.Graph()

@@ -35,5 +35,7 @@ def load_object(spec: str, *, what: str = "object") -> Any:
                 f"{what} import string {spec!r}: module {module_name!r} has no attribute {attr!r}"
             ) from None
     if not callable(obj):
-        raise ValueError(f"{what} import string {spec!r} names {type(obj).__name__}, not a callable")
+        raise ValueError(
+            f"{what} import string {spec!r} names {type(obj).__name__}, not a callable"
+        )
     return obj

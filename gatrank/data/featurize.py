@@ -25,6 +25,9 @@ from torch_geometric.utils.smiles import e_map, from_rdmol, x_map
 
 from gatrank.data.safe_load import safe_torch_load
 
+# RDKit is imported inside the functions that use it, on purpose: it is a heavy import that a
+# manifest of graph files (no SMILES) never needs.
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["featurize_smiles", "default_cache_dir", "FEATURIZER_VERSION"]
@@ -38,7 +41,7 @@ _E_SIZES = [len(v) for v in e_map.values()]
 
 
 def _silence_rdkit() -> None:
-    from rdkit import RDLogger
+    from rdkit import RDLogger  # deferred (see the imports)
 
     RDLogger.DisableLog("rdApp.*")  # parse errors become DataProblems instead of stderr noise
 
@@ -51,7 +54,7 @@ def _mol_codes(smiles: str) -> tuple[str, str] | tuple[np.ndarray, np.ndarray, n
     ``from_rdmol``; we parse ourselves because ``from_smiles`` turns bad SMILES into an empty
     molecule instead of failing).
     """
-    from rdkit import Chem as chem  # noqa: N813  (callers silence RDKit's logger)
+    from rdkit import Chem as chem  # noqa: N813  deferred; callers silence RDKit's logger
 
     mol = chem.MolFromSmiles(smiles)
     if mol is None:
@@ -157,7 +160,7 @@ def default_cache_dir() -> Path:
 
 
 def _cache_file(smiles: Sequence[str], cache_dir: str | Path | None) -> Path:
-    from rdkit import __version__ as rdkit_version
+    from rdkit import __version__ as rdkit_version  # deferred (see the imports)
 
     h = hashlib.sha256()
     h.update(f"gatrank-featurizer {FEATURIZER_VERSION} rdkit {rdkit_version} "
