@@ -39,6 +39,8 @@ from gatrank.checks.static import check_graphs
 from gatrank.checks.verdict import THRESHOLDS, evaluate_verdict
 from gatrank.config import Config, load_config
 from gatrank.doctor.ablations import overfit_ablations, user_ablations
+from gatrank.doctor.faults import Fault
+from gatrank.doctor.faults import inject as inject_fault
 from gatrank.doctor.report import DOCTOR_THRESHOLDS, DoctorOptions, DoctorReport
 from gatrank.doctor.runs import train_run
 from gatrank.doctor.stages import data_stage, heldout_stage, loss_stage, model_stage
@@ -120,6 +122,17 @@ def _load(graphs, manifest, cfg: Config) -> tuple[Any, list, list, str]:
     return gs, check_graphs(gs.graphs), list(gs.dropped), str(path)
 
 
+def _setup(source: str, gs, model, loss, seed: int, fault: Fault | None) -> dict[str, Any]:
+    """What was diagnosed, for the report: where the graphs came from, how many, the model and
+    loss by name, the seed and the fault injected."""
+    return {"source": source, "graphs": len(gs) if gs is not None else 0,
+            "model": model if isinstance(model, str) and model else
+            ("gat" if model is None else getattr(model, "__name__", type(model).__name__)),
+            "loss": loss if isinstance(loss, str) and loss else
+            ("pairwise_rank_loss" if loss is None else getattr(loss, "__name__", "custom")),
+            "seed": seed, "fault": fault.name if fault else None}
+
+
 def diagnose(
     graphs=None,
     *,
@@ -159,8 +172,6 @@ def diagnose(
         model_edit = None
         fault = None
         if inject:
-            from gatrank.doctor.faults import inject as inject_fault
-
             if gs is None:
                 raise ValueError(f"cannot inject {inject!r}: the manifest {source} has problems; "
                                  "run without --inject or fix the data first")
@@ -175,12 +186,7 @@ def diagnose(
             doc.notes += [f"possible issue that did not stop training here: {c.id}: {c.evidence}"
                           for c in causes]
             causes = []
-    setup = {"source": source, "graphs": len(gs) if gs is not None else 0,
-             "model": model if isinstance(model, str) and model else
-             ("gat" if model is None else getattr(model, "__name__", type(model).__name__)),
-             "loss": loss if isinstance(loss, str) and loss else
-             ("pairwise_rank_loss" if loss is None else getattr(loss, "__name__", "custom")),
-             "seed": seed, "fault": fault.name if fault else None}
+    setup = _setup(source, gs, model, loss, seed, fault)
     return DoctorReport(verdict=verdict, causes=causes, stages=doc.stages, notes=doc.notes,
                         config_diff=_config_diff(doc.cfg, doc.overfit_cfg()),
                         runbook_verdict=doc.runbook_verdict, setup=setup,

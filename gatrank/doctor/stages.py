@@ -32,36 +32,53 @@ __all__ = [
 ]
 
 
+_PROBLEM_CAUSE = {"nonfinite_features": "nan_or_inf_inputs",
+                  "nonfinite_edge_features": "nan_or_inf_inputs",
+                  "nan_target": "nan_or_inf_inputs", "inf_target": "nan_or_inf_inputs",
+                  "missing_target": "nan_or_inf_inputs", "empty_graph": "empty_graphs",
+                  "no_edges": "empty_graphs"}
+"""The cause of each data problem code (any other code: ``invalid_data``)."""
+
+
 def data_stage(doc: Diagnosis, problems: Sequence, dropped: Sequence) -> bool:
     """Data checks; True when diagnosis must stop here."""
     t0 = time.perf_counter()
-    gs, lc = doc.gs, doc.cfg.loss
-    stop = False
+    counted = _problem_causes(doc, problems)
+    if dropped:
+        doc.notes.append(f"{len(dropped)} manifest row(s) were dropped under "
+                         "data.on_error=skip; they are not part of this diagnosis")
+    summary: dict[str, Any] = {"graphs": 0 if doc.gs is None else len(doc.gs),
+                               "problems": counted}
+    if counted or _target_causes(doc, summary):
+        doc.add_stage("data", "failed", summary, t0)
+        return True
+    stop = _feature_causes(doc, summary)
+    doc.add_stage("data", "failed" if stop else "warning" if doc.causes else "ok",
+                  summary, t0)
+    return stop
+
+
+def _problem_causes(doc: Diagnosis, problems: Sequence) -> int:
+    """One definitive cause per problem code, naming the first rows; the problems counted
+    (warnings do not count)."""
     by_code: dict[str, list] = {}
     for p in problems:
         if not p.is_warning:
             by_code.setdefault(p.code, []).append(p)
-    mapping = {"nonfinite_features": "nan_or_inf_inputs",
-               "nonfinite_edge_features": "nan_or_inf_inputs",
-               "nan_target": "nan_or_inf_inputs", "inf_target": "nan_or_inf_inputs",
-               "missing_target": "nan_or_inf_inputs", "empty_graph": "empty_graphs",
-               "no_edges": "empty_graphs"}
     for code, items in by_code.items():
-        cid = mapping.get(code, "invalid_data")
+        cid = _PROBLEM_CAUSE.get(code, "invalid_data")
         where = ", ".join(f"{p.id}" + (f" (line {p.line})" if p.line else "")
                           for p in items[:5])
         more = f" and {len(items) - 5} more" if len(items) > 5 else ""
         doc.cause(cid, f"{len(items)} graph(s) with {code}: {items[0].problem} — {where}"
                        f"{more}", 1.0, "data", **{code: len(items)})
-        stop = True
-    if dropped:
-        doc.notes.append(f"{len(dropped)} manifest row(s) were dropped under "
-                         "data.on_error=skip; they are not part of this diagnosis")
-    summary: dict[str, Any] = {"graphs": 0 if gs is None else len(gs),
-                               "problems": sum(map(len, by_code.values()))}
-    if stop:
-        doc.add_stage("data", "failed", summary, t0)
-        return True
+    return sum(map(len, by_code.values()))
+
+
+def _target_causes(doc: Diagnosis, summary: dict[str, Any]) -> bool:
+    """Targets that do not vary and pairs the loss cannot use, overall and per training batch;
+    True when a definitive cause was found (no pair at all, constant targets)."""
+    gs, lc = doc.gs, doc.cfg.loss
     idx = doc.train_split()
     y = torch.tensor(gs.table["y"].to_numpy(dtype=np.float64))
     group = torch.cat([g.group.reshape(-1) for g in gs.graphs]) \
@@ -96,7 +113,6 @@ def data_stage(doc: Diagnosis, problems: Sequence, dropped: Sequence) -> bool:
                      f"tie_eps={lc.tie_eps:g} and margin_eps={lc.margin_eps:g}"),
                   1.0, "data", valid_pairs=0)
     if doc.causes:
-        doc.add_stage("data", "failed", summary, t0)
         return True
     ties = 1 - tight / total_pairs
     summary["tie_fraction"] = round(ties, 4)
@@ -115,6 +131,13 @@ def data_stage(doc: Diagnosis, problems: Sequence, dropped: Sequence) -> bool:
                   f"batches of {doc.cfg.training.batch_size} graphs have no valid pair "
                   f"(mean {batches['pairs_mean']:.1f} pairs per batch)",
                   0.5 + 0.4 * frac, "data", fraction_without_pairs=frac)
+    return False
+
+
+def _feature_causes(doc: Diagnosis, summary: dict[str, Any]) -> bool:
+    """Graphs their node features and structure cannot tell apart; True when every node has
+    the same features (definitive)."""
+    gs = doc.gs
     feats = feature_stats(gs.graphs)
     summary.update(indistinguishable=round(feats["indistinguishable"], 4),
                    constant_feature_columns=f"{feats['constant_columns']}/"
@@ -125,8 +148,8 @@ def data_stage(doc: Diagnosis, problems: Sequence, dropped: Sequence) -> bool:
                   f"{feats['num_features']} columns constant): a GAT with mean/max pooling "
                   "gives every graph the same embedding", 1.0, "data",
                   **{k: feats[k] for k in ("indistinguishable", "constant_columns")})
-        stop = True
-    elif feats["indistinguishable"] >= DOCTOR_THRESHOLDS["indistinguishable"]:
+        return True
+    if feats["indistinguishable"] >= DOCTOR_THRESHOLDS["indistinguishable"]:
         doc.cause("uninformative_features",
                   f"{feats['indistinguishable']:.0%} of graphs cannot be told from another "
                   "graph with a different target by features and structure (3 rounds of "
@@ -134,9 +157,7 @@ def data_stage(doc: Diagnosis, problems: Sequence, dropped: Sequence) -> bool:
                   f"{feats['distinct_signatures']} distinct of {len(gs)})",
                   0.6 + 0.3 * feats["indistinguishable"], "data",
                   indistinguishable=feats["indistinguishable"])
-    doc.add_stage("data", "failed" if stop else "warning" if doc.causes else "ok",
-                  summary, t0)
-    return stop
+    return False
 
 
 def loss_stage(doc: Diagnosis) -> bool:

@@ -98,10 +98,21 @@ def median_grad(history: Sequence[dict]) -> float:
 
 def symptoms(doc: Diagnosis, run: Run, stage: str) -> None:
     """Causes suggested by a failing run's measurements (and the static checks)."""
-    h = run.history
+    # whether a cause already found would explain small gradients by itself
+    explained = _static_symptoms(doc, run, stage)
+    if not run.history:
+        return
+    if _unit_symptoms(doc, run.history, stage):
+        explained = True
+    _training_symptoms(doc, run.history, stage, explained)
+
+
+def _static_symptoms(doc: Diagnosis, run: Run, stage: str) -> bool:
+    """Frozen parameters and exploding gradients, from the model stage's checks and the run's
+    error; True when one of them is strong enough to explain small gradients."""
     t = DOCTOR_THRESHOLDS
     frozen, path = doc.static.get("frozen"), doc.static.get("path")
-    explained = set()
+    explained = False
     if frozen is not None:
         stuck = set(frozen["frozen"]) | set(frozen["not_in_optimizer"])
         stuck |= set(path["unused"]) if path else set()
@@ -118,7 +129,7 @@ def symptoms(doc: Diagnosis, run: Run, stage: str) -> None:
                       0.9 if frac >= t["frozen_fraction"] else 0.5, stage,
                       frozen_fraction=frac)
             if frac >= t["frozen_fraction"]:
-                explained.add("frozen")
+                explained = True
     big = path is not None and path["grad_norm"] >= t["exploding_grad_norm"]
     if path is not None and (not path["finite"] or big):
         gn = path["grad_norm"]
@@ -126,14 +137,20 @@ def symptoms(doc: Diagnosis, run: Run, stage: str) -> None:
                   f"gradient norm {gn:.3g} before any update (threshold "
                   f"{t['exploding_grad_norm']:g}); loss {path['loss']:.4g} = "
                   f"{path['loss'] / LN2:.3g} x ln 2", 0.9, stage, grad_norm_at_init=gn)
-        explained.add("exploding")
+        explained = True
     at = re.search(r"at epoch (\d+), batch (\d+)", run.error)
     if run.nonfinite and at and at.groups() == ("1", "0"):
         doc.cause("exploding_gradients", f"{run.error} — at the very first step, so no "
                   "learning-rate step caused it", 0.9, stage)
-    if not h:
-        return
+    return explained
+
+
+def _unit_symptoms(doc: Diagnosis, h: Sequence[dict[str, Any]], stage: str) -> bool:
+    """What the probe saw in the units: dead ReLUs, saturated outputs, oversmoothing, inputs
+    that do not differ; True when one that explains small gradients was found."""
+    t = DOCTOR_THRESHOLDS
     first, last = h[0], h[-1]
+    explained = False
     dead = [r.get("dead_fraction") for r in h if r.get("dead_fraction") is not None]
     if dead and max(dead) >= t["dead_fraction"]:
         at_init = dead[0] >= t["dead_fraction"]
@@ -142,7 +159,7 @@ def symptoms(doc: Diagnosis, run: Run, stage: str) -> None:
                   f"{max(dead):.0%} of the score head's ReLU units output 0 for every probe "
                   f"graph ({when}; threshold {t['dead_fraction']:.0%})",
                   0.9 if at_init else 0.7, stage, dead_fraction=max(dead))
-        explained.add("dead")
+        explained = True
     sat = [r.get("saturated_fraction") for r in h if r.get("saturated_fraction") is not None]
     if sat and max(sat) >= t["saturated_fraction"]:
         at_init = sat[0] >= t["saturated_fraction"]
@@ -150,7 +167,7 @@ def symptoms(doc: Diagnosis, run: Run, stage: str) -> None:
                   f"{max(sat):.0%} of the bounded outputs lie within 0.1% of their limits "
                   f"(score std {last['score_std']:.3g})", 0.9 if at_init else 0.7, stage,
                   saturated_fraction=max(sat))
-        explained.add("saturated")
+        explained = True
     mads = mad_ratio(first)
     if mads is not None and mads[0] < t["oversmoothing_mad_ratio"]:
         ratio, mad_last, n_layers = mads
@@ -159,13 +176,22 @@ def symptoms(doc: Diagnosis, run: Run, stage: str) -> None:
                   f"average distance {mad_last:.3g} after the last of {n_layers} GAT layers, "
                   f"{ratio:.2g} x its largest value at an earlier layer", 0.7, stage,
                   mad_ratio=ratio)
-        explained.add("oversmoothing")
+        explained = True
     inp = first.get("layers", {}).get("input")
     if inp is not None and inp["distinct_graphs"] <= 0.05 and last["score_std"] < 1e-3:
         doc.cause("uninformative_features",
                   f"only {inp['distinct_graphs']:.0%} of probe graph pairs differ in their "
                   f"pooled input features; score std {last['score_std']:.2g}", 0.85, stage,
                   distinct_graphs=inp["distinct_graphs"])
+    return explained
+
+
+def _training_symptoms(doc: Diagnosis, h: Sequence[dict[str, Any]], stage: str,
+                       explained: bool) -> None:
+    """What the loss and gradients did: vanishing gradients (weaker when ``explained`` by
+    another cause), a ranking made worse than random, batches without a valid pair."""
+    t = DOCTOR_THRESHOLDS
+    first, last = h[0], h[-1]
     gmed = median_grad(h)
     min_loss = min((r["loss"] for r in h if math.isfinite(r["loss"])), default=math.nan)
     if (gmed < t["vanishing_grad_norm"] and math.isfinite(min_loss)
