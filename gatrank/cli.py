@@ -325,6 +325,8 @@ def _cmd_suite(args: argparse.Namespace) -> int:
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
+    # deferred like every command's imports: the doctor pulls in torch and PyG, which the
+    # other commands (and --help) should not wait for
     from gatrank.doctor import DoctorOptions, diagnose
     from gatrank.doctor.faults import list_faults
     from gatrank.doctor.zoo import ZooResult, run_zoo, write_zoo_page, zoo_graphs

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from gatrank.config import Config
 from gatrank.losses import LossOutput, pairwise_rank_loss
+from gatrank.plugins import load_object
 
 __all__ = [
     "Fault",
@@ -238,8 +239,6 @@ def _base_loss(base: str | UserLoss | None, config: Config) -> Callable[[Tensor,
                                       weight_by_diff=lc.weight_by_diff).loss
 
         return builtin
-    from gatrank.plugins import load_object
-
     user = load_object(base, what="loss") if isinstance(base, str) else base
 
     def as_tensor(scores: Tensor, targets: Tensor) -> Tensor:

@@ -147,10 +147,6 @@ VERDICTS = ("healthy", "bad_data", "broken_loss", "cannot_fit", "collapsed", "un
 ``unstable``: NaN/Inf during training; ``cannot_fit``: neither; ``no_generalization``: fits but
 held-out ranking is at chance."""
 
-_STAGE_OF = {"nan_or_inf_inputs": 0, "empty_graphs": 0, "invalid_data": 0, "constant_targets": 0,
-             "no_valid_pairs": 0, "uninformative_features": 0, "loss_detached": 1,
-             "loss_wrong_direction": 1}
-
 
 @dataclass
 class Cause:

@@ -38,6 +38,8 @@ from torch import nn
 from gatrank.checks.static import check_graphs
 from gatrank.checks.verdict import THRESHOLDS, evaluate_verdict
 from gatrank.config import Config, load_config
+from gatrank.data import check_manifest, load_graphs
+from gatrank.datasets import manifest_or_default
 from gatrank.doctor.ablations import overfit_ablations, user_ablations
 from gatrank.doctor.faults import Fault
 from gatrank.doctor.faults import inject as inject_fault
@@ -110,9 +112,6 @@ def _load(graphs, manifest, cfg: Config) -> tuple[Any, list, list, str]:
     """(GraphSet or None, problems that count, rows dropped, where the graphs came from)."""
     if graphs is not None:
         return graphs, check_graphs(graphs.graphs), [], "in-memory graphs"
-    from gatrank.data import check_manifest, load_graphs
-    from gatrank.datasets import manifest_or_default
-
     path = manifest_or_default(manifest, cfg.data.manifest)
     report = check_manifest(path, allow_outside_root=cfg.data.allow_outside_root)
     if report.errors and cfg.data.on_error == "raise":

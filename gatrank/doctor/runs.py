@@ -16,6 +16,8 @@ from gatrank.checks.verdict import evaluate_verdict
 from gatrank.config import Config
 from gatrank.doctor.state import Diagnosis
 from gatrank.doctor.symptoms import Run, plateau
+from gatrank.model import build_model
+from gatrank.training import NonFiniteError, train
 
 __all__ = [
     "model_factory",
@@ -38,8 +40,6 @@ def model_factory(doc: Diagnosis, model=None) -> Callable[[int], nn.Module]:
     edit = doc.model_edit if model is None else None
 
     def make(in_channels: int, cfg: Config) -> nn.Module:
-        from gatrank.model import build_model
-
         if isinstance(spec, nn.Module):
             net = copy.deepcopy(spec)
         elif callable(spec):
@@ -55,8 +55,6 @@ def train_run(doc: Diagnosis, name: str, cfg: Config, idx: Sequence[int], *, sto
               model=None, keep: list[nn.Module] | None = None) -> Run:
     """Train on ``idx`` with ``cfg``; stops once the criteria pass or the loss stalls.
     The trained model is appended to ``keep`` when given."""
-    from gatrank.training import NonFiniteError, train
-
     records: list[dict[str, Any]] = []
     stall = doc.opts.stall_epochs
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch_geometric.data import Batch
 
 from gatrank.checks.static import (
     check_loss,
@@ -23,6 +24,10 @@ from gatrank.checks.verdict import THRESHOLDS
 from gatrank.doctor.report import DOCTOR_THRESHOLDS
 from gatrank.doctor.runs import model_factory, train_run
 from gatrank.doctor.state import Diagnosis
+from gatrank.losses import make_loss_fn
+from gatrank.metrics import pairwise_accuracy
+from gatrank.runtime import resolve_device, set_seed
+from gatrank.training import predict
 
 __all__ = [
     "data_stage",
@@ -161,8 +166,6 @@ def _feature_causes(doc: Diagnosis, summary: dict[str, Any]) -> bool:
 
 
 def loss_stage(doc: Diagnosis) -> bool:
-    from gatrank.losses import make_loss_fn
-
     t0 = time.perf_counter()
     lc = doc.cfg.loss
     fn = make_loss_fn(doc.loss or None, doc.cfg)
@@ -192,11 +195,6 @@ def loss_stage(doc: Diagnosis) -> bool:
 
 
 def model_stage(doc: Diagnosis, idx: Sequence[int]) -> bool:
-    from torch_geometric.data import Batch
-
-    from gatrank.losses import make_loss_fn
-    from gatrank.runtime import set_seed
-
     t0 = time.perf_counter()
     set_seed(doc.cfg.training.seed)
     net = model_factory(doc)(doc.gs.num_features, doc.cfg)
@@ -236,9 +234,6 @@ def model_stage(doc: Diagnosis, idx: Sequence[int]) -> bool:
 
 
 def heldout_stage(doc: Diagnosis) -> str:
-    from gatrank.runtime import resolve_device
-    from gatrank.training import predict
-
     t0 = time.perf_counter()
     doc.train_split()
     sp = doc.splits
@@ -300,8 +295,6 @@ def _signal_test(scores: np.ndarray, targets: np.ndarray, groups: np.ndarray | N
                  tie_eps: float, permutations: int, seed: int) -> tuple[float, float]:
     """Pairwise accuracy (mean over groups with groups) and its one-sided permutation p-value:
     the fraction of score shuffles (within groups) that rank at least as well, +1 smoothed."""
-    from gatrank.metrics import pairwise_accuracy
-
     units = [np.arange(len(scores))] if groups is None else \
         [np.flatnonzero(groups == g) for g in np.unique(groups)]
     units = [u for u in units if len(u) > 1]

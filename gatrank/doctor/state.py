@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from gatrank.config import Config, overfit_config
+from gatrank.data import split_indices
 from gatrank.doctor.report import CAUSES, Cause, DoctorOptions, Stage
 
 __all__ = [
@@ -59,8 +60,6 @@ class Diagnosis:
         return max((c.score for c in self.causes.values()), default=0.0)
 
     def train_split(self) -> list[int]:
-        from gatrank.data import split_indices
-
         if self.splits is None:
             try:
                 self.splits = split_indices(self.gs, seed=self.cfg.training.seed,
