@@ -16,14 +16,17 @@ from gatrank.doctor.state import Diagnosis
 from gatrank.doctor.symptoms import Run, lr_symptom, median_grad, symptoms
 
 __all__ = [
-    "confirm",
     "overfit_ablations",
     "user_ablations",
 ]
 
+_Plan = tuple[str, dict[str, Any], str | None, str]
+"""One ablation: (label, config overrides, reference model in place of the user's or None,
+the cause id it confirms when it fixes the run)."""
 
-def confirm(doc: Diagnosis, plans: list[tuple[str, dict[str, Any], Any, str]], base: Callable,
-            idx: Sequence[int], failed: Run, stage: str, learn: bool) -> bool:
+
+def _confirm(doc: Diagnosis, plans: list[_Plan], base: Callable[..., Config],
+             idx: Sequence[int], failed: Run, stage: str, learn: bool) -> bool:
     """Run ablations in order until one fixes the run; that one confirms its cause."""
     for label, overrides, model, cid in plans:
         t0 = time.perf_counter()
@@ -44,14 +47,18 @@ def confirm(doc: Diagnosis, plans: list[tuple[str, dict[str, Any], Any, str]], b
 
 
 def _fix_for(doc: Diagnosis, cid: str, overrides: dict[str, Any]) -> str:
+    """The cause's runbook fix, followed by the settings the ablation changed."""
     changes = ", ".join(f"{k}: {_setting(doc.cfg, k)!r} -> {v!r}"
                         for k, v in overrides.items())
     return f"{CAUSES[cid]['fix']} Here: {changes}." if changes else CAUSES[cid]["fix"]
 
 
 def overfit_ablations(doc: Diagnosis, rb: Run, idx: Sequence[int]) -> None:
+    """The overfit test ``rb`` failed: unless a strong cause is already known, try the ablations
+    that tell the suspects apart, then GATv2, then a reference model (the linear baseline, or
+    gatrank's GAT in place of a user's model)."""
     cfg, mc = doc.cfg, doc.cfg.model
-    plans: list[tuple[str, dict[str, Any], Any, str]] = []
+    plans: list[_Plan] = []
     if doc.strongest() < DOCTOR_THRESHOLDS["strong"]:
         if cfg.training.weight_decay > 0:
             plans.append(("weight decay off", {"training.weight_decay": 0.0}, None,
@@ -77,7 +84,7 @@ def overfit_ablations(doc: Diagnosis, rb: Run, idx: Sequence[int]) -> None:
         elif sym == "low":
             plans.append((f"learning rate {lr * 10:g}", {"training.learning_rate": lr * 10},
                           None, "learning_rate_too_low"))
-    if confirm(doc, plans, doc.overfit_cfg, idx, rb, "ablation", learn=False):
+    if _confirm(doc, plans, doc.overfit_cfg, idx, rb, "ablation", learn=False):
         return
     if doc.strongest() >= DOCTOR_THRESHOLDS["strong"]:
         return
@@ -123,7 +130,7 @@ def user_ablations(doc: Diagnosis, mine: Run, idx: Sequence[int]) -> bool:
     t = DOCTOR_THRESHOLDS
     ours, theirs = doc.cfg.training.learning_rate, doc.overfit_cfg().training.learning_rate
     sym = lr_symptom(mine, ours)
-    plans: list[tuple[str, dict[str, Any], Any, str]] = []
+    plans: list[_Plan] = []
     if (sym == "high" and ours > theirs) or (sym == "low" and ours < theirs):
         cid = "learning_rate_too_high" if ours > theirs else "learning_rate_too_low"
         plans.append((f"your settings with learning rate {theirs:g}",
@@ -133,8 +140,8 @@ def user_ablations(doc: Diagnosis, mine: Run, idx: Sequence[int]) -> bool:
         plans.append(("your settings without dropout and weight decay",
                       {"model.dropout": 0.0, "training.weight_decay": 0.0}, None,
                       "over_regularized"))
-    if doc.opts.ablations and confirm(doc, plans, doc.user_cfg, idx, mine,
-                                      "your settings", learn=True):
+    if doc.opts.ablations and _confirm(doc, plans, doc.user_cfg, idx, mine,
+                                       "your settings", learn=True):
         return True
     for _, overrides, _, cid in plans:  # suspected, not confirmed
         yours = ", ".join(f"{k}={_setting(doc.cfg, k)!r}" for k in overrides)

@@ -22,11 +22,15 @@ Stages, in order, stopping as soon as the answer is clear:
 :func:`diagnose` returns a :class:`DoctorReport`: a verdict and causes ranked most likely
 first, each with the measured evidence and the runbook's fix. :func:`diagnose_history` gives
 the history-only part cheaply for a run that already happened (a notebook's overfit run).
+
+This module loads the graphs and orders the stages (:func:`_run_stages`); the stages live in
+:mod:`~gatrank.doctor.stages`, the reading of a run in :mod:`~gatrank.doctor.symptoms`, the
+ablations in :mod:`~gatrank.doctor.ablations`, and the state they share in
+:mod:`~gatrank.doctor.state`.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -55,10 +59,10 @@ __all__ = [
     "diagnose_history",
 ]
 
-logger = logging.getLogger(__name__)
-
 
 def _run_stages(doc: Diagnosis, problems: Sequence, dropped: Sequence) -> str:
+    """Run the stages in order, stopping as soon as the answer is clear; the verdict."""
+    # static checks: data, loss, model
     if data_stage(doc, problems, dropped):
         return "bad_data"
     if loss_stage(doc):
@@ -66,6 +70,7 @@ def _run_stages(doc: Diagnosis, problems: Sequence, dropped: Sequence) -> str:
     idx = doc.train_split()[: doc.opts.n]
     if model_stage(doc, idx):
         return "broken_loss" if "loss_detached" in doc.causes else "cannot_fit"
+    # the runbook's overfit test; when it fails, its symptoms and ablations name the cause
     t0 = time.perf_counter()
     rb = train_run(doc, "overfit", doc.overfit_cfg(), idx, stop_on_pass=True)
     doc.runbook_verdict = rb.verdict.to_dict() if rb.verdict else None
@@ -81,6 +86,7 @@ def _run_stages(doc: Diagnosis, problems: Sequence, dropped: Sequence) -> str:
                 "that does not fit: check the loss is decreasing and gradients exist, then "
                 "increase model capacity or the learning rate")
         return failure_verdict(rb)
+    # the user's own settings on the same graphs
     t0 = time.perf_counter()
     mine = train_run(doc, "your settings", doc.user_cfg(), idx, stop_on_pass=True)
     ok = mine.passed or mine.learns
@@ -91,6 +97,7 @@ def _run_stages(doc: Diagnosis, problems: Sequence, dropped: Sequence) -> str:
             return failure_verdict(mine)
         doc.notes.append("with your training settings the overfit subset is learned more "
                          f"slowly than with the runbook's ({mine.problem()})")
+    # generalization
     if doc.opts.heldout:
         return heldout_stage(doc)
     return "healthy"

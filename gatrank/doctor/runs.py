@@ -35,7 +35,10 @@ class _Stop(Exception):
         self.reason = reason
 
 
-def model_factory(doc: Diagnosis, model=None) -> Callable[[int], nn.Module]:
+def model_factory(doc: Diagnosis,
+                  model: str | None = None) -> Callable[[int, Config], nn.Module]:
+    """``(in_channels, cfg) -> module``: a fresh copy of the user's model (with the fault's edit),
+    or the reference model named ``model`` (``gat``, ``linear``) unedited."""
     spec = doc.model if model is None else model
     edit = doc.model_edit if model is None else None
 
@@ -52,8 +55,9 @@ def model_factory(doc: Diagnosis, model=None) -> Callable[[int], nn.Module]:
 
 
 def train_run(doc: Diagnosis, name: str, cfg: Config, idx: Sequence[int], *, stop_on_pass: bool,
-              model=None, keep: list[nn.Module] | None = None) -> Run:
+              model: str | None = None, keep: list[nn.Module] | None = None) -> Run:
     """Train on ``idx`` with ``cfg``; stops once the criteria pass or the loss stalls.
+    ``model`` names a reference model in place of the user's (see :func:`model_factory`).
     The trained model is appended to ``keep`` when given."""
     records: list[dict[str, Any]] = []
     stall = doc.opts.stall_epochs

@@ -166,6 +166,8 @@ def _feature_causes(doc: Diagnosis, summary: dict[str, Any]) -> bool:
 
 
 def loss_stage(doc: Diagnosis) -> bool:
+    """The runbook's loss tests on synthetic scores; True (stop) when the loss is detached or
+    prefers the reversed order."""
     t0 = time.perf_counter()
     lc = doc.cfg.loss
     fn = make_loss_fn(doc.loss or None, doc.cfg)
@@ -195,6 +197,8 @@ def loss_stage(doc: Diagnosis) -> bool:
 
 
 def model_stage(doc: Diagnosis, idx: Sequence[int]) -> bool:
+    """Frozen parameters and the gradient path on the graphs ``idx`` (kept in ``doc.static``
+    for the symptoms); True (stop) when nothing can be trained."""
     t0 = time.perf_counter()
     set_seed(doc.cfg.training.seed)
     net = model_factory(doc)(doc.gs.num_features, doc.cfg)
@@ -234,6 +238,8 @@ def model_stage(doc: Diagnosis, idx: Sequence[int]) -> bool:
 
 
 def heldout_stage(doc: Diagnosis) -> str:
+    """The user's settings trained on more graphs and scored on held-out ones; the verdict:
+    ``healthy`` (ranked above chance, or too few graphs to tell) or ``no_generalization``."""
     t0 = time.perf_counter()
     doc.train_split()
     sp = doc.splits

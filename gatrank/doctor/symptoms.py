@@ -22,7 +22,6 @@ __all__ = [
     "plateau",
     "median_grad",
     "symptoms",
-    "mad_ratio",
     "lr_symptom",
     "failure_verdict",
 ]
@@ -93,6 +92,7 @@ def plateau(history: Sequence[dict], window: int) -> bool:
 
 
 def median_grad(history: Sequence[dict]) -> float:
+    """The median gradient norm over the logged epochs (0 for no epoch)."""
     return float(np.median([h["grad_norm"] for h in history])) if history else 0.0
 
 
@@ -168,7 +168,7 @@ def _unit_symptoms(doc: Diagnosis, h: Sequence[dict[str, Any]], stage: str) -> b
                   f"(score std {last['score_std']:.3g})", 0.9 if at_init else 0.7, stage,
                   saturated_fraction=max(sat))
         explained = True
-    mads = mad_ratio(first)
+    mads = _mad_ratio(first)
     if mads is not None and mads[0] < t["oversmoothing_mad_ratio"]:
         ratio, mad_last, n_layers = mads
         doc.cause("oversmoothing",
@@ -218,7 +218,9 @@ def _training_symptoms(doc: Diagnosis, h: Sequence[dict[str, Any]], stage: str,
                   "pair", 0.4, stage)
 
 
-def mad_ratio(record: dict[str, Any]) -> tuple[float, float, int] | None:
+def _mad_ratio(record: dict[str, Any]) -> tuple[float, float, int] | None:
+    """(MAD after the last GAT layer / the largest MAD before it, that last MAD, the number of
+    layers) from a probe record's per-layer mean average distances; None without two layers."""
     layers = {k: v for k, v in record.get("layers", {}).items() if k != "input"}
     if len(layers) < 2:
         return None
@@ -247,6 +249,8 @@ def lr_symptom(run: Run, lr: float) -> str:
 
 
 def failure_verdict(run: Run) -> str:
+    """The verdict of a run that did not fit: ``unstable`` (non-finite), ``collapsed`` (score
+    std under the runbook's red flag) or ``cannot_fit``."""
     if run.nonfinite:
         return "unstable"
     if run.history and run.history[-1]["score_std"] < THRESHOLDS["flag_score_std"]:
