@@ -57,47 +57,65 @@ def overfit_ablations(doc: Diagnosis, rb: Run, idx: Sequence[int]) -> None:
     """The overfit test ``rb`` failed: unless a strong cause is already known, try the ablations
     that tell the suspects apart, then GATv2, then a reference model (the linear baseline, or
     gatrank's GAT in place of a user's model)."""
-    cfg, mc = doc.cfg, doc.cfg.model
-    plans: list[_Plan] = []
-    if doc.strongest() < DOCTOR_THRESHOLDS["strong"]:
-        if cfg.training.weight_decay > 0:
-            plans.append(("weight decay off", {"training.weight_decay": 0.0}, None,
-                          "over_regularized"))
-        if doc.builtin and (mc.num_layers > 4 or not mc.residual):
-            d = type(mc)()
-            plans.append((f"the default depth: {d.num_layers} GAT layers of {d.hidden_dim} "
-                          "with residuals",
-                          {"model.num_layers": d.num_layers, "model.residual": True,
-                           "model.hidden_dim": max(mc.hidden_dim, d.hidden_dim),
-                           "model.heads": d.heads}, None, "oversmoothing"))
-        if doc.builtin and mc.head in ("sigmoid", "tanh"):
-            plans.append(("unbounded score head", {"model.head": "layernorm"}, None,
-                          "score_head_saturated"))
-        if cfg.loss.temperature > 10:
-            plans.append(("loss temperature 1", {"loss.temperature": 1.0}, None,
-                          "vanishing_gradients"))
-        lr = doc.overfit_cfg().training.learning_rate
-        sym = lr_symptom(rb, lr)
-        if sym == "high":
-            plans.append((f"learning rate {lr / 10:g}", {"training.learning_rate": lr / 10},
-                          None, "learning_rate_too_high"))
-        elif sym == "low":
-            plans.append((f"learning rate {lr * 10:g}", {"training.learning_rate": lr * 10},
-                          None, "learning_rate_too_low"))
+    strong = DOCTOR_THRESHOLDS["strong"]
+    plans = _suspect_plans(doc, rb) if doc.strongest() < strong else []
     if _confirm(doc, plans, doc.overfit_cfg, idx, rb, "ablation", learn=False):
         return
-    if doc.strongest() >= DOCTOR_THRESHOLDS["strong"]:
+    if doc.strongest() >= strong:
         return
-    if doc.builtin and mc.conv == "gat":
-        t0 = time.perf_counter()
-        run = train_run(doc, "GATv2", doc.overfit_cfg(**{"model.conv": "gatv2"}), idx,
-                        stop_on_pass=True)
-        doc.add_stage("ablation: GATv2", "fixes" if run.passed else "no change",
-                      run.summary(), t0)
-        if run.passed:
-            doc.notes.append("GATv2 (dynamic attention) fits where GAT does not: set "
-                             "model.conv: gatv2")
-            return
+    if doc.builtin and doc.cfg.model.conv == "gat" and _gatv2_fits(doc, idx):
+        return
+    _reference_run(doc, rb, idx)
+
+
+def _suspect_plans(doc: Diagnosis, rb: Run) -> list[_Plan]:
+    """One ablation per suspect the settings and the failed run ``rb`` point to."""
+    cfg, mc = doc.cfg, doc.cfg.model
+    plans: list[_Plan] = []
+    if cfg.training.weight_decay > 0:
+        plans.append(("weight decay off", {"training.weight_decay": 0.0}, None,
+                      "over_regularized"))
+    if doc.builtin and (mc.num_layers > 4 or not mc.residual):
+        d = type(mc)()
+        plans.append((f"the default depth: {d.num_layers} GAT layers of {d.hidden_dim} "
+                      "with residuals",
+                      {"model.num_layers": d.num_layers, "model.residual": True,
+                       "model.hidden_dim": max(mc.hidden_dim, d.hidden_dim),
+                       "model.heads": d.heads}, None, "oversmoothing"))
+    if doc.builtin and mc.head in ("sigmoid", "tanh"):
+        plans.append(("unbounded score head", {"model.head": "layernorm"}, None,
+                      "score_head_saturated"))
+    if cfg.loss.temperature > 10:
+        plans.append(("loss temperature 1", {"loss.temperature": 1.0}, None,
+                      "vanishing_gradients"))
+    lr = doc.overfit_cfg().training.learning_rate
+    sym = lr_symptom(rb, lr)
+    if sym == "high":
+        plans.append((f"learning rate {lr / 10:g}", {"training.learning_rate": lr / 10},
+                      None, "learning_rate_too_high"))
+    elif sym == "low":
+        plans.append((f"learning rate {lr * 10:g}", {"training.learning_rate": lr * 10},
+                      None, "learning_rate_too_low"))
+    return plans
+
+
+def _gatv2_fits(doc: Diagnosis, idx: Sequence[int]) -> bool:
+    """The overfit test with GATv2 in place of GAT; True (and a note) when it passes."""
+    t0 = time.perf_counter()
+    run = train_run(doc, "GATv2", doc.overfit_cfg(**{"model.conv": "gatv2"}), idx,
+                    stop_on_pass=True)
+    doc.add_stage("ablation: GATv2", "fixes" if run.passed else "no change",
+                  run.summary(), t0)
+    if run.passed:
+        doc.notes.append("GATv2 (dynamic attention) fits where GAT does not: set "
+                         "model.conv: gatv2")
+    return run.passed
+
+
+def _reference_run(doc: Diagnosis, rb: Run, idx: Sequence[int]) -> None:
+    """The overfit test with a reference model: the linear baseline for gatrank's GAT, gatrank's
+    GAT for a user's model (which names ``insufficient_capacity`` when the GAT fits where the
+    user's model learns but plateaus)."""
     reference = "linear" if doc.builtin else "gat"
     label = "the linear baseline" if doc.builtin else "gatrank's GAT in place of your model"
     t0 = time.perf_counter()
