@@ -1,21 +1,9 @@
 """The one module the notebooks import: a run's session, display helpers, widgets, live curves."""
 
-from gatrank.notebook.session import (
+from gatrank.notebook.display import (
     RENDERER,
-    STEPS,
-    LiveCurves,
-    NotebookRun,
-    checkpoint_for_eval,
     checks_table,
     config_table,
-    draw_graph,
-    epoch_explorer,
-    node_labels,
-    project_root,
-    resolve_config,
-    resolve_path,
-    resolve_run_dir,
-    sample_browser,
     setup,
     show,
     show_causes,
@@ -23,7 +11,23 @@ from gatrank.notebook.session import (
     show_grouped,
     show_results,
     sortable_table,
+)
+from gatrank.notebook.session import (
+    STEPS,
+    NotebookRun,
+    checkpoint_for_eval,
+    project_root,
+    resolve_config,
+    resolve_path,
+    resolve_run_dir,
     start,
+)
+from gatrank.notebook.widgets import (
+    LiveCurves,
+    draw_graph,
+    epoch_explorer,
+    node_labels,
+    sample_browser,
     topk_explorer,
 )
 
