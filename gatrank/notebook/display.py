@@ -20,7 +20,9 @@ from IPython.display import HTML, Markdown, display
 from plotly.io._base_renderers import MimetypeRenderer, PlotlyRenderer
 from plotly.io.json import to_json_plotly
 
+from gatrank.checks.verdict import Check
 from gatrank.config import Config
+from gatrank.notebook.results import check_dicts
 from gatrank.plots import metrics_bars
 
 __all__ = [
@@ -127,16 +129,17 @@ def show(obj: Any, handle: Any = None) -> Any:
 # --------------------------------------------------------------------------- tables
 
 
-def checks_table(checks: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """Checks as a DataFrame with a ``result`` column: ok/FAIL, -- /FLAG, ok/WARN."""
+def checks_table(checks: Sequence[Mapping[str, Any] | Check]) -> pd.DataFrame:
+    """Checks (dicts or a verdict's :class:`~gatrank.checks.verdict.Check` objects) as a
+    DataFrame with a ``result`` column: ok/FAIL, -- /FLAG, ok/WARN."""
     marks = {"pass": ("ok", "FAIL"), "red_flag": ("--", "FLAG"), "warning": ("ok", "WARN")}
     rows = [{"check": c["rule"], "kind": c["kind"], "measured": c["value"],
              "result": marks[c["kind"]][0 if c["ok"] else 1], "detail": c.get("detail", "")}
-            for c in checks]
+            for c in check_dicts(checks)]
     return pd.DataFrame(rows, columns=["check", "kind", "measured", "result", "detail"])
 
 
-def _checks_html(checks: Sequence[Mapping[str, Any]]) -> str:
+def _checks_html(checks: Sequence[Mapping[str, Any] | Check]) -> str:
     rows = []
     for _, r in checks_table(checks).iterrows():
         bad = r["result"] in ("FAIL", "FLAG")
@@ -153,7 +156,7 @@ def _checks_html(checks: Sequence[Mapping[str, Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
-def show_checks(checks: Sequence[Mapping[str, Any]]) -> None:
+def show_checks(checks: Sequence[Mapping[str, Any] | Check]) -> None:
     """Display checks as a table, failures in red and warnings in amber."""
     if not in_ipython():
         return

@@ -25,11 +25,13 @@ import numpy as np
 import torch
 
 from gatrank.checks.steps import summarize_checks
+from gatrank.checks.verdict import Check
 from gatrank.config import Config, load_config
 from gatrank.data import load_graphs
 from gatrank.datasets import default_manifest
 from gatrank.io import write_json
 from gatrank.notebook.display import setup
+from gatrank.notebook.results import check_dicts
 from gatrank.training import train
 
 __all__ = [
@@ -167,20 +169,23 @@ class NotebookRun:
     def results_path(self) -> Path:
         return self.run_dir / f"{self.name}.results.json"
 
-    def record(self, checks: Sequence[Mapping[str, Any]], **results: Any) -> dict[str, Any]:
+    def record(self, checks: Sequence[Mapping[str, Any] | Check], **results: Any
+               ) -> dict[str, Any]:
         """Write ``<run_dir>/<notebook>.results.json`` and return what was written.
 
-        Keys: notebook, step, passed, label, checks, duration_s, manifest, num_graphs, seed,
-        model, loss, created, python (the kernel's interpreter), plus ``results`` (e.g.
-        ``metrics``, ``verdict``).
+        ``checks``: check dicts and a verdict's :class:`~gatrank.checks.verdict.Check` objects,
+        recorded as dicts. Keys: notebook, step, passed, label, checks, duration_s, manifest,
+        num_graphs, seed, model, loss, created, python (the kernel's interpreter), plus
+        ``results`` (e.g. ``metrics``, ``verdict``).
         """
+        checks = check_dicts(checks)
         passed, label = summarize_checks(checks)
         out = {
             "notebook": self.name,
             "step": STEPS.get(self.name, self.name),
             "passed": passed,
             "label": label,
-            "checks": list(checks),
+            "checks": checks,
             "duration_s": round(time.perf_counter() - self.started, 2),
             "manifest": str(self.manifest),
             "num_graphs": len(self.graphs),

@@ -211,7 +211,7 @@ def epoch_explorer(history: Sequence[Mapping[str, Any]], prefix: str = ""):
         v = evaluate_verdict(list(history[:k]), prefix=prefix)
         out.clear_output(wait=True)
         with out:
-            display(checks_table([dict(vars(c)) for c in v.checks]).assign(
+            display(checks_table(v.checks).assign(
                 verdict=v.label).drop(columns="detail"))
 
     slider.observe(draw, names="value")

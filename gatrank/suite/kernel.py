@@ -18,6 +18,17 @@ from traitlets import default
 __all__ = ["kernel_manager_class", "environ"]
 
 
+def _transport() -> str:
+    """``ipc`` (unix sockets in Jupyter's runtime folder) where they fit, else ``tcp``.
+
+    With unix sockets nothing listens on a TCP port of this machine, and the kernel has no
+    "running over TCP without encryption" warning to print; TCP where there are no unix sockets
+    or their path (the longest a kernel names) would pass the ~100-byte limit.
+    """
+    sockets = os.path.join(jupyter_runtime_dir(), f"kernel-{'0' * 36}-ipc-99999")
+    return "ipc" if os.name == "posix" and len(sockets) < 100 else "tcp"
+
+
 def kernel_manager_class() -> type:
     """A jupyter KernelManager that always starts ``sys.executable -m ipykernel_launcher``.
 
@@ -30,11 +41,7 @@ def kernel_manager_class() -> type:
             "kernel of this environment: pip install ipykernel"
         )
 
-    # unix sockets in Jupyter's runtime folder: nothing listens on a TCP port of this machine,
-    # and the kernel has no "running over TCP without encryption" warning to print; TCP where
-    # there are no unix sockets or their path would pass the ~100-byte limit
-    sockets = os.path.join(jupyter_runtime_dir(), f"kernel-{'0' * 36}-ipc-99999")
-    transport = "ipc" if os.name == "posix" and len(sockets) < 100 else "tcp"
+    transport = _transport()
 
     class CurrentPythonKernelManager(KernelManager):
         @default("transport")

@@ -199,6 +199,38 @@ def run_suite(
         progress: called with one line per notebook when it finishes.
     """
     t0 = time.perf_counter()
+    nb_dir, p_dir, names = _notebooks_to_run(notebooks, notebooks_dir, params_dir)
+    out = (Path(out_dir) if out_dir else default_out_dir()).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    overrides = _overrides(manifest, parameters, out)
+    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {}
+    results: list[NotebookResult] = []
+    with environ(env):
+        for i, name in enumerate(names, 1):
+            tag = f"[{i}/{len(names)}]"
+            res = _run_notebook(name, nb_dir, p_dir / f"{name}.yaml", out, overrides, timeout,
+                                tag=tag)
+            results.append(res)
+            if progress is not None:
+                progress(f"{tag} {name:<15} {res.status:<20} {res.duration_s:6.1f} s"
+                         + (f"  {res.error.splitlines()[0][:120]}" if res.error else ""))
+    duration = round(time.perf_counter() - t0, 1)
+    summary = _summary(results, out, overrides, duration, threads)
+    write_json(out / "summary.json", summary)
+    atomic_write_text(out / "index.html", render_index(summary))
+    if out_dir is None:
+        _link_latest(out)
+    return SuiteResult(out_dir=out, notebooks=results, duration_s=duration, summary=summary)
+
+
+def _notebooks_to_run(notebooks: Sequence[str] | None, notebooks_dir: str | Path | None,
+                      params_dir: str | Path | None) -> tuple[Path, Path, list[str]]:
+    """The notebook folder, the params folder and the names to run, each checked to exist.
+
+    Raises:
+        FileNotFoundError: no notebook folder (none given and no project found).
+        ValueError: naming the notebooks that are not in the folder, and those that are.
+    """
     root = project_root()
     nb_dir = Path(notebooks_dir) if notebooks_dir else (root / "notebooks" if root else None)
     if nb_dir is None or not nb_dir.is_dir():
@@ -212,40 +244,44 @@ def run_suite(
     if unknown:
         raise ValueError(f"no notebook(s) {unknown} in {nb_dir}; available: "
                          f"{sorted(p.stem for p in nb_dir.glob('*.ipynb'))}")
-    default_out = out_dir is None
-    out = Path(out_dir) if out_dir else default_out_dir()
-    out = out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    return nb_dir, p_dir, names
+
+
+def _overrides(manifest: str | Path | None, parameters: Mapping[str, Any] | None,
+               out: Path) -> dict[str, Any]:
+    """The parameters every notebook gets: ``parameters``, the manifest and config as absolute
+    paths (the kernels run in the notebook folder), and ``run_dir`` = the report folder."""
     overrides: dict[str, Any] = dict(parameters or {})
     if manifest:
         overrides["manifest"] = str(Path(manifest).expanduser().resolve())
-    for key in ("config",):
-        if overrides.get(key):
-            overrides[key] = str(Path(overrides[key]).expanduser().resolve())
+    if overrides.get("config"):
+        overrides["config"] = str(Path(overrides["config"]).expanduser().resolve())
     overrides["run_dir"] = str(out)
-    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {}
-    report = (lambda line: None) if progress is None else progress
-    results: list[NotebookResult] = []
-    with environ(env):
-        for i, name in enumerate(names, 1):
-            src = nb_dir / f"{name}.ipynb"
-            params = notebook_parameters(src, p_dir / f"{name}.yaml", overrides)
-            (out / f"{name}.results.json").unlink(missing_ok=True)
-            logger.info("[%d/%d] %s: running with %s", i, len(names), name, params)
-            t = time.perf_counter()
-            error = _execute(src, out / f"{name}.ipynb", params, nb_dir, timeout)
-            duration = round(time.perf_counter() - t, 1)
-            rec = _read_results(out / f"{name}.results.json")
-            status = "ERROR" if error else rec["label"] if rec else "NO RESULTS"
-            export_html(out / f"{name}.ipynb", out / f"{name}.html", error=error)
-            res = NotebookResult(name=name, status=status, duration_s=duration,
-                                 ipynb=f"{name}.ipynb", html=f"{name}.html", parameters=params,
-                                 error=error, results=rec)
-            results.append(res)
-            report(f"[{i}/{len(names)}] {name:<15} {status:<20} {duration:6.1f} s"
-                   + (f"  {error.splitlines()[0][:120]}" if error else ""))
-    duration = round(time.perf_counter() - t0, 1)
-    summary = {
+    return overrides
+
+
+def _run_notebook(name: str, nb_dir: Path, params_file: Path, out: Path,
+                  overrides: Mapping[str, Any], timeout: int | None, *,
+                  tag: str) -> NotebookResult:
+    """Execute one notebook into ``out``, read what it recorded and export its HTML."""
+    src = nb_dir / f"{name}.ipynb"
+    params = notebook_parameters(src, params_file, overrides)
+    (out / f"{name}.results.json").unlink(missing_ok=True)
+    logger.info("%s %s: running with %s", tag, name, params)
+    t = time.perf_counter()
+    error = _execute(src, out / f"{name}.ipynb", params, nb_dir, timeout)
+    duration = round(time.perf_counter() - t, 1)
+    rec = _read_results(out / f"{name}.results.json")
+    status = "ERROR" if error else rec["label"] if rec else "NO RESULTS"
+    export_html(out / f"{name}.ipynb", out / f"{name}.html", error=error)
+    return NotebookResult(name=name, status=status, duration_s=duration, ipynb=f"{name}.ipynb",
+                          html=f"{name}.html", parameters=params, error=error, results=rec)
+
+
+def _summary(results: Sequence[NotebookResult], out: Path, overrides: Mapping[str, Any],
+             duration: float, threads: int | None) -> dict[str, Any]:
+    """What ``summary.json`` holds (and ``index.html`` shows)."""
+    return {
         "gatrank": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "out_dir": str(out),
@@ -256,11 +292,6 @@ def run_suite(
         "python": sys.executable,
         "notebooks": [{**asdict(r), "step": STEPS.get(r.name, r.name)} for r in results],
     }
-    write_json(out / "summary.json", summary)
-    atomic_write_text(out / "index.html", render_index(summary))
-    if default_out:
-        _link_latest(out)
-    return SuiteResult(out_dir=out, notebooks=results, duration_s=duration, summary=summary)
 
 
 def _link_latest(out: Path) -> None:
