@@ -17,6 +17,7 @@ import papermill
 import pytest
 import yaml
 
+import gatrank.notebook
 from gatrank.suite import NOTEBOOKS, kernel_manager_class, notebook_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,6 +95,18 @@ def test_notebook_is_thin(name):
     # nbval reads metadata tags lower-case with hyphens ("NBVAL_CHECK_OUTPUT" is its comment form)
     assert CHECK_TAG in last.metadata.get("tags", [])
     assert any("run.record(" in c.source for c in _code(nb)), "results are not recorded"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_imports_the_facade_and_plots_only(name):
+    trees = [ast.parse(c.source) for c in _code(_read(name))]
+    imports = [ast.unparse(n) for t in trees for n in ast.walk(t)
+               if isinstance(n, (ast.Import, ast.ImportFrom))]
+    assert imports == ["from gatrank import notebook as nb, plots"], imports
+    called = {n.attr for t in trees for n in ast.walk(t)
+              if isinstance(n, ast.Attribute) and ast.unparse(n.value) == "nb"}
+    facade = set(gatrank.notebook.__all__)
+    assert called and called <= facade, called - facade
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
