@@ -17,10 +17,8 @@ see :mod:`gatrank.training.distributed` for the conventions (global batch size, 
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import math
-import random
 import signal
 import threading
 import time
@@ -33,17 +31,26 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils._pytree import tree_map
 from torch.utils.data import DistributedSampler
 from torch_geometric.loader import DataLoader
 
 from gatrank.config import Config
 from gatrank.io import append_jsonl, atomic_torch_save, write_json
 from gatrank.losses import make_loss_fn
-from gatrank.metrics import embedding_stats, grad_norms, ranking_metrics
+from gatrank.metrics import grad_norms
 from gatrank.model import GATRanker, LinearBaseline, build_model
 from gatrank.runtime import environment_info, resolve_device, set_seed, torch_threads
 from gatrank.training import distributed as dist_
+from gatrank.training.checkpoint import (
+    checkpoint_config,
+    clone_tensors,
+    cpu_clone,
+    data_fingerprint,
+    load_resume,
+    rng_state,
+    set_rng_state,
+)
+from gatrank.training.scoring import COLLATE_ONCE_MAX, Collated, collate, predict, split_metrics
 
 __all__ = [
     "NonFiniteError",
@@ -77,38 +84,6 @@ class TrainResult:
     """Indices into the graph set for ``train``/``val``/``test``."""
 
 
-# Keys a resumed run may change; every other config key must match the checkpoint, because it
-# changes the trajectory (the data section is checked through the split and a data fingerprint).
-_RESUME_MAY_CHANGE = frozenset(
-    {"epochs", "device", "enable_debug_logs", "nonfinite", "log_every", "patience", "cpu_threads"}
-)
-
-
-def _rng_state(loader_gen: torch.Generator) -> dict[str, Any]:
-    """Every random state the loop draws from, storable under ``weights_only=True``."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-        "torch": torch.get_rng_state(),
-        "loader": loader_gen.get_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], loader_gen: torch.Generator) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    loader_gen.set_state(state["loader"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _route_sigterm() -> Callable[[], Any]:
     """Make SIGTERM raise :class:`_Terminated` (the Ctrl-C path); returns the undo function.
 
@@ -130,154 +105,11 @@ def _all_finite(state: dict[str, Tensor]) -> bool:
     return all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point())
 
 
-def _clone_tensors(obj: Any) -> Any:
-    """Copy of nested containers with every tensor cloned: ``copy.deepcopy`` without its
-    per-tensor overhead (about 6x faster on an optimizer state, taken every epoch)."""
-    return tree_map(lambda v: v.clone() if isinstance(v, Tensor) else v, obj)
-
-
-def _cpu_clone(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
-
-
-def _data_fingerprint(graphs: Sequence) -> str:
-    """Hash of every graph's id and target: a resumed run must see the same data."""
-    h = hashlib.sha256()
-    for i, g in enumerate(graphs):
-        h.update(f"{getattr(g, 'gid', i)}\0".encode())
-        h.update(g.y.detach().cpu().to(torch.float64).numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def checkpoint_config(path: str | Path) -> tuple[Config, dict[str, str]]:
-    """The config, and the model and loss import strings, stored in a gatrank checkpoint.
-
-    Read with ``weights_only``. Returns ``(config, {"model": spec, "loss": spec})``; a spec is
-    ``""`` for gatrank's own and ``"custom"`` for a callable passed in Python.
-    ``--resume`` uses this so ``gatrank train --resume run/last.pt`` needs no other flag.
-    """
-    from gatrank.data import safe_torch_load
-
-    ckpt = safe_torch_load(path)
-    if not isinstance(ckpt, dict) or "config" not in ckpt:
-        raise ValueError(f"{path} is not a gatrank checkpoint (no 'config' entry)")
-    specs = {"model": ckpt.get("model_spec", ""), "loss": ckpt.get("loss_spec", "")}
-    return Config.from_dict(ckpt["config"], source=f"{path}:config"), specs
-
-
-def _load_resume(
-    path: str | Path, config: Config, splits: dict, in_channels: int, fingerprint: str,
-    model_name: str, loss_spec: str,
-) -> dict[str, Any]:
-    """Read a ``last.pt`` and check it belongs to this run; errors say what differs."""
-    from gatrank.data import safe_torch_load
-
-    ckpt = safe_torch_load(path)
-    if not isinstance(ckpt, dict) or "resume" not in ckpt:
-        raise ValueError(
-            f"{path} cannot be resumed: it holds no training state (a best.pt holds only the "
-            "best weights); resume from the run's last.pt"
-        )
-    theirs, ours = ckpt["config"], config.to_dict()
-    changed = [
-        f"{sec}.{key}: {theirs[sec].get(key)!r} -> {val!r}"
-        for sec in ("model", "loss", "training")
-        for key, val in ours[sec].items()
-        if theirs[sec].get(key) != val and not (sec == "training" and key in _RESUME_MAY_CHANGE)
-    ]
-    if changed:
-        raise ValueError(
-            f"cannot resume from {path}: the config differs from the checkpoint's in "
-            f"{'; '.join(changed)}. Resume with the same config (only training."
-            f"{', training.'.join(sorted(_RESUME_MAY_CHANGE))} may change), or start a new run"
-        )
-    if ckpt.get("model_name", model_name) != model_name:
-        raise ValueError(
-            f"cannot resume from {path}: it trained model {ckpt['model_name']!r}, not "
-            f"{model_name!r}; pass the same --model"
-        )
-    if ckpt.get("loss_spec", loss_spec) != loss_spec:
-        raise ValueError(
-            f"cannot resume from {path}: it trained with loss {ckpt['loss_spec'] or 'built-in'!r}"
-            f", not {loss_spec or 'built-in'!r}; pass the same --loss"
-        )
-    if (
-        ckpt.get("data_fingerprint") != fingerprint
-        or ckpt["in_channels"] != in_channels
-        or {k: list(v) for k, v in ckpt["splits"].items()}
-        != {k: list(v) for k, v in splits.items()}
-    ):
-        raise ValueError(
-            f"cannot resume from {path}: the graphs (ids, targets, features or splits) differ "
-            "from the ones it trained on; use the same manifest and data settings"
-        )
-    return ckpt
-
-
 def _batch_group(batch) -> Tensor | None:
     group = getattr(batch, "group", None)
     if group is None or bool((group < 0).all()):
         return None
     return group
-
-
-# gatrank's own models score as ``head(embed(batch)).squeeze(-1)``: predict() gets both the
-# scores and the embeddings from one forward pass instead of two.
-_HEAD_OF_EMBED = {GATRanker: "score_head", LinearBaseline: "linear"}
-
-
-class _Collated(list):
-    """Graphs collated into PyG batches on the device once, for an evaluation run every epoch."""
-
-
-_COLLATE_ONCE_MAX = 4096
-"""Training sets up to this many graphs are collated once for their per-epoch uses (a second
-copy of them in memory); larger ones are collated batch by batch when needed."""
-
-
-def _collate(graphs: Sequence, device: torch.device, batch_size: int = 256) -> _Collated:
-    loader = DataLoader(list(graphs), batch_size=batch_size, shuffle=False)
-    return _Collated(batch.to(device) for batch in loader)
-
-
-@torch.no_grad()
-def predict(model: nn.Module, graphs: Sequence, device: torch.device, batch_size: int = 256) -> dict:
-    """Scores for ``graphs`` in eval mode: ``{"scores", "targets", "embeddings"}`` as tensors.
-
-    ``embeddings`` is the pooled graph embedding when the model has an ``embed`` method (the
-    runbook's Step 2C hook), else ``None``.
-    """
-    model.eval()
-    scores, targets, embs = [], [], []
-    has_embed = callable(getattr(model, "embed", None))
-    head_name = _HEAD_OF_EMBED.get(type(model))
-    head = getattr(model, head_name) if head_name else None
-    batches = graphs if isinstance(graphs, _Collated) else DataLoader(
-        list(graphs), batch_size=batch_size, shuffle=False
-    )
-    for batch in batches:
-        batch = batch.to(device)
-        if has_embed:
-            emb = model.embed(batch)
-            s = head(emb).squeeze(-1) if head is not None else model(batch)
-            embs.append(emb.float().cpu())
-        else:
-            s = model(batch)
-        scores.append(s.reshape(-1).float().cpu())
-        targets.append(batch.y.reshape(-1).float().cpu())
-    return {
-        "scores": torch.cat(scores) if scores else torch.zeros(0),
-        "targets": torch.cat(targets) if targets else torch.zeros(0),
-        "embeddings": torch.cat(embs) if embs else None,
-    }
-
-
-def _evaluate(model, graphs, device, tie_eps: float, prefix: str = "") -> dict[str, float]:
-    out = predict(model, graphs, device)
-    metrics = ranking_metrics(out["scores"], out["targets"], tie_eps=tie_eps)
-    if out["embeddings"] is not None:
-        metrics.update(embedding_stats(out["embeddings"]))
-    return {f"{prefix}{k}": v for k, v in metrics.items()}
 
 
 def _resolve_model(model, in_channels: int, config: Config) -> tuple[nn.Module, str]:
@@ -443,15 +275,15 @@ def train(
             generator=loader_gen,
             drop_last=False,
         )
-    val_batches = _collate(val_set, device)  # evaluated every epoch: collate once
-    small = len(train_set) <= _COLLATE_ONCE_MAX  # a second, collated copy of it is affordable
+    val_batches = collate(val_set, device)  # evaluated every epoch: collate once
+    small = len(train_set) <= COLLATE_ONCE_MAX  # a second, collated copy of it is affordable
     # an unshuffled one-process loader yields the same batches every epoch (the overfit test):
     # collate them once instead of once per epoch
-    fixed_batches = (_Collated(b.to(device) for b in loader)
+    fixed_batches = (Collated(b.to(device) for b in loader)
                      if sampler is None and overfit and small else None)
     # the training graphs are scored at every logged epoch: collate them once too (the fixed
     # batches already hold them, in order)
-    train_eval = fixed_batches or (_collate(train_set, device) if small else train_set)
+    train_eval = fixed_batches or (collate(train_set, device) if small else train_set)
     out = Path(out_dir) if out_dir else None
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"epoch": 0, "val_spearman": -math.inf, "state": None}
@@ -462,15 +294,15 @@ def train(
     early = False
     failure: NonFiniteError | None = None
     tie_eps = config.loss.tie_eps
-    fingerprint = _data_fingerprint(gs)
+    fingerprint = data_fingerprint(gs)
     spec = model_name if isinstance(model, str) or model is None else ""
     loss_spec = loss if isinstance(loss, str) else "custom" if loss else ""
 
     def snapshot(epochs_done: int) -> dict[str, Any]:
         """Everything an exact resume needs after ``epochs_done`` complete epochs."""
         return {
-            "state_dict": _cpu_clone(net.state_dict()),
-            "optimizer": _clone_tensors(optimizer.state_dict()),
+            "state_dict": cpu_clone(net.state_dict()),
+            "optimizer": clone_tensors(optimizer.state_dict()),
             "epoch": epochs_done,
             "metrics": list(history),
             "resume": {
@@ -482,7 +314,7 @@ def train(
                 "early_stopped": early,
                 "stop_reason": stop_reason,
                 "elapsed_s": time.perf_counter() - t_start,
-                "rng": _rng_state(loader_gen),
+                "rng": rng_state(loader_gen),
             },
         }
 
@@ -520,14 +352,14 @@ def train(
 
     start_epoch = 1
     if resume:
-        ckpt = _load_resume(
+        ckpt = load_resume(
             resume, config, splits, gs.num_features, fingerprint, model_name, loss_spec
         )
         restore(ckpt)
         start_epoch = ckpt["epoch"] + 1
         t_start -= ckpt["resume"]["elapsed_s"]
         # last: model init and loader set-up above drew from the RNGs too
-        _set_rng_state(ckpt["resume"]["rng"], loader_gen)
+        set_rng_state(ckpt["resume"]["rng"], loader_gen)
         logger.info("resuming from %s after epoch %d", resume, ckpt["epoch"])
     if out and main:
         out.mkdir(parents=True, exist_ok=True)
@@ -615,7 +447,7 @@ def train(
                               "batches_without_pairs": int(sum(p == 0 for p in pairs))}
             val_metrics: dict[str, float] = {}
             if val_set:
-                val_metrics = _evaluate(net, val_batches, device, tie_eps, prefix="val_")
+                val_metrics = split_metrics(net, val_batches, device, tie_eps, prefix="val_")
                 if val_metrics["val_spearman"] > best["val_spearman"]:
                     best = {
                         "epoch": epoch,
@@ -623,7 +455,7 @@ def train(
                         "state": {k: v.detach().clone() for k, v in net.state_dict().items()},
                     }
                     epochs_since_best = 0
-                    save("best.pt", {"state_dict": _cpu_clone(net.state_dict()),
+                    save("best.pt", {"state_dict": cpu_clone(net.state_dict()),
                                      "optimizer": optimizer.state_dict(),
                                      "epoch": epoch, "metrics": history}, "best")
                 else:
@@ -634,7 +466,7 @@ def train(
                 record = {
                     "epoch": epoch,
                     "loss": train_loss,
-                    **_evaluate(net, train_eval, device, tie_eps),
+                    **split_metrics(net, train_eval, device, tie_eps),
                     "grad_norm": float(np.mean(norms)) if norms else 0.0,
                     "grad_norm_per_layer": per_layer,
                     **pair_stats,
@@ -714,7 +546,7 @@ def train(
     }
     test_idx = splits.get("test", []) if failure is None else []
     if test_idx:
-        summary["test"] = _evaluate(net, [gs[i] for i in test_idx], device, tie_eps)
+        summary["test"] = split_metrics(net, [gs[i] for i in test_idx], device, tie_eps)
     if with_baseline and not overfit and status == "completed":
         if tc.enable_debug_logs and main:
             logger.info("linear baseline (pooled input features -> one score) on the same splits:")
@@ -733,7 +565,7 @@ def train(
         }
     if out and main:
         if best["state"] is None and failure is None:
-            save("best.pt", {"state_dict": _cpu_clone(net.state_dict()),
+            save("best.pt", {"state_dict": cpu_clone(net.state_dict()),
                              "optimizer": optimizer.state_dict(),
                              "epoch": epoch, "metrics": history}, "best")
         write_json(out / "summary.json", summary)
