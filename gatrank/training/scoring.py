@@ -34,7 +34,9 @@ def collate(graphs: Sequence, device: torch.device, batch_size: int = 256) -> Co
 
 
 @torch.no_grad()
-def predict(model: nn.Module, graphs: Sequence, device: torch.device, batch_size: int = 256) -> dict:
+def predict(
+    model: nn.Module, graphs: Sequence, device: torch.device, batch_size: int = 256
+) -> dict:
     """Scores for ``graphs`` in eval mode: ``{"scores", "targets", "embeddings"}`` as tensors.
 
     ``embeddings`` is the pooled graph embedding when the model has an ``embed`` method (the

@@ -11,7 +11,8 @@ from tiny_training import Loss, tiny
 import gatrank.io
 from gatrank.data import safe_torch_load
 from gatrank.io import atomic_torch_save, atomic_write_text, write_json
-from gatrank.training import train
+from gatrank.training import checkpoint_config, train
+from gatrank.training.checkpoint import RunInfo, load_model, load_resume
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -83,3 +84,37 @@ def test_crash_while_saving_a_checkpoint_keeps_the_old_one(graphs, tmp_path, mon
         assert (tmp_path / n).read_bytes() == before[n], n
     assert safe_torch_load(tmp_path / "last.pt")["epoch"] == 2
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_the_layout_is_the_documented_one(reference):
+    """The keys (and their order) old checkpoints were written with: old files keep loading."""
+    _, out = reference
+    run_keys = ["config", "model_spec", "loss_spec", "model_name", "in_channels", "splits",
+                "data_fingerprint", "status"]
+    last, best = safe_torch_load(out / "last.pt"), safe_torch_load(out / "best.pt")
+    assert list(last) == ["state_dict", "optimizer", "epoch", "metrics", "resume", *run_keys]
+    assert list(last["resume"]) == ["best_epoch", "best_val_spearman", "best_state",
+                                    "epochs_since_best", "skipped_steps", "early_stopped",
+                                    "stop_reason", "elapsed_s", "rng"]
+    assert list(best) == ["state_dict", "optimizer", "epoch", "metrics", *run_keys]
+    assert (last["status"], best["status"]) == ("completed", "best")
+    assert (last["model_spec"], last["loss_spec"], last["model_name"]) == ("gat", "", "gat")
+
+
+def test_every_reader_reads_the_written_file(reference, graphs, tmp_path):
+    ref, out = reference
+    config, specs = checkpoint_config(out / "last.pt")
+    assert config == tiny() and specs == {"model": "gat", "loss": ""}
+    net, config, ckpt = load_model(out / "best.pt")
+    assert config == tiny() and not net.training
+    assert ckpt["epoch"] == ref.summary["best_epoch"]
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, ref.model.state_dict()[k]), k
+    run = RunInfo.of(tiny(), graphs, ref.splits, model=None, model_name="gat", loss=None)
+    snap = load_resume(out / "last.pt", run)
+    assert snap.epoch == ref.summary["epochs_run"] and snap.finite
+    torch.save({"weights": torch.ones(2)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match=r"other.pt is not a gatrank checkpoint \(no 'state_dict'"):
+        load_model(tmp_path / "other.pt")
+    with pytest.raises(ValueError, match=r"other.pt is not a gatrank checkpoint \(no 'config'"):
+        checkpoint_config(tmp_path / "other.pt")

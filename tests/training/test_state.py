@@ -15,11 +15,13 @@ import sys
 import time
 
 import pytest
+import torch
 from tiny_training import Loss, StopAt, assert_same_run, tiny, train_batches
 
 from gatrank.cli import main
 from gatrank.data import safe_torch_load
 from gatrank.training import train
+from gatrank.training.state import LoopState
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -133,3 +135,48 @@ def test_sigterm_subprocess_saves_and_resumes(manifest, tmp_path):
     assert summary["status"] == "completed" and summary["epochs_run"] == done + 2
     epochs = [json.loads(ln)["epoch"] for ln in (run / "metrics.jsonl").read_text().splitlines()]
     assert epochs == list(range(1, done + 3))
+
+
+def _loop_state() -> LoopState:
+    net = torch.nn.Linear(3, 1)
+    return LoopState(net=net, optimizer=torch.optim.Adam(net.parameters(), lr=0.1),
+                     loader_gen=torch.Generator().manual_seed(0), device=torch.device("cpu"),
+                     t_start=time.perf_counter())
+
+
+def test_best_epoch_and_early_stop_count_validated_epochs():
+    st = _loop_state()
+    for epoch, val in enumerate([0.2, 0.5, 0.5, 0.4], start=1):
+        st.epoch = epoch
+        st.update_best(val)
+        assert not st.update_early_stop(patience=3, validated=True)
+    assert (st.best_epoch, st.best_val_spearman, st.epochs_since_best) == (2, 0.5, 2)
+    assert st.stop_reason == ""
+    st.epoch = 5
+    assert not st.update_best(0.1)
+    assert st.update_early_stop(patience=3, validated=True)
+    assert st.stop_reason == "early stop: no better validation Spearman for 3 epochs"
+    assert not st.update_early_stop(patience=0, validated=True)  # patience 0: never
+    assert not st.update_early_stop(patience=3, validated=False)  # nothing validated
+
+
+def test_restore_undoes_everything_after_the_snapshot():
+    st = _loop_state()
+    st.epoch = 1
+    st.update_best(0.3)
+    st.history.append({"epoch": 1})
+    snap = st.snapshot()
+    weights = {k: v.clone() for k, v in st.net.state_dict().items()}
+    st.net(torch.ones(4, 3)).sum().backward()
+    st.optimizer.step()
+    st.epoch = 2
+    st.update_best(0.9)
+    st.skipped_steps, st.stop_reason = 3, "x"
+    st.history.append({"epoch": 2})
+    st.restore(snap)
+    assert snap.epoch == 1 and snap.finite
+    assert all(torch.equal(v, weights[k]) for k, v in st.net.state_dict().items())
+    assert st.optimizer.state_dict()["state"] == {}
+    assert (st.best_epoch, st.best_val_spearman, st.skipped_steps, st.stop_reason) == (
+        1, 0.3, 0, "")
+    assert st.history == [{"epoch": 1}]
