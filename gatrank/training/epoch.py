@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+import gatrank.training.distributed as dist_
 from gatrank.metrics import grad_norms
-from gatrank.training import distributed as dist_
 from gatrank.training.checkpoint import all_finite
 from gatrank.training.scoring import split_metrics
 from gatrank.training.setup import Setup

@@ -19,13 +19,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from torch_geometric.loader import DataLoader
 
+import gatrank.training.distributed as dist_
 from gatrank.config import Config, TrainingConfig
 from gatrank.data import GraphSet, load_graphs, split_indices
 from gatrank.datasets import manifest_or_default
 from gatrank.losses import LossFn, make_loss_fn
 from gatrank.model import GATRanker, LinearBaseline, build_model
 from gatrank.runtime import resolve_device, set_seed
-from gatrank.training import distributed as dist_
 from gatrank.training.checkpoint import RunInfo, write_checkpoint
 from gatrank.training.scoring import COLLATE_ONCE_MAX, Collated, collate
 
