@@ -8,9 +8,11 @@ users can run them without a notebook:
 - Step 2A (loss): :func:`loss_tests`, :func:`loss_gap_curves`, :func:`init_loss_per_batch`.
 - Step 3 and the enhanced evaluation: :func:`training_checks`, :func:`evaluation_checks`.
 
-A check is a dict ``{name, kind, rule, value, ok[, detail]}`` as in
-:class:`gatrank.checks.verdict.Check`; ``kind`` is ``pass`` (a criterion: the step fails without it),
-``red_flag`` (``ok`` means the flag is not raised) or ``warning`` (reported, never fails).
+A check is a dict ``{name, kind, rule, value, ok[, detail]}``: a
+:class:`gatrank.checks.verdict.Check` as results files record it; ``kind`` is ``pass`` (a
+criterion: the step fails without it), ``red_flag`` (``ok`` means the flag is not raised) or
+``warning`` (reported, never fails). The runbook's rules and the pass/fail label are
+:mod:`gatrank.checks.verdict`'s (``summarize_checks`` is re-exported here for the notebooks).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from gatrank.checks.verdict import THRESHOLDS
+from gatrank.checks.verdict import Check, runbook_check, summarize_checks
 from gatrank.config import Config
 from gatrank.losses import LN2, valid_pair_mask
 
@@ -57,26 +59,9 @@ _EMPTY_CODES = frozenset({"empty_graph", "no_edges"})
 
 def check(name: str, kind: str, rule: str, value: float | int | None, ok: bool,
           detail: str = "") -> dict[str, Any]:
-    """One result check (``kind``: ``pass``, ``red_flag`` or ``warning``)."""
-    if kind not in ("pass", "red_flag", "warning"):
-        raise ValueError(f"check {name!r}: kind {kind!r} must be 'pass', 'red_flag' or 'warning'")
-    v = None if value is None else float(value)
-    out = {"name": name, "kind": kind, "rule": rule, "value": v, "ok": bool(ok)}
-    if detail:
-        out["detail"] = detail
-    return out
-
-
-def summarize_checks(checks: Sequence[Mapping[str, Any]]) -> tuple[bool, str]:
-    """``(passed, label)``: passed when every ``pass`` check is ok; the label also names red
-    flags (``FAIL (red flags)``) and warnings (``PASS (with warnings)``)."""
-    passed = all(c["ok"] for c in checks if c["kind"] == "pass")
-    flags = any(not c["ok"] for c in checks if c["kind"] == "red_flag")
-    warns = any(not c["ok"] for c in checks if c["kind"] == "warning")
-    if passed:
-        return True, "PASS (with warnings)" if warns or flags else "PASS"
-    return False, "FAIL (red flags)" if flags else "FAIL"
-
+    """One result check as the dict a results file records (see
+    :class:`~gatrank.checks.verdict.Check`; ``kind``: ``pass``, ``red_flag`` or ``warning``)."""
+    return Check(name, kind, rule, value, ok, detail).to_dict()
 
 
 # --------------------------------------------------------------------------- Step 2B: data
@@ -491,7 +476,6 @@ def training_checks(history: Sequence[Mapping[str, Any]], summary: Mapping[str, 
     """Step 3's monitoring on a full-training history: validation score std > 0.1, validation
     pairwise accuracy improved, gradient norms > 0.01 (median), the best checkpoint saved, and
     (a warning) the model beats the linear baseline on test Spearman."""
-    t = THRESHOLDS
     if not history:
         raise ValueError("training logged no epoch; check training.epochs and log_every")
     best = next((h for h in history if h["epoch"] == summary.get("best_epoch")), history[-1])
@@ -501,13 +485,12 @@ def training_checks(history: Sequence[Mapping[str, Any]], summary: Mapping[str, 
     pa = best.get("val_pairwise_accuracy", best["pairwise_accuracy"])
     gn = float(np.median([h["grad_norm"] for h in history]))
     checks = [
-        check("val_score_std", "pass", f"validation score std > {t['score_std']} (best epoch)",
-              std, std > t["score_std"]),
+        runbook_check("score_std", std, name="val_score_std", scope="validation",
+                      note="best epoch").to_dict(),
         check("val_pairwise_accuracy_improved", "pass",
               "validation pairwise accuracy improved over the first logged epoch", pa - pa0,
               pa > pa0),
-        check("grad_norm", "pass", f"gradient norm > {t['grad_norm']} (median)", gn,
-              gn > t["grad_norm"]),
+        runbook_check("grad_norm", gn, note="median").to_dict(),
     ]
     test = summary.get("test") or {}
     base = (summary.get("baseline") or {}).get("test") or {}
@@ -523,20 +506,13 @@ def evaluation_checks(metrics: Mapping[str, float], baselines: Mapping[str, Mapp
                       ) -> list[dict[str, Any]]:
     """Checks on held-out metrics: score std > 0.1 (not collapsed), the runbook's red flags, and
     the model against the constant, random and linear baselines."""
-    t = THRESHOLDS
     pa, sp, std = metrics["pairwise_accuracy"], metrics["spearman"], metrics["score_std"]
-    checks = [
-        check("score_std", "pass", f"score std > {t['score_std']} (not collapsing to constant)",
-              std, std > t["score_std"]),
-        check("pairwise_accuracy_random", "red_flag",
-              f"pairwise accuracy ~0.5-{t['flag_pairwise_accuracy']} (random)", pa,
-              pa > t["flag_pairwise_accuracy"]),
-        check("spearman_none", "red_flag", f"Spearman ~0-{t['flag_spearman']} (no correlation)",
-              sp, sp > t["flag_spearman"]),
-        check("score_collapsed", "red_flag",
-              f"score std < {t['flag_score_std']} (collapsed to constant)", std,
-              std >= t["flag_score_std"]),
-    ]
+    checks = [c.to_dict() for c in (
+        runbook_check("score_std", std, note="not collapsing to constant"),
+        runbook_check("pairwise_accuracy_random", pa),
+        runbook_check("spearman_none", sp),
+        runbook_check("score_collapsed", std),
+    )]
     for name in ("constant", "random"):
         if name in baselines:
             d = pa - baselines[name]["pairwise_accuracy"]
