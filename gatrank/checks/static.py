@@ -6,8 +6,8 @@ untrained model, never at a training history.
 - the loss's self-test on synthetic scores (prefers the right order, has a gradient, finite at
   large gaps) and the loss against ``ln 2`` (a constant model's loss under the pairwise loss);
 - valid pairs per batch, as the training loader forms batches;
-- in-memory graphs validated with the data module's problem codes, and whether node features
-  and structure can tell graphs apart (1-WL colour refinement).
+- in-memory graphs validated with the data module's per-graph checks and problem codes, and
+  whether node features and structure can tell graphs apart (1-WL colour refinement).
 
 Every function returns plain data (floats, dicts, lists); nothing prints or plots.
 """
@@ -24,6 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from gatrank.checks.probes import eval_mode
+from gatrank.data.graph_files import graph_problems
+from gatrank.data.problems import DataProblem
 from gatrank.losses import LN2, LossFn, valid_pair_mask
 from gatrank.metrics import layer_name
 
@@ -230,52 +232,16 @@ def pair_stats(
     }
 
 
-def check_graphs(graphs: Sequence) -> list:
-    """Validate in-memory graphs the way :func:`gatrank.data.load_graphs` validates files.
-
-    For graphs that did not come through a manifest (or were edited after loading). Reports
-    NaN/Inf in ``x``, ``edge_attr`` or ``y``, graphs without nodes and graphs without edges.
+def check_graphs(graphs: Sequence) -> list[DataProblem]:
+    """Validate in-memory graphs the way :func:`gatrank.data.load_graphs` validates files: the
+    data module's per-graph checks and codes (see :func:`gatrank.data.graph_files.graph_problems`;
+    NaN/Inf in ``x``, ``edge_attr`` or ``y``, graphs without nodes or edges, malformed edges).
 
     Returns:
-        A list of :class:`gatrank.data.DataProblem` (``line`` and ``file`` are None; ``id`` is
-        the graph's ``gid`` or its position), with the same ``code`` values as the manifest
-        checks (``nonfinite_features``, ``nonfinite_edge_features``, ``nan_target``,
-        ``inf_target``, ``empty_graph``, ``no_edges``). Empty when every graph is usable.
+        :class:`gatrank.data.DataProblem` s (``line`` and ``file`` None, ``id`` the graph's
+        ``gid`` or position); empty when every graph is usable.
     """
-    from gatrank.data import DataProblem
-
-    problems = []
-    for i, g in enumerate(graphs):
-        gid = str(getattr(g, "gid", "") or i)
-
-        def add(code: str, problem: str, fix: str, gid: str = gid) -> None:
-            problems.append(DataProblem(None, gid, None, problem, fix, code))
-
-        x = getattr(g, "x", None)
-        n = 0 if x is None else int(x.shape[0])
-        if n == 0:
-            add("empty_graph", f"graph {gid} has no nodes", "remove the graph or fix it")
-            continue
-        bad = ~torch.isfinite(x)
-        if bool(bad.any()):
-            add("nonfinite_features",
-                f"graph {gid}: node features contain {int(torch.isnan(x).sum())} NaN and "
-                f"{int(torch.isinf(x).sum())} Inf values",
-                "impute or drop the missing values before building the graph")
-        ea = getattr(g, "edge_attr", None)
-        if ea is not None and not bool(torch.isfinite(ea).all()):
-            add("nonfinite_edge_features", f"graph {gid}: edge features contain NaN/Inf",
-                "impute or drop the missing edge values")
-        ei = getattr(g, "edge_index", None)
-        if ei is None or ei.numel() == 0:
-            add("no_edges", f"graph {gid} has {n} nodes and no edges",
-                "message passing needs edges: drop the graph or add edges deliberately")
-        y = getattr(g, "y", None)
-        if y is not None and not bool(torch.isfinite(y).all()):
-            code = "nan_target" if bool(torch.isnan(y).any()) else "inf_target"
-            add(code, f"graph {gid}: target is {y.reshape(-1).tolist()}",
-                "give every graph a finite target or drop it")
-    return problems
+    return graph_problems(graphs)
 
 
 def _wl_signatures(graphs: Sequence, rounds: int, seed: int = 0) -> Tensor:

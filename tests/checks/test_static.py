@@ -126,6 +126,30 @@ def test_check_graphs_reports_each_problem_with_its_code(make_graphs):
     assert codes == ["inf_target", "no_edges", "nonfinite_features"]
 
 
+def test_check_graphs_gives_the_codes_and_texts_of_a_graph_file(tmp_path, make_graphs):
+    from gatrank.data import check_manifest
+
+    graphs = make_graphs(4)
+    graphs[0].x[1, 2] = float("inf")
+    graphs[1].edge_index = graphs[1].edge_index[:, :0]
+    graphs[2].edge_index = torch.tensor([[0, 9], [1, 0]])  # node 9 of 5
+    graphs[3].edge_attr = torch.ones(graphs[3].edge_index.shape[1], 2)
+    graphs[3].edge_attr[0, 1] = float("nan")
+    rows = ["id,y,path"]
+    for i, g in enumerate(graphs):
+        g.gid = f"g{i}"
+        torch.save({"x": g.x, "edge_index": g.edge_index, "edge_attr": g.edge_attr},
+                   tmp_path / f"g{i}.pt")
+        rows.append(f"g{i},{i},g{i}.pt")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    from_files = {(p.id, p.code, p.problem)
+                  for p in check_manifest(tmp_path / "m.csv").problems}
+    in_memory = {(p.id, p.code, p.problem) for p in check_graphs(graphs)}
+    assert in_memory == from_files
+    assert {code for _, code, _ in in_memory} == {
+        "nonfinite_features", "no_edges", "edge_index_out_of_range", "nonfinite_edge_features"}
+
+
 def test_feature_stats_identical_features_and_wl_invariance(make_graphs, path_graph):
     graphs = make_graphs(6)
     for g in graphs:
