@@ -6,10 +6,11 @@ untrained model, never at a training history.
 - the loss's self-test on synthetic scores (prefers the right order, has a gradient, finite at
   large gaps) and the loss against ``ln 2`` (a constant model's loss under the pairwise loss);
 - valid pairs per batch, as the training loader forms batches;
-- in-memory graphs validated with the data module's per-graph checks and problem codes, and
-  whether node features and structure can tell graphs apart (1-WL colour refinement).
+- in-memory graphs validated with the data module's per-graph checks and problem codes;
+- the node features: per-feature statistics, and whether features and structure can tell
+  graphs apart (1-WL colour refinement, the one WL hash).
 
-Every function returns plain data (floats, dicts, lists); nothing prints or plots.
+Every function returns plain data (floats, dicts, lists, DataFrames); nothing prints or plots.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor, nn
 
@@ -35,6 +38,8 @@ __all__ = [
     "check_loss",
     "pair_stats",
     "check_graphs",
+    "feature_table",
+    "wl_signatures",
     "feature_stats",
     "loss_ratio",
 ]
@@ -244,17 +249,52 @@ def check_graphs(graphs: Sequence) -> list[DataProblem]:
     return graph_problems(graphs)
 
 
-def _wl_signatures(graphs: Sequence, rounds: int, seed: int = 0) -> Tensor:
-    """One int64 per graph: equal for graphs that ``rounds`` of 1-WL colour refinement (the
-    limit of any message-passing GNN) cannot tell apart; hash collisions are ~2^-60."""
+def _node_features(graphs: Sequence) -> Tensor:
+    """Node features of every node of every graph, ``(total nodes, F)`` float64."""
+    return torch.cat([g.x for g in graphs]).double()
+
+
+def _constant_columns(x: Tensor) -> Tensor:
+    """``(F,)`` bool: columns of ``x`` ``(N, F)`` holding one value (exactly) for every row."""
+    return (x == x[0]).all(0)
+
+
+def feature_table(graphs: Sequence) -> pd.DataFrame:
+    """Per node-feature statistics over all nodes of ``graphs`` (notebook 01's table).
+
+    Columns: feature (index), mean, std, min, max, nonzero_fraction, graph_std (std across
+    graphs of the per-graph mean: near 0 means the feature cannot tell graphs apart), constant
+    (one value over all nodes, as :func:`feature_stats` counts ``constant_columns``).
+    """
+    x = _node_features(graphs)  # (total nodes, F)
+    per_graph = torch.stack([g.x.double().mean(0) for g in graphs])  # (G, F)
+    return pd.DataFrame({
+        "feature": np.arange(x.shape[1]),
+        "mean": x.mean(0).numpy(),
+        "std": x.std(0, unbiased=False).numpy(),
+        "min": x.min(0).values.numpy(),
+        "max": x.max(0).values.numpy(),
+        "nonzero_fraction": (x != 0).double().mean(0).numpy(),
+        "graph_std": per_graph.std(0, unbiased=False).numpy(),
+        "constant": _constant_columns(x).numpy(),
+    })
+
+
+@torch.no_grad()
+def wl_signatures(graphs: Sequence, rounds: int = 3, seed: int = 0) -> Tensor:
+    """``(G,)`` int64, one per graph: equal for graphs that ``rounds`` of 1-WL colour
+    refinement on node features and structure cannot tell apart, the limit of any
+    message-passing GNN. Edge features are left out on purpose: gatrank's GAT (and the
+    linear baseline) never read ``edge_attr``, so graphs differing only there get the same
+    score. Messages flow along ``edge_index`` from source to target, as in PyG. Every graph
+    needs at least one node; hash collisions are ~2^-60.
+    """
     gen = torch.Generator().manual_seed(seed)
-    x = torch.cat([g.x for g in graphs])  # (N, F)
     sizes = torch.tensor([g.x.shape[0] for g in graphs])
     offsets = torch.cumsum(sizes, 0) - sizes
     ei = torch.cat([g.edge_index + o for g, o in zip(graphs, offsets.tolist(), strict=True)], 1)
     batch = torch.repeat_interleave(torch.arange(len(graphs)), sizes)
-    proj = torch.rand(x.shape[1], dtype=torch.float64, generator=gen) + 0.5
-    _, color = torch.unique(x.double() @ proj, return_inverse=True)  # (N,) initial colours
+    _, color = torch.unique(_node_features(graphs), dim=0, return_inverse=True)  # (N,) exact
     for _ in range(rounds):
         r = torch.randint(-(2**62), 2**62, (int(color.max()) + 1,), generator=gen)
         neigh = torch.zeros_like(color).index_add_(0, ei[1], r[color[ei[0]]])  # multiset hash
@@ -272,23 +312,22 @@ def feature_stats(graphs: Sequence, *, wl_rounds: int = 3) -> dict[str, Any]:
         graphs, "identical_nodes": every node of every graph has the same feature vector (a GAT
         then gives every graph the same embedding: attention averages identical messages),
         "indistinguishable": fraction of graphs that ``wl_rounds`` of 1-WL colour refinement
-        cannot tell from another graph with a different target (no message-passing GNN can
-        rank those), "distinct_signatures": number of distinct WL signatures}``. Graphs without
-        nodes are skipped.
+        (:func:`wl_signatures`) cannot tell from another graph with a different target (no
+        message-passing GNN can rank those), "distinct_signatures": number of distinct WL
+        signatures}``. Graphs without nodes are skipped.
     """
     usable = [g for g in graphs if getattr(g, "x", None) is not None and g.x.shape[0] > 0]
     if not usable:
         return {"num_features": 0, "constant_columns": 0, "identical_nodes": True,
                 "indistinguishable": 1.0, "distinct_signatures": 0}
-    allx = torch.cat([g.x for g in usable])  # (N, F)
-    constant = (allx == allx[0]).all(0)  # (F,)
-    _, sig = torch.unique(_wl_signatures(usable, wl_rounds), return_inverse=True)
+    constant = _constant_columns(_node_features(usable))  # (F,)
+    _, sig = torch.unique(wl_signatures(usable, wl_rounds), return_inverse=True)
     targets: dict[int, set[float]] = defaultdict(set)
     for s, g in zip(sig.tolist(), usable, strict=True):
         targets[s].add(round(float(g.y.reshape(-1)[0]), 9))
     clashing = sum(1 for s in sig.tolist() if len(targets[s]) > 1)
     return {
-        "num_features": int(allx.shape[1]),
+        "num_features": int(constant.numel()),
         "constant_columns": int(constant.sum()),
         "identical_nodes": bool(constant.all()),
         "indistinguishable": clashing / len(usable),

@@ -3,8 +3,8 @@
 Each runbook step's measurements live here so that notebooks stay thin and the suite, tests and
 users can run them without a notebook:
 
-- Step 2B (data): :func:`data_checks` with :func:`feature_stats`, :func:`duplicate_graphs`,
-  :func:`degrees` and :func:`valid_pairs_per_batch`.
+- Step 2B (data): :func:`data_checks` with :func:`duplicate_graphs`, :func:`degrees` and, from
+  :mod:`gatrank.checks.static`, ``feature_table`` and ``valid_pairs_per_batch``.
 - Step 2A (loss): :func:`loss_tests`, :func:`loss_gap_curves`, :func:`init_loss_per_batch`.
 - Step 3 and the enhanced evaluation: :func:`training_checks`, :func:`evaluation_checks`.
 
@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from gatrank.checks.static import feature_table, wl_signatures
 from gatrank.checks.verdict import Check, runbook_check, summarize_checks
 from gatrank.config import Config
 from gatrank.losses import LN2, valid_pair_mask
@@ -34,7 +35,6 @@ from gatrank.losses import LN2, valid_pair_mask
 __all__ = [
     "check",
     "summarize_checks",
-    "feature_stats",
     "duplicate_graphs",
     "degrees",
     "valid_pairs_per_batch",
@@ -67,55 +67,16 @@ def check(name: str, kind: str, rule: str, value: float | int | None, ok: bool,
 # --------------------------------------------------------------------------- Step 2B: data
 
 
-def feature_stats(graphs: Sequence[Any]) -> pd.DataFrame:
-    """Per node-feature statistics over all nodes of ``graphs``.
-
-    Columns: feature (index), mean, std, min, max, nonzero_fraction, graph_std (std across
-    graphs of the per-graph mean: near 0 means the feature cannot tell graphs apart), constant
-    (std == 0 over all nodes).
-    """
-    x = torch.cat([g.x for g in graphs]).double()  # (total nodes, F)
-    per_graph = torch.stack([g.x.double().mean(0) for g in graphs])  # (G, F)
-    std = x.std(0, unbiased=False)
-    return pd.DataFrame({
-        "feature": np.arange(x.shape[1]),
-        "mean": x.mean(0).numpy(),
-        "std": std.numpy(),
-        "min": x.min(0).values.numpy(),
-        "max": x.max(0).values.numpy(),
-        "nonzero_fraction": (x != 0).double().mean(0).numpy(),
-        "graph_std": per_graph.std(0, unbiased=False).numpy(),
-        "constant": (std == 0).numpy(),
-    })
-
-
-def _graph_hash(g: Any) -> str:
-    """Weisfeiler-Lehman hash over node features (and edge features): equal for isomorphic
-    graphs with equal features, whatever the node order."""
-    import hashlib
-
-    import networkx as nx
-
-    nxg = nx.Graph()
-    for i, row in enumerate(g.x.numpy()):
-        nxg.add_node(i, f=hashlib.blake2b(row.tobytes(), digest_size=8).hexdigest())
-    ei = g.edge_index.numpy()
-    ea = getattr(g, "edge_attr", None)
-    for k, (a, b) in enumerate(ei.T):
-        attr = "" if ea is None else hashlib.blake2b(ea[k].numpy().tobytes(),
-                                                     digest_size=8).hexdigest()
-        nxg.add_edge(int(a), int(b), e=attr)
-    return nx.weisfeiler_lehman_graph_hash(nxg, node_attr="f", edge_attr="e", iterations=3)
-
-
 def duplicate_graphs(graphs: Sequence[Any], table: pd.DataFrame, *,
                      tie_eps: float = 1e-6) -> pd.DataFrame:
-    """Groups of graphs the model cannot tell apart (same structure and features).
+    """Groups of graphs the model cannot tell apart: equal node features and structure up to
+    3 rounds of 1-WL (:func:`gatrank.checks.static.wl_signatures`; edge features, which
+    gatrank's GAT does not read, do not count).
 
     Returns one row per group of two or more: ids, y values, y_range, and ``conflicting``
     (targets differ by more than ``tie_eps``: no model can order such pairs).
     """
-    hashes = pd.Series([_graph_hash(g) for g in graphs])
+    hashes = pd.Series(wl_signatures(graphs).numpy())
     rows = []
     for _, idx in hashes.groupby(hashes).groups.items():
         if len(idx) < 2:
@@ -215,7 +176,7 @@ def data_checks(graphs: Any, config: Config, report: Any | None = None) -> DataC
     cols = [c for c in ("id", "y", "split", "group", "num_nodes", "num_edges", "smiles", "path")
             if c in gs.table and gs.table[c].notna().any()]
     samples = gs.table[cols].copy()
-    feats = feature_stats(gs.graphs)
+    feats = feature_table(gs.graphs)
     dups = duplicate_graphs(gs.graphs, gs.table, tie_eps=cfg.loss.tie_eps)
     y = gs.table["y"].to_numpy(dtype=float)
     groups = torch.cat([g.group for g in gs.graphs]).numpy()

@@ -14,10 +14,12 @@ from gatrank.checks.static import (
     check_graphs,
     check_loss,
     feature_stats,
+    feature_table,
     frozen_parameters,
     gradient_path,
     loss_ratio,
     pair_stats,
+    wl_signatures,
 )
 from gatrank.config import Config
 from gatrank.losses import LN2, LossOutput, make_loss_fn, pairwise_rank_loss
@@ -176,3 +178,37 @@ def test_loss_ratio_of_a_constant_model_is_one():
     assert loss_ratio(float(pairwise_rank_loss(s, torch.arange(6.0)).loss)) == pytest.approx(1.0)
 
 
+
+
+def test_wl_signatures_ignore_edge_features_and_follow_edge_direction(make_graphs):
+    g = make_graphs(1)[0]
+    a = g.clone()
+    a.edge_attr = torch.zeros(g.edge_index.shape[1], 2)
+    b = g.clone()
+    b.edge_attr = torch.ones(g.edge_index.shape[1], 2)  # the GAT never reads edge_attr
+    other = make_graphs(2, seed=1)[1]
+    sig = wl_signatures([a, b, other])
+    assert sig[0] == sig[1] and sig[0] != sig[2]
+    x = torch.ones(3, 1)
+    into_0 = Data(x=x, edge_index=torch.tensor([[1, 2], [0, 0]]))  # a node hearing two
+    out_of_0 = Data(x=x, edge_index=torch.tensor([[0, 0], [1, 2]]))  # two nodes hearing one
+    s = wl_signatures([into_0, out_of_0, into_0.clone()])
+    assert s[0] != s[1] and s[0] == s[2]
+
+
+def test_feature_table_oracle_and_exact_constant_columns():
+    g1 = Data(x=torch.tensor([[0.1, 0.0], [0.1, 2.0]]))
+    g2 = Data(x=torch.tensor([[0.1, 4.0]]))
+    table = feature_table([g1, g2])
+    assert table["constant"].tolist() == [True, False]
+    assert table["mean"][1] == pytest.approx(2.0) and table["max"][1] == 4.0
+    assert table["nonzero_fraction"][1] == pytest.approx(2 / 3)
+    assert table["graph_std"][1] == pytest.approx(1.5)  # graph means 1 and 4
+    stats = feature_stats([_with_edges(g1), _with_edges(g2)])
+    assert stats["constant_columns"] == int(table["constant"].sum()) == 1
+
+
+def _with_edges(g: Data) -> Data:
+    n = g.x.shape[0]
+    return Data(x=g.x, edge_index=torch.zeros(2, 1, dtype=torch.long) if n == 1 else
+                torch.tensor([[0, 1], [1, 0]]), y=torch.tensor([float(n)]))

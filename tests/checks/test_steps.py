@@ -4,6 +4,7 @@ the verdict, oracles for the counts."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from gatrank.checks import steps
 from gatrank.checks.verdict import THRESHOLDS, evaluate_verdict
@@ -44,3 +45,18 @@ def test_check_and_summary_agree_with_the_verdicts_check_type():
     assert steps.summarize_checks([ok, warn]) == (True, "PASS (with warnings)")
     with pytest.raises(ValueError, match="kind"):
         steps.check("c", "fatal", "rule", 0, False)
+
+
+def test_duplicate_graphs_groups_what_wl_cannot_tell_apart(make_graphs):
+    import pandas as pd
+
+    graphs = make_graphs(4)
+    graphs[2] = graphs[0].clone()  # same graph, another target
+    graphs[3] = graphs[1].clone()
+    graphs[3].edge_attr = torch.ones(graphs[3].edge_index.shape[1], 1)  # unseen by the GAT
+    table = pd.DataFrame({"id": ["a", "b", "c", "d"], "y": [0.0, 1.0, 5.0, 1.0]})
+    dups = steps.duplicate_graphs(graphs, table).sort_values("ids").reset_index(drop=True)
+    assert dups[["size", "ids", "y"]].to_dict("records") == [
+        {"size": 2, "ids": "a, c", "y": "0, 5"}, {"size": 2, "ids": "b, d", "y": "1, 1"}]
+    assert dups["conflicting"].tolist() == [True, False]
+    assert dups["y_range"].tolist() == [5.0, 0.0]
