@@ -5,7 +5,7 @@ untrained model, never at a training history.
   path to every parameter;
 - the loss's self-test on synthetic scores (prefers the right order, has a gradient, finite at
   large gaps) and the loss against ``ln 2`` (a constant model's loss under the pairwise loss);
-- valid pairs per batch, as the training loader forms batches;
+- valid pairs per batch, as the training loader forms batches (the one counter);
 - in-memory graphs validated with the data module's per-graph checks and problem codes;
 - the node features: per-feature statistics, and whether features and structure can tell
   graphs apart (1-WL colour refinement, the one WL hash).
@@ -36,6 +36,7 @@ __all__ = [
     "frozen_parameters",
     "gradient_path",
     "check_loss",
+    "valid_pairs_per_batch",
     "pair_stats",
     "check_graphs",
     "feature_table",
@@ -190,6 +191,48 @@ def check_loss(
     }
 
 
+def _group_or_none(group: Tensor | np.ndarray | None) -> Tensor | None:
+    """``[N]`` group ids as a tensor, or None when there are no groups (all negative)."""
+    if group is None:
+        return None
+    g = torch.as_tensor(np.asarray(group, dtype=np.int64)).reshape(-1)
+    return None if bool((g < 0).all()) else g
+
+
+def valid_pairs_per_batch(
+    targets: Tensor | np.ndarray,
+    batch_size: int,
+    *,
+    group: Tensor | np.ndarray | None = None,
+    margin_eps: float = 0.0,
+    tie_eps: float = 1e-6,
+    seed: int = 0,
+    shuffle: bool = True,
+) -> np.ndarray:
+    """Valid pairs in each batch of one epoch, as the training loader forms the batches.
+
+    With ``shuffle`` the batches are those of the first epoch of a ``DataLoader(shuffle=True)``
+    with a generator seeded with ``seed``, as :mod:`gatrank.training` builds its loader (and
+    notebook 02 scores its batches): ``batch_size`` graphs each, the last batch smaller.
+
+    Args:
+        targets: ``[N]`` targets of the training graphs.
+        group: ``[N]`` group ids (negative: no groups); pairs form only inside a group.
+
+    Returns:
+        ``(num_batches,)`` int64 counts of pairs with ``y_i - y_j`` beyond the eps.
+    """
+    y = torch.as_tensor(np.asarray(targets, dtype=np.float64)).reshape(-1)
+    g = _group_or_none(group)
+    loader = torch.utils.data.DataLoader(range(y.numel()), batch_size=max(1, batch_size),
+                                         shuffle=shuffle,
+                                         generator=torch.Generator().manual_seed(seed))
+    counts = [int(valid_pair_mask(y[idx], margin_eps=margin_eps, tie_eps=tie_eps,
+                                  group=None if g is None else g[idx]).sum())
+              for idx in loader]  # idx: (b,) positions, in the training loader's order
+    return np.asarray(counts, dtype=np.int64)
+
+
 def pair_stats(
     targets: Tensor,
     batch_size: int,
@@ -200,39 +243,25 @@ def pair_stats(
     seed: int = 0,
     shuffle: bool = True,
 ) -> dict[str, Any]:
-    """Valid pairs per batch for one epoch, as the training loader forms batches.
-
-    Args:
-        targets: ``[N]`` targets of the training graphs.
-        batch_size: graphs per batch.
-        group: ``[N]`` group ids (negative: no groups); pairs form only inside a group.
-        seed: the loader's seed; with ``shuffle`` the batches are those of the first epoch of
-            a ``DataLoader(shuffle=True)`` with a generator seeded with it, as
-            ``gatrank.training`` builds its loader.
+    """Valid pairs per batch for one epoch (:func:`valid_pairs_per_batch`), summarized.
 
     Returns:
         ``{"batches", "batches_without_pairs", "fraction_without_pairs", "pairs_mean",
         "pairs_min", "pairs_all" (valid pairs over the whole set as one batch)}``.
     """
-    y = targets.reshape(-1).double()
-    n = y.numel()
-    g = None if group is None or bool((group < 0).all()) else group.reshape(-1)
-    loader = torch.utils.data.DataLoader(range(n), batch_size=max(1, batch_size),
-                                         shuffle=shuffle,
-                                         generator=torch.Generator().manual_seed(seed))
-    counts = []
-    for idx in loader:  # (b,) positions, in the training loader's order
-        m = valid_pair_mask(y[idx], margin_eps=margin_eps, tie_eps=tie_eps,
-                            group=None if g is None else g[idx])
-        counts.append(int(m.sum()))
-    every = int(valid_pair_mask(y, margin_eps=margin_eps, tie_eps=tie_eps, group=g).sum())
-    without = sum(c == 0 for c in counts)
+    counts = valid_pairs_per_batch(targets, batch_size, group=group, margin_eps=margin_eps,
+                                   tie_eps=tie_eps, seed=seed, shuffle=shuffle)
+    y = torch.as_tensor(np.asarray(targets, dtype=np.float64)).reshape(-1)
+    every = int(valid_pair_mask(y, margin_eps=margin_eps, tie_eps=tie_eps,
+                                group=_group_or_none(group)).sum())
+    n = len(counts)
+    without = int((counts == 0).sum())
     return {
-        "batches": len(counts),
+        "batches": n,
         "batches_without_pairs": without,
-        "fraction_without_pairs": without / len(counts) if counts else 1.0,
-        "pairs_mean": sum(counts) / len(counts) if counts else 0.0,
-        "pairs_min": min(counts) if counts else 0,
+        "fraction_without_pairs": without / n if n else 1.0,
+        "pairs_mean": float(counts.mean()) if n else 0.0,
+        "pairs_min": int(counts.min()) if n else 0,
         "pairs_all": every,
     }
 

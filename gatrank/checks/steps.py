@@ -27,17 +27,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from gatrank.checks.static import feature_table, wl_signatures
+from gatrank.checks.static import feature_table, valid_pairs_per_batch, wl_signatures
 from gatrank.checks.verdict import Check, runbook_check, summarize_checks
 from gatrank.config import Config
-from gatrank.losses import LN2, valid_pair_mask
+from gatrank.losses import LN2
 
 __all__ = [
     "check",
     "summarize_checks",
     "duplicate_graphs",
     "degrees",
-    "valid_pairs_per_batch",
     "DataChecks",
     "data_checks",
     "loss_tests",
@@ -92,38 +91,6 @@ def degrees(graphs: Sequence[Any]) -> np.ndarray:
     """Out-degree of every node of every graph (from ``edge_index``), concatenated."""
     return np.concatenate([np.bincount(g.edge_index[0].numpy(), minlength=g.num_nodes)
                            for g in graphs]) if len(graphs) else np.zeros(0, dtype=int)
-
-
-def valid_pairs_per_batch(
-    targets: np.ndarray | torch.Tensor,
-    batch_size: int,
-    *,
-    groups: np.ndarray | torch.Tensor | None = None,
-    margin_eps: float = 0.0,
-    tie_eps: float = 1e-6,
-    epochs: int = 3,
-    seed: int = 0,
-) -> np.ndarray:
-    """Valid pairs in each batch of ``epochs`` shuffled passes (as the training loader makes
-    them: ``batch_size`` graphs, the last batch smaller).
-
-    Args:
-        targets: ``[N]`` targets of the training graphs.
-        groups: ``[N]`` group ids (negative = no group); pairs form only within a group.
-    """
-    y = torch.as_tensor(np.asarray(targets, dtype=np.float64))
-    g = None if groups is None else torch.as_tensor(np.asarray(groups, dtype=np.int64))
-    if g is not None and bool((g < 0).all()):
-        g = None
-    gen = torch.Generator().manual_seed(seed)
-    counts = []
-    for _ in range(epochs):
-        perm = torch.randperm(len(y), generator=gen)
-        for b in perm.split(max(2, batch_size)):
-            mask = valid_pair_mask(y[b], margin_eps=margin_eps, tie_eps=tie_eps,
-                                   group=None if g is None else g[b])
-            counts.append(int(mask.sum()))
-    return np.asarray(counts, dtype=np.int64)
 
 
 @dataclass
@@ -183,7 +150,7 @@ def data_checks(graphs: Any, config: Config, report: Any | None = None) -> DataC
     train_idx = split_indices(gs, seed=cfg.training.seed, val_fraction=cfg.data.val_fraction,
                               test_fraction=cfg.data.test_fraction)["train"]
     bs = cfg.training.batch_size
-    pairs = valid_pairs_per_batch(y[train_idx], bs, groups=groups[train_idx],
+    pairs = valid_pairs_per_batch(y[train_idx], bs, group=groups[train_idx],
                                   margin_eps=cfg.loss.margin_eps, tie_eps=cfg.loss.tie_eps,
                                   seed=cfg.training.seed)
     dtype_ok = all(g.y.dtype == torch.float32 and tuple(g.y.shape) == (1,) for g in gs.graphs)

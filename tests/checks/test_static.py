@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -19,6 +20,7 @@ from gatrank.checks.static import (
     gradient_path,
     loss_ratio,
     pair_stats,
+    valid_pairs_per_batch,
     wl_signatures,
 )
 from gatrank.config import Config
@@ -212,3 +214,23 @@ def _with_edges(g: Data) -> Data:
     n = g.x.shape[0]
     return Data(x=g.x, edge_index=torch.zeros(2, 1, dtype=torch.long) if n == 1 else
                 torch.tensor([[0, 1], [1, 0]]), y=torch.tensor([float(n)]))
+
+
+def test_valid_pairs_per_batch_follows_the_loader_and_groups(make_graphs):
+    graphs = make_graphs(9)
+    for i, g in enumerate(graphs):
+        g.idx_ = torch.tensor([i])
+    group = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    y = np.arange(9.0)
+    counts = valid_pairs_per_batch(y, 4, group=group, seed=3)
+    loader = DataLoader(graphs, batch_size=4, shuffle=True,
+                        generator=torch.Generator().manual_seed(3))
+    oracle = []
+    for b in loader:
+        members = [(int(g), float(v)) for g, v in zip(group[b.idx_.tolist()], b.y.tolist(),
+                                                       strict=True)]
+        oracle.append(sum(1 for (ga, a), (gc, c) in itertools.permutations(members, 2)
+                          if ga == gc and a > c))
+    assert counts.tolist() == oracle and len(counts) == 3  # 4 + 4 + 1
+    stats = pair_stats(torch.tensor(y), 4, group=torch.tensor(group), seed=3)
+    assert stats["pairs_min"] == counts.min() and stats["pairs_all"] == 9  # 3 per group
