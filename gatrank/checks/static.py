@@ -132,10 +132,34 @@ def gradient_path(model: nn.Module, loss_fn: LossFn, batch) -> dict[str, Any]:
     return result
 
 
+def _large_gaps(loss_fn: LossFn, z: Tensor, y: Tensor) -> tuple[bool, float]:
+    """``(finite, loss)`` at scores ``1e4 * z`` in the right and the reversed order: finite
+    when both losses and their gradients are; ``loss`` is the reversed order's."""
+    finite, loss = True, float("nan")
+    for sign in (1.0, -1.0):
+        big = (sign * z * 1e4).float().requires_grad_()
+        out = loss_fn(big, y, None).loss
+        loss = float(out.detach())
+        finite = finite and math.isfinite(loss)
+        if finite and out.requires_grad:
+            (g,) = torch.autograd.grad(out, [big], allow_unused=True)
+            finite = g is None or bool(torch.isfinite(g).all())
+    return finite, loss
+
+
+def _descent_agrees(grad: Tensor, y: Tensor) -> bool:
+    """A gradient step from constant scores moves them towards the target order: Spearman
+    of ``-grad`` with the targets > 0."""
+    order = torch.argsort(torch.argsort(-grad.double()))
+    rank_y = torch.argsort(torch.argsort(y))
+    return float(torch.corrcoef(torch.stack([order.double(), rank_y.double()]))[0, 1]) > 0
+
+
 def check_loss(
     loss_fn: LossFn, *, n: int = 16, seed: int = 0, scale: float = 1.0
 ) -> dict[str, Any]:
-    """Test a loss on synthetic scores, the way the runbook's loss tests do.
+    """Test a loss on synthetic scores, the way the runbook's loss tests do (the doctor's loss
+    stage and notebook 02's tests both read this).
 
     Targets are ``n`` distinct values ``0, scale, 2 scale, ...`` in random order (no ties; pass
     a ``scale`` above the loss's ``tie_eps``/``margin_eps``). The loss is evaluated on the
@@ -145,10 +169,11 @@ def check_loss(
     Returns:
         ``{"loss_perfect", "loss_reversed", "loss_constant" (ln 2 for gatrank's loss),
         "prefers_correct_order" (perfect < reversed), "requires_grad", "has_gradient" (a
-        nonzero gradient reaches the scores), "grad_norm", "descent_agrees" (a gradient step
-        from the constant moves scores towards the target order: Spearman of −grad with the
-        targets > 0), "finite_large_gaps" (finite loss and gradient at score gaps of 1e4, in the
-        right and the reversed order)}``.
+        nonzero gradient reaches the scores), "grad_norm", "num_pairs" (valid pairs the loss
+        reports), "descent_agrees" (a gradient step from the constant moves scores towards the
+        target order: Spearman of −grad with the targets > 0), "finite_large_gaps" (finite loss
+        and gradient at score gaps of 1e4, in the right and the reversed order),
+        "loss_large_gaps" (the loss at the reversed ones)}``.
     """
     gen = torch.Generator().manual_seed(seed)
     y = torch.randperm(n, generator=gen).double() * scale  # (n,) distinct targets
@@ -164,19 +189,7 @@ def check_loss(
     if requires_grad:
         (grad,) = torch.autograd.grad(out.loss, [const], allow_unused=True)
     has_gradient = grad is not None and bool((grad != 0).any())
-    descent = False
-    if has_gradient:
-        order = torch.argsort(torch.argsort(-grad.double()))
-        rank_y = torch.argsort(torch.argsort(y))
-        descent = float(torch.corrcoef(torch.stack([order.double(), rank_y.double()]))[0, 1]) > 0
-    finite = True
-    for sign in (1.0, -1.0):  # right and reversed order, both with gaps of 1e4
-        big = (sign * z * 1e4).float().requires_grad_()
-        big_out = loss_fn(big, y.float(), None).loss
-        finite = finite and bool(torch.isfinite(big_out.detach()))
-        if finite and big_out.requires_grad:
-            (g_big,) = torch.autograd.grad(big_out, [big], allow_unused=True)
-            finite = g_big is None or bool(torch.isfinite(g_big).all())
+    finite, loss_large = _large_gaps(loss_fn, z, y.float())
     perfect, reverse = value(z.float()), value(-z.float())
     return {
         "loss_perfect": perfect,
@@ -186,8 +199,10 @@ def check_loss(
         "requires_grad": requires_grad,
         "has_gradient": has_gradient,
         "grad_norm": float(grad.norm()) if grad is not None else 0.0,
-        "descent_agrees": descent,
+        "num_pairs": int(out.num_pairs),
+        "descent_agrees": has_gradient and _descent_agrees(grad, y),
         "finite_large_gaps": finite,
+        "loss_large_gaps": loss_large,
     }
 
 

@@ -27,10 +27,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from gatrank.checks.static import feature_table, valid_pairs_per_batch, wl_signatures
+from gatrank.checks.static import (
+    check_loss,
+    feature_table,
+    valid_pairs_per_batch,
+    wl_signatures,
+)
 from gatrank.checks.verdict import Check, runbook_check, summarize_checks
 from gatrank.config import Config
-from gatrank.losses import LN2
+from gatrank.losses import LN2, make_loss_fn
 
 __all__ = [
     "check",
@@ -212,35 +217,53 @@ def _run_loss_test(name: str, rule: str, fn: Callable[[], tuple[float, bool, str
     return check(name, "pass", rule, value, ok, detail)
 
 
+_SELF_TESTS = {
+    "gradients_exist": "gradients exist (norm of d loss / d scores > 0)",
+    "perfect_vs_reversed": "perfect ordering has a lower loss than reversed",
+    "large_gaps_finite": "huge score gaps give a finite loss and gradients",
+    "constant_is_ln2": "a constant model has loss ln 2",
+}
+"""The loss tests read from :func:`gatrank.checks.static.check_loss`, with their rules."""
+
+
+def _self_test_checks(fn: Callable, config: Config) -> dict[str, dict[str, Any]]:
+    """Notebook 02's view of the doctor's loss self-test, one check per test it runs."""
+    lc = config.loss
+    try:  # targets spaced beyond the eps, as the doctor's loss stage spaces them
+        res = check_loss(fn, scale=max(1.0, 2 * (lc.tie_eps + lc.margin_eps)),
+                         seed=config.training.seed)
+    except Exception as exc:  # noqa: BLE001 - a failing user loss is a result, not a crash
+        why = f"raised {type(exc).__name__}: {exc}"
+        return {name: check(name, "pass", rule, None, False, why)
+                for name, rule in _SELF_TESTS.items()}
+    gn, perfect, reverse = res["grad_norm"], res["loss_perfect"], res["loss_reversed"]
+    values = {
+        "gradients_exist": (gn, res["has_gradient"] and math.isfinite(gn),
+                            f"{res['num_pairs']} valid pairs at constant scores"
+                            if res["requires_grad"] else
+                            "loss.requires_grad is False: the loss is detached from the scores"),
+        "perfect_vs_reversed": (reverse - perfect, res["prefers_correct_order"],
+                                f"perfect {perfect:.4f}, reversed {reverse:.4f}"),
+        "large_gaps_finite": (res["loss_large_gaps"], res["finite_large_gaps"],
+                              "right and reversed order, scores 1e4 x the standardized targets"),
+        "constant_is_ln2": (res["loss_constant"], abs(res["loss_constant"] - LN2) < 1e-5,
+                            f"ln 2 = {LN2:.6f}"),
+    }
+    return {name: check(name, "pass", _SELF_TESTS[name], *values[name]) for name in values}
+
+
 def loss_tests(loss: str | Callable | None, config: Config) -> list[dict[str, Any]]:
     """The runbook's loss tests, run against the configured loss (gatrank's or the user's).
 
-    gradients exist; a perfect ordering scores lower than its reverse; tied targets are
-    ignored (swapping tied items' scores leaves the loss unchanged); a batch without valid pairs
-    still gives a finite loss with a gradient path; large score gaps stay finite; and, for
-    gatrank's loss, temperature T equals dividing the scores by T and a constant model scores
-    ln 2.
+    From :func:`gatrank.checks.static.check_loss` (the doctor's self-test, on 16 distinct
+    synthetic targets): gradients exist at constant scores; a perfect ordering scores lower
+    than its reverse; large score gaps stay finite; for gatrank's loss, a constant model scores
+    ln 2. Here: tied targets are ignored (swapping tied items' scores leaves the loss
+    unchanged); a batch without valid pairs still gives a finite loss with a gradient path;
+    for gatrank's loss, temperature T equals dividing the scores by T.
     """
-    from gatrank.losses import make_loss_fn
-
     fn = make_loss_fn(loss, config)
-    builtin = not loss
-    y = torch.arange(8, dtype=torch.float32)
-
-    def gradients() -> tuple[float, bool, str]:
-        s = torch.randn(8, generator=torch.Generator().manual_seed(0), requires_grad=True)
-        out = fn(s, y, None)
-        if not out.loss.requires_grad:
-            return 0.0, False, "loss.requires_grad is False: the loss is detached from the scores"
-        out.loss.backward()
-        gn = float(s.grad.norm()) if s.grad is not None else 0.0
-        return gn, math.isfinite(gn) and gn > 0, f"{out.num_pairs} valid pairs"
-
-    def ordering() -> tuple[float, bool, str]:
-        perfect = float(fn(y.clone(), y, None).loss)
-        reverse = float(fn(-y, y, None).loss)
-        return (reverse - perfect, perfect < reverse,
-                f"perfect {perfect:.4f}, reversed {reverse:.4f}")
+    self_tests = _self_test_checks(fn, config)
 
     def ties() -> tuple[float, bool, str]:
         t = torch.tensor([0.0, 1.0, 1.0, 2.0])
@@ -259,47 +282,34 @@ def loss_tests(loss: str | Callable | None, config: Config) -> list[dict[str, An
         finite = math.isfinite(value) and bool(torch.isfinite(s.grad).all())
         return value, finite, f"{out.num_pairs} valid pairs; backward() ok"
 
-    def large_gaps() -> tuple[float, bool, str]:
-        s = (torch.tensor([1e4, -1e4, 5e3, -5e3]) * torch.tensor([-1.0, 1.0, -1.0, 1.0]))
-        s.requires_grad_(True)
-        out = fn(s, torch.tensor([3.0, 0.0, 2.0, 1.0]), None)
-        out.loss.backward()
-        value = float(out.loss.detach())
-        ok = math.isfinite(value) and bool(torch.isfinite(s.grad).all())
-        return value, ok, "reversed scores with gaps up to 2e4"
-
     tests = [
-        _run_loss_test("gradients_exist", "gradients exist (norm of d loss / d scores > 0)",
-                       gradients),
-        _run_loss_test("perfect_vs_reversed", "perfect ordering has a lower loss than reversed",
-                       ordering),
+        self_tests["gradients_exist"],
+        self_tests["perfect_vs_reversed"],
         _run_loss_test("ties_ignored", "tied targets are ignored (loss change when swapped)",
                        ties),
         _run_loss_test("no_valid_pairs", "no valid pairs: finite loss with a gradient path",
                        no_pairs),
-        _run_loss_test("large_gaps_finite", "huge score gaps give a finite loss and gradients",
-                       large_gaps),
+        self_tests["large_gaps_finite"],
     ]
-    if builtin:
-        t = config.loss.temperature * 2.0
-        hot = make_loss_fn(None, config.updated({"loss.temperature": t}))
-        base = make_loss_fn(None, config.updated({"loss.temperature": 1.0}))
-
-        def temperature() -> tuple[float, bool, str]:
-            s = torch.randn(8, generator=torch.Generator().manual_seed(2))
-            a, b = float(hot(s, y, None).loss), float(base(s / t, y, None).loss)
-            return abs(a - b), abs(a - b) < 1e-5, f"temperature {t:g} vs scores / {t:g}"
-
-        def constant() -> tuple[float, bool, str]:
-            v = float(fn(torch.zeros(8), y, None).loss)
-            return v, abs(v - LN2) < 1e-5, f"ln 2 = {LN2:.6f}"
-
-        tests += [
-            _run_loss_test("temperature", "temperature T equals dividing scores by T "
-                           "(loss difference)", temperature),
-            _run_loss_test("constant_is_ln2", "a constant model has loss ln 2", constant),
-        ]
+    if not loss:  # gatrank's loss: its temperature and its value at constant scores are known
+        tests += [_temperature_test(config), self_tests["constant_is_ln2"]]
     return tests
+
+
+def _temperature_test(config: Config) -> dict[str, Any]:
+    """gatrank's loss at temperature T equals the loss at T = 1 of the scores divided by T."""
+    t = config.loss.temperature * 2.0
+    hot = make_loss_fn(None, config.updated({"loss.temperature": t}))
+    base = make_loss_fn(None, config.updated({"loss.temperature": 1.0}))
+    y = torch.arange(8, dtype=torch.float32)
+
+    def temperature() -> tuple[float, bool, str]:
+        s = torch.randn(8, generator=torch.Generator().manual_seed(2))
+        a, b = float(hot(s, y, None).loss), float(base(s / t, y, None).loss)
+        return abs(a - b), abs(a - b) < 1e-5, f"temperature {t:g} vs scores / {t:g}"
+
+    return _run_loss_test("temperature", "temperature T equals dividing scores by T "
+                          "(loss difference)", temperature)
 
 
 def loss_gap_curves(loss: str | Callable | None, config: Config, *,
@@ -310,8 +320,6 @@ def loss_gap_curves(loss: str | Callable | None, config: Config, *,
     For gatrank's loss one curve per temperature; for a user loss one curve (``your loss``).
     Returns columns gap, loss, grad, label.
     """
-    from gatrank.losses import make_loss_fn
-
     gaps = np.linspace(-8, 8, 161) if gaps is None else np.asarray(gaps, dtype=float)
     variants: list[tuple[str, Any]]
     if loss:
@@ -344,7 +352,6 @@ def init_loss_per_batch(graphs: Any, config: Config, *, model: str = "",
     from torch_geometric.loader import DataLoader
 
     from gatrank.data import split_indices
-    from gatrank.losses import make_loss_fn
     from gatrank.model import build_model
     from gatrank.runtime import set_seed
 

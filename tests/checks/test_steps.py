@@ -7,7 +7,10 @@ import pytest
 import torch
 
 from gatrank.checks import steps
+from gatrank.checks.static import check_loss
 from gatrank.checks.verdict import THRESHOLDS, evaluate_verdict
+from gatrank.config import Config
+from gatrank.losses import LN2, make_loss_fn
 
 
 def _rec(epoch, pa, sp, std, gn=0.5, loss=0.5):
@@ -60,3 +63,44 @@ def test_duplicate_graphs_groups_what_wl_cannot_tell_apart(make_graphs):
         {"size": 2, "ids": "a, c", "y": "0, 5"}, {"size": 2, "ids": "b, d", "y": "1, 1"}]
     assert dups["conflicting"].tolist() == [True, False]
     assert dups["y_range"].tolist() == [5.0, 0.0]
+
+
+def _by_name(checks):
+    return {c["name"]: c for c in checks}
+
+
+def test_loss_tests_read_the_doctors_self_test():
+    cfg = Config()
+    tests = _by_name(steps.loss_tests(None, cfg))
+    assert list(tests) == ["gradients_exist", "perfect_vs_reversed", "ties_ignored",
+                           "no_valid_pairs", "large_gaps_finite", "temperature",
+                           "constant_is_ln2"]
+    assert all(c["ok"] for c in tests.values())
+    res = check_loss(make_loss_fn(None, cfg), seed=cfg.training.seed)
+    assert tests["gradients_exist"]["value"] == pytest.approx(res["grad_norm"])
+    assert tests["perfect_vs_reversed"]["value"] == pytest.approx(
+        res["loss_reversed"] - res["loss_perfect"])
+    assert tests["large_gaps_finite"]["value"] == pytest.approx(res["loss_large_gaps"])
+    assert tests["constant_is_ln2"]["value"] == pytest.approx(LN2)
+
+
+def test_loss_tests_fail_where_the_doctor_does():
+    for loss, failing in (("custom_plugins:reversed_margin_loss", "perfect_vs_reversed"),
+                          ("custom_plugins:hinge_loss", None)):
+        tests = _by_name(steps.loss_tests(loss, Config()))
+        assert "temperature" not in tests and "constant_is_ln2" not in tests  # a user loss
+        res = check_loss(make_loss_fn(loss, Config()))
+        assert tests["perfect_vs_reversed"]["ok"] == res["prefers_correct_order"]
+        assert tests["gradients_exist"]["ok"] == res["has_gradient"]
+        if failing:
+            assert not tests[failing]["ok"]
+
+
+def test_a_raising_loss_is_a_failed_test_not_a_crash(monkeypatch):
+    def broken(scores, targets):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr("custom_plugins.hinge_loss", broken)
+    tests = steps.loss_tests("custom_plugins:hinge_loss", Config())
+    assert tests and not any(c["ok"] for c in tests)
+    assert all("RuntimeError: shape mismatch" in c["detail"] for c in tests)
