@@ -15,7 +15,6 @@ Every function returns plain data (floats, dicts, lists, DataFrames); nothing pr
 
 from __future__ import annotations
 
-import logging
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -44,8 +43,6 @@ __all__ = [
     "feature_stats",
     "loss_ratio",
 ]
-
-logger = logging.getLogger(__name__)
 
 
 def frozen_parameters(

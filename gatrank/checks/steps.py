@@ -17,7 +17,6 @@ criterion: the step fails without it), ``red_flag`` (``ok`` means the flag is no
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from torch_geometric.loader import DataLoader
 
 from gatrank.checks.static import (
     check_loss,
@@ -35,7 +35,10 @@ from gatrank.checks.static import (
 )
 from gatrank.checks.verdict import Check, runbook_check, summarize_checks
 from gatrank.config import Config
+from gatrank.data import CheckReport, GraphSet, check_manifest, split_indices
 from gatrank.losses import LN2, make_loss_fn
+from gatrank.model import build_model
+from gatrank.runtime import set_seed
 
 __all__ = [
     "check",
@@ -52,8 +55,6 @@ __all__ = [
     "training_checks",
     "evaluation_checks",
 ]
-
-logger = logging.getLogger(__name__)
 
 _NAN_CODES = frozenset({"nan_target", "inf_target", "nonfinite_features",
                         "nonfinite_edge_features"})
@@ -126,44 +127,24 @@ class DataChecks:
         return table
 
 
-def data_checks(graphs: Any, config: Config, report: Any | None = None) -> DataChecks:
-    """The runbook's Step 2B checks on loaded graphs and their manifest's check report.
+def _train_indices(gs: GraphSet, cfg: Config) -> list[int]:
+    """The training split, as :func:`gatrank.training.train` draws it from the config."""
+    return split_indices(gs, seed=cfg.training.seed, val_fraction=cfg.data.val_fraction,
+                         test_fraction=cfg.data.test_fraction)["train"]
 
-    Args:
-        graphs: a :class:`gatrank.data.GraphSet` (loaded with ``on_error="skip"`` so that a
-            manifest with bad rows can still be inspected).
-        config: batch size, eps and split settings come from here.
-        report: a :class:`gatrank.data.CheckReport` of ``graphs.manifest`` (computed if None).
-    """
-    from gatrank.data import check_manifest, split_indices
 
-    gs, cfg = graphs, config
-    if report is None:
-        report = check_manifest(gs.manifest, allow_outside_root=cfg.data.allow_outside_root)
-    problems = pd.DataFrame([asdict(p) for p in report.problems],
-                            columns=["line", "id", "file", "problem", "fix", "code"])
-    codes = problems["code"].tolist()
+def _data_rules(report: CheckReport, gs: GraphSet, feats: pd.DataFrame, pairs: np.ndarray,
+                n_conflict: int, bs: int) -> list[dict[str, Any]]:
+    """The Step 2B checks, in the order notebook 01 shows them."""
+    codes = [p.code for p in report.problems]
     n_nan = sum(c in _NAN_CODES for c in codes)
     n_empty = sum(c in _EMPTY_CODES for c in codes)
-    cols = [c for c in ("id", "y", "split", "group", "num_nodes", "num_edges", "smiles", "path")
-            if c in gs.table and gs.table[c].notna().any()]
-    samples = gs.table[cols].copy()
-    feats = feature_table(gs.graphs)
-    dups = duplicate_graphs(gs.graphs, gs.table, tie_eps=cfg.loss.tie_eps)
-    y = gs.table["y"].to_numpy(dtype=float)
-    groups = torch.cat([g.group for g in gs.graphs]).numpy()
-    train_idx = split_indices(gs, seed=cfg.training.seed, val_fraction=cfg.data.val_fraction,
-                              test_fraction=cfg.data.test_fraction)["train"]
-    bs = cfg.training.batch_size
-    pairs = valid_pairs_per_batch(y[train_idx], bs, group=groups[train_idx],
-                                  margin_eps=cfg.loss.margin_eps, tie_eps=cfg.loss.tie_eps,
-                                  seed=cfg.training.seed)
     dtype_ok = all(g.y.dtype == torch.float32 and tuple(g.y.shape) == (1,) for g in gs.graphs)
     n_const = int(feats["constant"].sum())
-    n_conflict = int(dups.loc[dups["conflicting"], "size"].sum()) if len(dups) else 0
-    tie = report.summary.get("tie_fraction")
+    y = gs.table["y"].to_numpy(dtype=float)
     y_std = float(np.std(y)) if len(y) else 0.0
-    checks = [
+    tie = report.summary.get("tie_fraction")
+    return [
         check("rows_load", "pass", "every manifest row loads (error-level problems)",
               len(report.errors), report.ok,
               "; ".join(sorted(set(p.code for p in report.errors)))),
@@ -185,15 +166,44 @@ def data_checks(graphs: Any, config: Config, report: Any | None = None) -> DataC
               "no identical graphs with different targets (graphs in such groups)",
               n_conflict, n_conflict == 0),
     ]
+
+
+def data_checks(graphs: GraphSet, config: Config, report: CheckReport | None = None
+                ) -> DataChecks:
+    """The runbook's Step 2B checks on loaded graphs and their manifest's check report.
+
+    Args:
+        graphs: a :class:`gatrank.data.GraphSet` (loaded with ``on_error="skip"`` so that a
+            manifest with bad rows can still be inspected).
+        config: batch size, eps and split settings come from here.
+        report: a :class:`gatrank.data.CheckReport` of ``graphs.manifest`` (computed if None).
+    """
+    gs, cfg = graphs, config
+    if report is None:
+        report = check_manifest(gs.manifest, allow_outside_root=cfg.data.allow_outside_root)
+    problems = pd.DataFrame([asdict(p) for p in report.problems],
+                            columns=["line", "id", "file", "problem", "fix", "code"])
+    cols = [c for c in ("id", "y", "split", "group", "num_nodes", "num_edges", "smiles", "path")
+            if c in gs.table and gs.table[c].notna().any()]
+    feats = feature_table(gs.graphs)
+    dups = duplicate_graphs(gs.graphs, gs.table, tie_eps=cfg.loss.tie_eps)
+    y = gs.table["y"].to_numpy(dtype=float)
+    groups = torch.cat([g.group for g in gs.graphs]).numpy()
+    train_idx = _train_indices(gs, cfg)
+    bs = cfg.training.batch_size
+    pairs = valid_pairs_per_batch(y[train_idx], bs, group=groups[train_idx],
+                                  margin_eps=cfg.loss.margin_eps, tie_eps=cfg.loss.tie_eps,
+                                  seed=cfg.training.seed)
+    n_conflict = int(dups.loc[dups["conflicting"], "size"].sum()) if len(dups) else 0
     summary = {
         "num_rows": report.summary.get("num_rows"),
         "num_graphs": len(gs),
         "num_features": gs.num_features,
         "num_problems": len(report.problems),
-        "tie_fraction": tie,
-        "y": {"min": float(y.min()), "mean": float(y.mean()), "std": y_std,
+        "tie_fraction": report.summary.get("tie_fraction"),
+        "y": {"min": float(y.min()), "mean": float(y.mean()), "std": float(np.std(y)),
               "max": float(y.max())} if len(y) else None,
-        "constant_features": n_const,
+        "constant_features": int(feats["constant"].sum()),
         "duplicate_groups": len(dups),
         "graphs_in_conflicting_duplicates": n_conflict,
         "batch_size": bs,
@@ -201,7 +211,8 @@ def data_checks(graphs: Any, config: Config, report: Any | None = None) -> DataC
                                   "max": int(pairs.max()), "batches": len(pairs),
                                   "without_pairs": int((pairs == 0).sum())} if len(pairs) else None,
     }
-    return DataChecks(checks=checks, samples=samples, problems=problems, features=feats,
+    return DataChecks(checks=_data_rules(report, gs, feats, pairs, n_conflict, bs),
+                      samples=gs.table[cols].copy(), problems=problems, features=feats,
                       duplicates=dups, degrees=degrees(gs.graphs), valid_pairs=pairs,
                       summary=summary)
 
@@ -341,7 +352,7 @@ def loss_gap_curves(loss: str | Callable | None, config: Config, *,
 
 
 @torch.no_grad()
-def init_loss_per_batch(graphs: Any, config: Config, *, model: str = "",
+def init_loss_per_batch(graphs: GraphSet, config: Config, *, model: str = "",
                         loss: str | Callable | None = None, max_batches: int = 30) -> pd.DataFrame:
     """The configured loss of the untrained model (eval mode) on real training batches.
 
@@ -349,16 +360,9 @@ def init_loss_per_batch(graphs: Any, config: Config, *, model: str = "",
     for gatrank's loss; far above means the initial scores are large and badly ordered.
     Returns one row per batch: batch, loss, num_pairs, score_std, size.
     """
-    from torch_geometric.loader import DataLoader
-
-    from gatrank.data import split_indices
-    from gatrank.model import build_model
-    from gatrank.runtime import set_seed
-
     cfg, gs = config, graphs
     set_seed(cfg.training.seed)
-    idx = split_indices(gs, seed=cfg.training.seed, val_fraction=cfg.data.val_fraction,
-                        test_fraction=cfg.data.test_fraction)["train"]
+    idx = _train_indices(gs, cfg)
     net = build_model(gs.num_features, cfg.model, model)
     net.eval()
     fn = make_loss_fn(loss or None, cfg)
