@@ -9,7 +9,6 @@ Each ``*_results`` function returns the keyword arguments a notebook passes to
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +42,7 @@ OVERFIT_METRICS: tuple[str, ...] = (
 def check_dicts(checks: Iterable[Mapping[str, Any] | Check]) -> list[Mapping[str, Any]]:
     """Checks as dicts ``{name, kind, rule, value, ok[, detail]}``: a mapping as it is, a
     :class:`~gatrank.checks.verdict.Check` of a verdict as its fields."""
-    return [c if isinstance(c, Mapping) else asdict(c) for c in checks]
+    return [c if isinstance(c, Mapping) else c.to_dict() for c in checks]
 
 
 def init_loss_metrics(init: pd.DataFrame) -> dict[str, Any]:
