@@ -130,13 +130,6 @@ def test_params_file_with_an_unknown_key_is_an_error(tmp_path):
         notebook_parameters(NB_DIR / "03_overfit.ipynb", bad, {})
 
 
-@pytest.fixture(scope="module")
-def tiny_manifest(tmp_path_factory) -> Path:
-    from gatrank.datasets import write_dataset
-
-    return write_dataset("chembl-activity", tmp_path_factory.mktemp("tiny"), n=64)
-
-
 def _run_overfit(tmp_path: Path, manifest: Path, **parameters) -> tuple[dict, Path, Path]:
     """03_overfit through papermill from notebooks/: (recorded results, executed copy, run dir)."""
     run_dir = tmp_path / "run"
