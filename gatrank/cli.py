@@ -377,24 +377,28 @@ def _cmd_suite(args: argparse.Namespace) -> int:
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
-    from gatrank.doctor import DoctorOptions, diagnose, faults
+    # deferred like every command's imports: the doctor pulls in torch and PyG, which the
+    # other commands (and --help) should not wait for
+    from gatrank.doctor import DoctorOptions, diagnose
+    from gatrank.doctor.faults import list_faults
+    from gatrank.doctor.zoo import ZooResult, run_zoo, write_zoo_page, zoo_graphs
     from gatrank.io import write_json
 
     if args.list_faults:
-        for f in faults.list_faults():
+        for f in list_faults():
             print(f"{f['name']:<24} {f['cause']:<24} [{f['where']}] {f['description']}")
         return 0
     opts = DoctorOptions(n=args.n)
     if args.zoo_table:
-        def show(r: faults.ZooResult) -> None:
+        def show(r: ZooResult) -> None:
             print(f"{r.name:<24} {'ok   ' if r.ok else 'WRONG'} {r.verdict:<18} "
                   f"{', '.join(r.named[:3]) or '-'}  ({r.seconds:.1f}s)", flush=True)
 
-        results = faults.run_zoo(faults.zoo_graphs(args.zoo_graphs), options=opts, on_result=show)
-        faults.write_zoo_page(args.zoo_table, results,
-                              command=f"gatrank doctor --zoo-table {args.zoo_table}"
-                                      + (f" --zoo-graphs {args.zoo_graphs}"
-                                         if args.zoo_graphs != 128 else ""))
+        results = run_zoo(zoo_graphs(args.zoo_graphs), options=opts, on_result=show)
+        write_zoo_page(args.zoo_table, results,
+                       command=f"gatrank doctor --zoo-table {args.zoo_table}"
+                               + (f" --zoo-graphs {args.zoo_graphs}" if args.zoo_graphs != 128
+                                  else ""))
         print(f"wrote the confusion table to {args.zoo_table}")
         return 0 if all(r.ok for r in results) else EXIT_PROBLEMS
     report = diagnose(manifest=args.manifest or None, config=args.config or None,

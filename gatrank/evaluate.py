@@ -1,4 +1,5 @@
-"""Scoring a checkpoint on a split, with baselines side by side (the runbook's enhanced evaluation)."""
+"""Scoring a checkpoint on a split, with baselines side by side (the runbook's enhanced
+evaluation)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,13 @@ import pandas as pd
 from torch import nn
 
 from gatrank.config import Config
+from gatrank.data import load_graphs, split_indices
+from gatrank.datasets import manifest_or_default
+from gatrank.io import atomic_write_text, write_json
 from gatrank.metrics import grouped_metrics, ranking_metrics
-from gatrank.model import build_model
+from gatrank.runtime import resolve_device
+from gatrank.training import predict, train
+from gatrank.training.checkpoint import load_model
 
 __all__ = ["EvalResult", "load_checkpoint", "evaluate_checkpoint", "baseline_scores"]
 
@@ -27,7 +33,8 @@ class EvalResult:
     baselines: dict[str, dict[str, float]]
     """Metrics of the constant, random and linear baselines on the same split."""
     predictions: pd.DataFrame
-    """One row per graph: id, y, score, residual (score rescaled to y's scale minus y), smiles, group."""
+    """One row per graph: id, y, score, residual (score rescaled to y's scale minus y), smiles,
+    group."""
     grouped: dict[str, Any] | None
     """Per-group metrics when the manifest has groups."""
     split: str
@@ -44,22 +51,12 @@ def load_checkpoint(path: str | Path, *, model: str = "") -> tuple[nn.Module, Co
     Args:
         path: a ``best.pt``/``last.pt`` written by :func:`gatrank.training.train`.
         model: the import string of a user model when the checkpoint holds one.
-    """
-    from gatrank.data import safe_torch_load
 
-    ckpt = safe_torch_load(path)
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise ValueError(f"{path} is not a gatrank checkpoint (no 'state_dict' entry)")
-    config = Config.from_dict(ckpt["config"], source=f"{path}:config")
-    spec = model or ckpt.get("model_spec", "") or "gat"
-    if spec not in ("gat", "linear") and ":" not in spec:
-        raise ValueError(
-            f"{path} was trained with a custom model ({spec!r}); pass its import string with --model"
-        )
-    net = build_model(int(ckpt["in_channels"]), config.model, spec)
-    net.load_state_dict(ckpt["state_dict"])
-    net.eval()
-    return net, config, ckpt
+    Returns:
+        The model in eval mode on the CPU, the run's config, and the checkpoint's entries (see
+        :mod:`gatrank.training.checkpoint` for the format).
+    """
+    return load_model(path, model=model)
 
 
 def _residuals(scores: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -79,9 +76,6 @@ def baseline_scores(
     - ``random``: seeded uniform noise (chance level);
     - ``linear``: :class:`gatrank.model.LinearBaseline` trained on ``train_idx`` with ``config``.
     """
-    from gatrank.runtime import resolve_device
-    from gatrank.training import predict, train
-
     rng = np.random.default_rng(seed)
     n = len(split_idx)
     out = {"constant": np.zeros(n), "random": rng.random(n)}
@@ -119,11 +113,6 @@ def evaluate_checkpoint(
     With ``out_dir``: ``predictions.csv``, ``metrics.json`` and ``scatter.html`` (plotly.js
     embedded, opens offline).
     """
-    from gatrank.data import load_graphs, split_indices
-    from gatrank.datasets import manifest_or_default
-    from gatrank.runtime import resolve_device
-    from gatrank.training import predict
-
     net, config, _ = load_checkpoint(checkpoint, model=model)
     if device:
         config = config.updated({"training.device": device})
@@ -179,7 +168,7 @@ def evaluate_checkpoint(
 
 
 def _write_eval(result: EvalResult, out: Path, checkpoint, manifest) -> None:
-    from gatrank.io import atomic_write_text, write_json
+    # deferred on purpose: plotly (through gatrank.plots) is a heavy import, needed only here
     from gatrank.plots import scatter_pred_vs_true
 
     out.mkdir(parents=True, exist_ok=True)

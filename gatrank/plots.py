@@ -255,7 +255,7 @@ def feature_spread(stats: pd.DataFrame) -> go.Figure:
 
     Args:
         stats: one row per feature with columns ``feature``, ``std``, ``graph_std`` and
-            ``constant`` (bool), as :func:`gatrank.notebook.feature_stats` returns.
+            ``constant`` (bool), as :func:`gatrank.checks.static.feature_table` returns.
     """
     const = stats[stats["constant"]]
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,

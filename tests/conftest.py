@@ -3,8 +3,12 @@ fixtures more than one test file uses."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+
+from gatrank.datasets import write_dataset
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -24,3 +28,10 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """64 molecules of the embedded chembl-activity data as a manifest (the notebook and browser
+    tests run the notebooks on it)."""
+    return write_dataset("chembl-activity", tmp_path_factory.mktemp("tiny"), n=64)

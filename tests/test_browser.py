@@ -43,13 +43,6 @@ def browser():
         b.close()
 
 
-@pytest.fixture(scope="module")
-def tiny_manifest(tmp_path_factory) -> Path:
-    from gatrank.datasets import write_dataset
-
-    return write_dataset("chembl-activity", tmp_path_factory.mktemp("tiny"), n=64)
-
-
 def _offline_page(browser, allowed: tuple[str, ...]):
     """A page whose every request outside ``allowed`` prefixes is aborted and recorded."""
     ctx = browser.new_context(offline=allowed == ("file:",), viewport={"width": 1300,

@@ -17,6 +17,7 @@ import papermill
 import pytest
 import yaml
 
+import gatrank.notebook
 from gatrank.suite import NOTEBOOKS, kernel_manager_class, notebook_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,6 +98,18 @@ def test_notebook_is_thin(name):
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_imports_the_facade_and_plots_only(name):
+    trees = [ast.parse(c.source) for c in _code(_read(name))]
+    imports = [ast.unparse(n) for t in trees for n in ast.walk(t)
+               if isinstance(n, (ast.Import, ast.ImportFrom))]
+    assert imports == ["from gatrank import notebook as nb, plots"], imports
+    called = {n.attr for t in trees for n in ast.walk(t)
+              if isinstance(n, ast.Attribute) and ast.unparse(n.value) == "nb"}
+    facade = set(gatrank.notebook.__all__)
+    assert called and called <= facade, called - facade
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
 def test_params_file_names_declared_parameters_with_their_types(name):
     declared = papermill.inspect_notebook(str(NB_DIR / f"{name}.ipynb"))
     raw = yaml.safe_load((PARAMS_DIR / f"{name}.yaml").read_text())
@@ -115,13 +128,6 @@ def test_params_file_with_an_unknown_key_is_an_error(tmp_path):
     bad.write_text("n: 8\nlearnig_rate: 0.1\n")
     with pytest.raises(ValueError, match="learnig_rate"):
         notebook_parameters(NB_DIR / "03_overfit.ipynb", bad, {})
-
-
-@pytest.fixture(scope="module")
-def tiny_manifest(tmp_path_factory) -> Path:
-    from gatrank.datasets import write_dataset
-
-    return write_dataset("chembl-activity", tmp_path_factory.mktemp("tiny"), n=64)
 
 
 def _run_overfit(tmp_path: Path, manifest: Path, **parameters) -> tuple[dict, Path, Path]:

@@ -14,7 +14,6 @@ Layers are named by :func:`layer_name` (``convs.0``, ``score_head.0``) everywher
 
 from __future__ import annotations
 
-import logging
 import math
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -23,6 +22,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch_geometric.data import Batch
 from torch_geometric.nn import GATConv, GATv2Conv, global_mean_pool
 from torch_geometric.utils import to_dense_batch
 
@@ -41,8 +41,6 @@ __all__ = [
     "ATTENTION_TYPES",
     "BOUNDED_TYPES",
 ]
-
-logger = logging.getLogger(__name__)
 
 ATTENTION_TYPES: tuple[type[nn.Module], ...] = (GATConv, GATv2Conv)
 """Modules whose attention weights :func:`attention_entropy` can read."""
@@ -349,8 +347,6 @@ class ModelProbe:
         self.calls = 0
 
     def _probe_batch(self, graphs: Sequence, device: torch.device):
-        from torch_geometric.data import Batch
-
         key = (id(graphs), len(graphs))
         if self._batch is None or key != self._key:
             self._batch = Batch.from_data_list(list(graphs[: self.max_graphs]))

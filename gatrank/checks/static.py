@@ -5,25 +5,29 @@ untrained model, never at a training history.
   path to every parameter;
 - the loss's self-test on synthetic scores (prefers the right order, has a gradient, finite at
   large gaps) and the loss against ``ln 2`` (a constant model's loss under the pairwise loss);
-- valid pairs per batch, as the training loader forms batches;
-- in-memory graphs validated with the data module's problem codes, and whether node features
-  and structure can tell graphs apart (1-WL colour refinement).
+- valid pairs per batch, as the training loader forms batches (the one counter);
+- in-memory graphs validated with the data module's per-graph checks and problem codes;
+- the node features: per-feature statistics, and whether features and structure can tell
+  graphs apart (1-WL colour refinement, the one WL hash).
 
-Every function returns plain data (floats, dicts, lists); nothing prints or plots.
+Every function returns plain data (floats, dicts, lists, DataFrames); nothing prints or plots.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor, nn
 
 from gatrank.checks.probes import eval_mode
+from gatrank.data.graph_files import graph_problems
+from gatrank.data.problems import DataProblem
 from gatrank.losses import LN2, LossFn, valid_pair_mask
 from gatrank.metrics import layer_name
 
@@ -31,13 +35,14 @@ __all__ = [
     "frozen_parameters",
     "gradient_path",
     "check_loss",
+    "valid_pairs_per_batch",
     "pair_stats",
     "check_graphs",
+    "feature_table",
+    "wl_signatures",
     "feature_stats",
     "loss_ratio",
 ]
-
-logger = logging.getLogger(__name__)
 
 
 def frozen_parameters(
@@ -124,10 +129,34 @@ def gradient_path(model: nn.Module, loss_fn: LossFn, batch) -> dict[str, Any]:
     return result
 
 
+def _large_gaps(loss_fn: LossFn, z: Tensor, y: Tensor) -> tuple[bool, float]:
+    """``(finite, loss)`` at scores ``1e4 * z`` in the right and the reversed order: finite
+    when both losses and their gradients are; ``loss`` is the reversed order's."""
+    finite, loss = True, float("nan")
+    for sign in (1.0, -1.0):
+        big = (sign * z * 1e4).float().requires_grad_()
+        out = loss_fn(big, y, None).loss
+        loss = float(out.detach())
+        finite = finite and math.isfinite(loss)
+        if finite and out.requires_grad:
+            (g,) = torch.autograd.grad(out, [big], allow_unused=True)
+            finite = g is None or bool(torch.isfinite(g).all())
+    return finite, loss
+
+
+def _descent_agrees(grad: Tensor, y: Tensor) -> bool:
+    """A gradient step from constant scores moves them towards the target order: Spearman
+    of ``-grad`` with the targets > 0."""
+    order = torch.argsort(torch.argsort(-grad.double()))
+    rank_y = torch.argsort(torch.argsort(y))
+    return float(torch.corrcoef(torch.stack([order.double(), rank_y.double()]))[0, 1]) > 0
+
+
 def check_loss(
     loss_fn: LossFn, *, n: int = 16, seed: int = 0, scale: float = 1.0
 ) -> dict[str, Any]:
-    """Test a loss on synthetic scores, the way the runbook's loss tests do.
+    """Test a loss on synthetic scores, the way the runbook's loss tests do (the doctor's loss
+    stage and notebook 02's tests both read this).
 
     Targets are ``n`` distinct values ``0, scale, 2 scale, ...`` in random order (no ties; pass
     a ``scale`` above the loss's ``tie_eps``/``margin_eps``). The loss is evaluated on the
@@ -137,10 +166,11 @@ def check_loss(
     Returns:
         ``{"loss_perfect", "loss_reversed", "loss_constant" (ln 2 for gatrank's loss),
         "prefers_correct_order" (perfect < reversed), "requires_grad", "has_gradient" (a
-        nonzero gradient reaches the scores), "grad_norm", "descent_agrees" (a gradient step
-        from the constant moves scores towards the target order: Spearman of −grad with the
-        targets > 0), "finite_large_gaps" (finite loss and gradient at score gaps of 1e4, in the
-        right and the reversed order)}``.
+        nonzero gradient reaches the scores), "grad_norm", "num_pairs" (valid pairs the loss
+        reports), "descent_agrees" (a gradient step from the constant moves scores towards the
+        target order: Spearman of −grad with the targets > 0), "finite_large_gaps" (finite loss
+        and gradient at score gaps of 1e4, in the right and the reversed order),
+        "loss_large_gaps" (the loss at the reversed ones)}``.
     """
     gen = torch.Generator().manual_seed(seed)
     y = torch.randperm(n, generator=gen).double() * scale  # (n,) distinct targets
@@ -156,19 +186,7 @@ def check_loss(
     if requires_grad:
         (grad,) = torch.autograd.grad(out.loss, [const], allow_unused=True)
     has_gradient = grad is not None and bool((grad != 0).any())
-    descent = False
-    if has_gradient:
-        order = torch.argsort(torch.argsort(-grad.double()))
-        rank_y = torch.argsort(torch.argsort(y))
-        descent = float(torch.corrcoef(torch.stack([order.double(), rank_y.double()]))[0, 1]) > 0
-    finite = True
-    for sign in (1.0, -1.0):  # right and reversed order, both with gaps of 1e4
-        big = (sign * z * 1e4).float().requires_grad_()
-        big_out = loss_fn(big, y.float(), None).loss
-        finite = finite and bool(torch.isfinite(big_out.detach()))
-        if finite and big_out.requires_grad:
-            (g_big,) = torch.autograd.grad(big_out, [big], allow_unused=True)
-            finite = g_big is None or bool(torch.isfinite(g_big).all())
+    finite, loss_large = _large_gaps(loss_fn, z, y.float())
     perfect, reverse = value(z.float()), value(-z.float())
     return {
         "loss_perfect": perfect,
@@ -178,9 +196,53 @@ def check_loss(
         "requires_grad": requires_grad,
         "has_gradient": has_gradient,
         "grad_norm": float(grad.norm()) if grad is not None else 0.0,
-        "descent_agrees": descent,
+        "num_pairs": int(out.num_pairs),
+        "descent_agrees": has_gradient and _descent_agrees(grad, y),
         "finite_large_gaps": finite,
+        "loss_large_gaps": loss_large,
     }
+
+
+def _group_or_none(group: Tensor | np.ndarray | None) -> Tensor | None:
+    """``[N]`` group ids as a tensor, or None when there are no groups (all negative)."""
+    if group is None:
+        return None
+    g = torch.as_tensor(np.asarray(group, dtype=np.int64)).reshape(-1)
+    return None if bool((g < 0).all()) else g
+
+
+def valid_pairs_per_batch(
+    targets: Tensor | np.ndarray,
+    batch_size: int,
+    *,
+    group: Tensor | np.ndarray | None = None,
+    margin_eps: float = 0.0,
+    tie_eps: float = 1e-6,
+    seed: int = 0,
+    shuffle: bool = True,
+) -> np.ndarray:
+    """Valid pairs in each batch of one epoch, as the training loader forms the batches.
+
+    With ``shuffle`` the batches are those of the first epoch of a ``DataLoader(shuffle=True)``
+    with a generator seeded with ``seed``, as :mod:`gatrank.training` builds its loader (and
+    notebook 02 scores its batches): ``batch_size`` graphs each, the last batch smaller.
+
+    Args:
+        targets: ``[N]`` targets of the training graphs.
+        group: ``[N]`` group ids (negative: no groups); pairs form only inside a group.
+
+    Returns:
+        ``(num_batches,)`` int64 counts of pairs with ``y_i - y_j`` beyond the eps.
+    """
+    y = torch.as_tensor(np.asarray(targets, dtype=np.float64)).reshape(-1)
+    g = _group_or_none(group)
+    loader = torch.utils.data.DataLoader(range(y.numel()), batch_size=max(1, batch_size),
+                                         shuffle=shuffle,
+                                         generator=torch.Generator().manual_seed(seed))
+    counts = [int(valid_pair_mask(y[idx], margin_eps=margin_eps, tie_eps=tie_eps,
+                                  group=None if g is None else g[idx]).sum())
+              for idx in loader]  # idx: (b,) positions, in the training loader's order
+    return np.asarray(counts, dtype=np.int64)
 
 
 def pair_stats(
@@ -193,102 +255,87 @@ def pair_stats(
     seed: int = 0,
     shuffle: bool = True,
 ) -> dict[str, Any]:
-    """Valid pairs per batch for one epoch, as the training loader forms batches.
-
-    Args:
-        targets: ``[N]`` targets of the training graphs.
-        batch_size: graphs per batch.
-        group: ``[N]`` group ids (negative: no groups); pairs form only inside a group.
-        seed: the loader's seed; with ``shuffle`` the batches are those of the first epoch of
-            a ``DataLoader(shuffle=True)`` with a generator seeded with it, as
-            ``gatrank.training`` builds its loader.
+    """Valid pairs per batch for one epoch (:func:`valid_pairs_per_batch`), summarized.
 
     Returns:
         ``{"batches", "batches_without_pairs", "fraction_without_pairs", "pairs_mean",
         "pairs_min", "pairs_all" (valid pairs over the whole set as one batch)}``.
     """
-    y = targets.reshape(-1).double()
-    n = y.numel()
-    g = None if group is None or bool((group < 0).all()) else group.reshape(-1)
-    loader = torch.utils.data.DataLoader(range(n), batch_size=max(1, batch_size),
-                                         shuffle=shuffle,
-                                         generator=torch.Generator().manual_seed(seed))
-    counts = []
-    for idx in loader:  # (b,) positions, in the training loader's order
-        m = valid_pair_mask(y[idx], margin_eps=margin_eps, tie_eps=tie_eps,
-                            group=None if g is None else g[idx])
-        counts.append(int(m.sum()))
-    every = int(valid_pair_mask(y, margin_eps=margin_eps, tie_eps=tie_eps, group=g).sum())
-    without = sum(c == 0 for c in counts)
+    counts = valid_pairs_per_batch(targets, batch_size, group=group, margin_eps=margin_eps,
+                                   tie_eps=tie_eps, seed=seed, shuffle=shuffle)
+    y = torch.as_tensor(np.asarray(targets, dtype=np.float64)).reshape(-1)
+    every = int(valid_pair_mask(y, margin_eps=margin_eps, tie_eps=tie_eps,
+                                group=_group_or_none(group)).sum())
+    n = len(counts)
+    without = int((counts == 0).sum())
     return {
-        "batches": len(counts),
+        "batches": n,
         "batches_without_pairs": without,
-        "fraction_without_pairs": without / len(counts) if counts else 1.0,
-        "pairs_mean": sum(counts) / len(counts) if counts else 0.0,
-        "pairs_min": min(counts) if counts else 0,
+        "fraction_without_pairs": without / n if n else 1.0,
+        "pairs_mean": float(counts.mean()) if n else 0.0,
+        "pairs_min": int(counts.min()) if n else 0,
         "pairs_all": every,
     }
 
 
-def check_graphs(graphs: Sequence) -> list:
-    """Validate in-memory graphs the way :func:`gatrank.data.load_graphs` validates files.
-
-    For graphs that did not come through a manifest (or were edited after loading). Reports
-    NaN/Inf in ``x``, ``edge_attr`` or ``y``, graphs without nodes and graphs without edges.
+def check_graphs(graphs: Sequence) -> list[DataProblem]:
+    """Validate in-memory graphs the way :func:`gatrank.data.load_graphs` validates files: the
+    data module's per-graph checks and codes (see :func:`gatrank.data.graph_files.graph_problems`;
+    NaN/Inf in ``x``, ``edge_attr`` or ``y``, graphs without nodes or edges, malformed edges).
 
     Returns:
-        A list of :class:`gatrank.data.DataProblem` (``line`` and ``file`` are None; ``id`` is
-        the graph's ``gid`` or its position), with the same ``code`` values as the manifest
-        checks (``nonfinite_features``, ``nonfinite_edge_features``, ``nan_target``,
-        ``inf_target``, ``empty_graph``, ``no_edges``). Empty when every graph is usable.
+        :class:`gatrank.data.DataProblem` s (``line`` and ``file`` None, ``id`` the graph's
+        ``gid`` or position); empty when every graph is usable.
     """
-    from gatrank.data import DataProblem
-
-    problems = []
-    for i, g in enumerate(graphs):
-        gid = str(getattr(g, "gid", "") or i)
-
-        def add(code: str, problem: str, fix: str, gid: str = gid) -> None:
-            problems.append(DataProblem(None, gid, None, problem, fix, code))
-
-        x = getattr(g, "x", None)
-        n = 0 if x is None else int(x.shape[0])
-        if n == 0:
-            add("empty_graph", f"graph {gid} has no nodes", "remove the graph or fix it")
-            continue
-        bad = ~torch.isfinite(x)
-        if bool(bad.any()):
-            add("nonfinite_features",
-                f"graph {gid}: node features contain {int(torch.isnan(x).sum())} NaN and "
-                f"{int(torch.isinf(x).sum())} Inf values",
-                "impute or drop the missing values before building the graph")
-        ea = getattr(g, "edge_attr", None)
-        if ea is not None and not bool(torch.isfinite(ea).all()):
-            add("nonfinite_edge_features", f"graph {gid}: edge features contain NaN/Inf",
-                "impute or drop the missing edge values")
-        ei = getattr(g, "edge_index", None)
-        if ei is None or ei.numel() == 0:
-            add("no_edges", f"graph {gid} has {n} nodes and no edges",
-                "message passing needs edges: drop the graph or add edges deliberately")
-        y = getattr(g, "y", None)
-        if y is not None and not bool(torch.isfinite(y).all()):
-            code = "nan_target" if bool(torch.isnan(y).any()) else "inf_target"
-            add(code, f"graph {gid}: target is {y.reshape(-1).tolist()}",
-                "give every graph a finite target or drop it")
-    return problems
+    return graph_problems(graphs)
 
 
-def _wl_signatures(graphs: Sequence, rounds: int, seed: int = 0) -> Tensor:
-    """One int64 per graph: equal for graphs that ``rounds`` of 1-WL colour refinement (the
-    limit of any message-passing GNN) cannot tell apart; hash collisions are ~2^-60."""
+def _node_features(graphs: Sequence) -> Tensor:
+    """Node features of every node of every graph, ``(total nodes, F)`` float64."""
+    return torch.cat([g.x for g in graphs]).double()
+
+
+def _constant_columns(x: Tensor) -> Tensor:
+    """``(F,)`` bool: columns of ``x`` ``(N, F)`` holding one value (exactly) for every row."""
+    return (x == x[0]).all(0)
+
+
+def feature_table(graphs: Sequence) -> pd.DataFrame:
+    """Per node-feature statistics over all nodes of ``graphs`` (notebook 01's table).
+
+    Columns: feature (index), mean, std, min, max, nonzero_fraction, graph_std (std across
+    graphs of the per-graph mean: near 0 means the feature cannot tell graphs apart), constant
+    (one value over all nodes, as :func:`feature_stats` counts ``constant_columns``).
+    """
+    x = _node_features(graphs)  # (total nodes, F)
+    per_graph = torch.stack([g.x.double().mean(0) for g in graphs])  # (G, F)
+    return pd.DataFrame({
+        "feature": np.arange(x.shape[1]),
+        "mean": x.mean(0).numpy(),
+        "std": x.std(0, unbiased=False).numpy(),
+        "min": x.min(0).values.numpy(),
+        "max": x.max(0).values.numpy(),
+        "nonzero_fraction": (x != 0).double().mean(0).numpy(),
+        "graph_std": per_graph.std(0, unbiased=False).numpy(),
+        "constant": _constant_columns(x).numpy(),
+    })
+
+
+@torch.no_grad()
+def wl_signatures(graphs: Sequence, rounds: int = 3, seed: int = 0) -> Tensor:
+    """``(G,)`` int64, one per graph: equal for graphs that ``rounds`` of 1-WL colour
+    refinement on node features and structure cannot tell apart, the limit of any
+    message-passing GNN. Edge features are left out on purpose: gatrank's GAT (and the
+    linear baseline) never read ``edge_attr``, so graphs differing only there get the same
+    score. Messages flow along ``edge_index`` from source to target, as in PyG. Every graph
+    needs at least one node; hash collisions are ~2^-60.
+    """
     gen = torch.Generator().manual_seed(seed)
-    x = torch.cat([g.x for g in graphs])  # (N, F)
     sizes = torch.tensor([g.x.shape[0] for g in graphs])
     offsets = torch.cumsum(sizes, 0) - sizes
     ei = torch.cat([g.edge_index + o for g, o in zip(graphs, offsets.tolist(), strict=True)], 1)
     batch = torch.repeat_interleave(torch.arange(len(graphs)), sizes)
-    proj = torch.rand(x.shape[1], dtype=torch.float64, generator=gen) + 0.5
-    _, color = torch.unique(x.double() @ proj, return_inverse=True)  # (N,) initial colours
+    _, color = torch.unique(_node_features(graphs), dim=0, return_inverse=True)  # (N,) exact
     for _ in range(rounds):
         r = torch.randint(-(2**62), 2**62, (int(color.max()) + 1,), generator=gen)
         neigh = torch.zeros_like(color).index_add_(0, ei[1], r[color[ei[0]]])  # multiset hash
@@ -306,23 +353,22 @@ def feature_stats(graphs: Sequence, *, wl_rounds: int = 3) -> dict[str, Any]:
         graphs, "identical_nodes": every node of every graph has the same feature vector (a GAT
         then gives every graph the same embedding: attention averages identical messages),
         "indistinguishable": fraction of graphs that ``wl_rounds`` of 1-WL colour refinement
-        cannot tell from another graph with a different target (no message-passing GNN can
-        rank those), "distinct_signatures": number of distinct WL signatures}``. Graphs without
-        nodes are skipped.
+        (:func:`wl_signatures`) cannot tell from another graph with a different target (no
+        message-passing GNN can rank those), "distinct_signatures": number of distinct WL
+        signatures}``. Graphs without nodes are skipped.
     """
     usable = [g for g in graphs if getattr(g, "x", None) is not None and g.x.shape[0] > 0]
     if not usable:
         return {"num_features": 0, "constant_columns": 0, "identical_nodes": True,
                 "indistinguishable": 1.0, "distinct_signatures": 0}
-    allx = torch.cat([g.x for g in usable])  # (N, F)
-    constant = (allx == allx[0]).all(0)  # (F,)
-    _, sig = torch.unique(_wl_signatures(usable, wl_rounds), return_inverse=True)
+    constant = _constant_columns(_node_features(usable))  # (F,)
+    _, sig = torch.unique(wl_signatures(usable, wl_rounds), return_inverse=True)
     targets: dict[int, set[float]] = defaultdict(set)
     for s, g in zip(sig.tolist(), usable, strict=True):
         targets[s].add(round(float(g.y.reshape(-1)[0]), 9))
     clashing = sum(1 for s in sig.tolist() if len(targets[s]) > 1)
     return {
-        "num_features": int(allx.shape[1]),
+        "num_features": int(constant.numel()),
         "constant_columns": int(constant.sum()),
         "identical_nodes": bool(constant.all()),
         "indistinguishable": clashing / len(usable),

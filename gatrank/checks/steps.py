@@ -3,19 +3,20 @@
 Each runbook step's measurements live here so that notebooks stay thin and the suite, tests and
 users can run them without a notebook:
 
-- Step 2B (data): :func:`data_checks` with :func:`feature_stats`, :func:`duplicate_graphs`,
-  :func:`degrees` and :func:`valid_pairs_per_batch`.
+- Step 2B (data): :func:`data_checks` with :func:`duplicate_graphs`, :func:`degrees` and, from
+  :mod:`gatrank.checks.static`, ``feature_table`` and ``valid_pairs_per_batch``.
 - Step 2A (loss): :func:`loss_tests`, :func:`loss_gap_curves`, :func:`init_loss_per_batch`.
 - Step 3 and the enhanced evaluation: :func:`training_checks`, :func:`evaluation_checks`.
 
-A check is a dict ``{name, kind, rule, value, ok[, detail]}`` as in
-:class:`gatrank.checks.verdict.Check`; ``kind`` is ``pass`` (a criterion: the step fails without it),
-``red_flag`` (``ok`` means the flag is not raised) or ``warning`` (reported, never fails).
+A check is a dict ``{name, kind, rule, value, ok[, detail]}``: a
+:class:`gatrank.checks.verdict.Check` as results files record it; ``kind`` is ``pass`` (a
+criterion: the step fails without it), ``red_flag`` (``ok`` means the flag is not raised) or
+``warning`` (reported, never fails). The runbook's rules and the pass/fail label are
+:mod:`gatrank.checks.verdict`'s (``summarize_checks`` is re-exported here for the notebooks).
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -24,18 +25,26 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from torch_geometric.loader import DataLoader
 
-from gatrank.checks.verdict import THRESHOLDS
+from gatrank.checks.static import (
+    check_loss,
+    feature_table,
+    valid_pairs_per_batch,
+    wl_signatures,
+)
+from gatrank.checks.verdict import Check, runbook_check, summarize_checks
 from gatrank.config import Config
-from gatrank.losses import LN2, valid_pair_mask
+from gatrank.data import CheckReport, GraphSet, check_manifest, split_indices
+from gatrank.losses import LN2, make_loss_fn
+from gatrank.model import build_model
+from gatrank.runtime import set_seed
 
 __all__ = [
     "check",
     "summarize_checks",
-    "feature_stats",
     "duplicate_graphs",
     "degrees",
-    "valid_pairs_per_batch",
     "DataChecks",
     "data_checks",
     "loss_tests",
@@ -47,8 +56,6 @@ __all__ = [
     "evaluation_checks",
 ]
 
-logger = logging.getLogger(__name__)
-
 _NAN_CODES = frozenset({"nan_target", "inf_target", "nonfinite_features",
                         "nonfinite_edge_features"})
 """Problem codes of :mod:`gatrank.data` that mean NaN/Inf in the input."""
@@ -57,80 +64,24 @@ _EMPTY_CODES = frozenset({"empty_graph", "no_edges"})
 
 def check(name: str, kind: str, rule: str, value: float | int | None, ok: bool,
           detail: str = "") -> dict[str, Any]:
-    """One result check (``kind``: ``pass``, ``red_flag`` or ``warning``)."""
-    if kind not in ("pass", "red_flag", "warning"):
-        raise ValueError(f"check {name!r}: kind {kind!r} must be 'pass', 'red_flag' or 'warning'")
-    v = None if value is None else float(value)
-    out = {"name": name, "kind": kind, "rule": rule, "value": v, "ok": bool(ok)}
-    if detail:
-        out["detail"] = detail
-    return out
-
-
-def summarize_checks(checks: Sequence[Mapping[str, Any]]) -> tuple[bool, str]:
-    """``(passed, label)``: passed when every ``pass`` check is ok; the label also names red
-    flags (``FAIL (red flags)``) and warnings (``PASS (with warnings)``)."""
-    passed = all(c["ok"] for c in checks if c["kind"] == "pass")
-    flags = any(not c["ok"] for c in checks if c["kind"] == "red_flag")
-    warns = any(not c["ok"] for c in checks if c["kind"] == "warning")
-    if passed:
-        return True, "PASS (with warnings)" if warns or flags else "PASS"
-    return False, "FAIL (red flags)" if flags else "FAIL"
-
+    """One result check as the dict a results file records (see
+    :class:`~gatrank.checks.verdict.Check`; ``kind``: ``pass``, ``red_flag`` or ``warning``)."""
+    return Check(name, kind, rule, value, ok, detail).to_dict()
 
 
 # --------------------------------------------------------------------------- Step 2B: data
 
 
-def feature_stats(graphs: Sequence[Any]) -> pd.DataFrame:
-    """Per node-feature statistics over all nodes of ``graphs``.
-
-    Columns: feature (index), mean, std, min, max, nonzero_fraction, graph_std (std across
-    graphs of the per-graph mean: near 0 means the feature cannot tell graphs apart), constant
-    (std == 0 over all nodes).
-    """
-    x = torch.cat([g.x for g in graphs]).double()  # (total nodes, F)
-    per_graph = torch.stack([g.x.double().mean(0) for g in graphs])  # (G, F)
-    std = x.std(0, unbiased=False)
-    return pd.DataFrame({
-        "feature": np.arange(x.shape[1]),
-        "mean": x.mean(0).numpy(),
-        "std": std.numpy(),
-        "min": x.min(0).values.numpy(),
-        "max": x.max(0).values.numpy(),
-        "nonzero_fraction": (x != 0).double().mean(0).numpy(),
-        "graph_std": per_graph.std(0, unbiased=False).numpy(),
-        "constant": (std == 0).numpy(),
-    })
-
-
-def _graph_hash(g: Any) -> str:
-    """Weisfeiler-Lehman hash over node features (and edge features): equal for isomorphic
-    graphs with equal features, whatever the node order."""
-    import hashlib
-
-    import networkx as nx
-
-    nxg = nx.Graph()
-    for i, row in enumerate(g.x.numpy()):
-        nxg.add_node(i, f=hashlib.blake2b(row.tobytes(), digest_size=8).hexdigest())
-    ei = g.edge_index.numpy()
-    ea = getattr(g, "edge_attr", None)
-    for k, (a, b) in enumerate(ei.T):
-        attr = "" if ea is None else hashlib.blake2b(ea[k].numpy().tobytes(),
-                                                     digest_size=8).hexdigest()
-        nxg.add_edge(int(a), int(b), e=attr)
-    return nx.weisfeiler_lehman_graph_hash(nxg, node_attr="f", edge_attr="e", iterations=3)
-
-
 def duplicate_graphs(graphs: Sequence[Any], table: pd.DataFrame, *,
                      tie_eps: float = 1e-6) -> pd.DataFrame:
-    """Groups of graphs the model cannot tell apart (same structure and features).
+    """Groups of graphs the model cannot tell apart: equal node features and structure up to
+    3 rounds of 1-WL (:func:`gatrank.checks.static.wl_signatures`; edge features, which
+    gatrank's GAT does not read, do not count).
 
     Returns one row per group of two or more: ids, y values, y_range, and ``conflicting``
     (targets differ by more than ``tie_eps``: no model can order such pairs).
     """
-    hashes = pd.Series([_graph_hash(g) for g in graphs])
+    hashes = pd.Series(wl_signatures(graphs).numpy())
     rows = []
     for _, idx in hashes.groupby(hashes).groups.items():
         if len(idx) < 2:
@@ -146,38 +97,6 @@ def degrees(graphs: Sequence[Any]) -> np.ndarray:
     """Out-degree of every node of every graph (from ``edge_index``), concatenated."""
     return np.concatenate([np.bincount(g.edge_index[0].numpy(), minlength=g.num_nodes)
                            for g in graphs]) if len(graphs) else np.zeros(0, dtype=int)
-
-
-def valid_pairs_per_batch(
-    targets: np.ndarray | torch.Tensor,
-    batch_size: int,
-    *,
-    groups: np.ndarray | torch.Tensor | None = None,
-    margin_eps: float = 0.0,
-    tie_eps: float = 1e-6,
-    epochs: int = 3,
-    seed: int = 0,
-) -> np.ndarray:
-    """Valid pairs in each batch of ``epochs`` shuffled passes (as the training loader makes
-    them: ``batch_size`` graphs, the last batch smaller).
-
-    Args:
-        targets: ``[N]`` targets of the training graphs.
-        groups: ``[N]`` group ids (negative = no group); pairs form only within a group.
-    """
-    y = torch.as_tensor(np.asarray(targets, dtype=np.float64))
-    g = None if groups is None else torch.as_tensor(np.asarray(groups, dtype=np.int64))
-    if g is not None and bool((g < 0).all()):
-        g = None
-    gen = torch.Generator().manual_seed(seed)
-    counts = []
-    for _ in range(epochs):
-        perm = torch.randperm(len(y), generator=gen)
-        for b in perm.split(max(2, batch_size)):
-            mask = valid_pair_mask(y[b], margin_eps=margin_eps, tie_eps=tie_eps,
-                                   group=None if g is None else g[b])
-            counts.append(int(mask.sum()))
-    return np.asarray(counts, dtype=np.int64)
 
 
 @dataclass
@@ -208,44 +127,24 @@ class DataChecks:
         return table
 
 
-def data_checks(graphs: Any, config: Config, report: Any | None = None) -> DataChecks:
-    """The runbook's Step 2B checks on loaded graphs and their manifest's check report.
+def _train_indices(gs: GraphSet, cfg: Config) -> list[int]:
+    """The training split, as :func:`gatrank.training.train` draws it from the config."""
+    return split_indices(gs, seed=cfg.training.seed, val_fraction=cfg.data.val_fraction,
+                         test_fraction=cfg.data.test_fraction)["train"]
 
-    Args:
-        graphs: a :class:`gatrank.data.GraphSet` (loaded with ``on_error="skip"`` so that a
-            manifest with bad rows can still be inspected).
-        config: batch size, eps and split settings come from here.
-        report: a :class:`gatrank.data.CheckReport` of ``graphs.manifest`` (computed if None).
-    """
-    from gatrank.data import check_manifest, split_indices
 
-    gs, cfg = graphs, config
-    if report is None:
-        report = check_manifest(gs.manifest, allow_outside_root=cfg.data.allow_outside_root)
-    problems = pd.DataFrame([asdict(p) for p in report.problems],
-                            columns=["line", "id", "file", "problem", "fix", "code"])
-    codes = problems["code"].tolist()
+def _data_rules(report: CheckReport, gs: GraphSet, feats: pd.DataFrame, pairs: np.ndarray,
+                n_conflict: int, bs: int) -> list[dict[str, Any]]:
+    """The Step 2B checks, in the order notebook 01 shows them."""
+    codes = [p.code for p in report.problems]
     n_nan = sum(c in _NAN_CODES for c in codes)
     n_empty = sum(c in _EMPTY_CODES for c in codes)
-    cols = [c for c in ("id", "y", "split", "group", "num_nodes", "num_edges", "smiles", "path")
-            if c in gs.table and gs.table[c].notna().any()]
-    samples = gs.table[cols].copy()
-    feats = feature_stats(gs.graphs)
-    dups = duplicate_graphs(gs.graphs, gs.table, tie_eps=cfg.loss.tie_eps)
-    y = gs.table["y"].to_numpy(dtype=float)
-    groups = torch.cat([g.group for g in gs.graphs]).numpy()
-    train_idx = split_indices(gs, seed=cfg.training.seed, val_fraction=cfg.data.val_fraction,
-                              test_fraction=cfg.data.test_fraction)["train"]
-    bs = cfg.training.batch_size
-    pairs = valid_pairs_per_batch(y[train_idx], bs, groups=groups[train_idx],
-                                  margin_eps=cfg.loss.margin_eps, tie_eps=cfg.loss.tie_eps,
-                                  seed=cfg.training.seed)
     dtype_ok = all(g.y.dtype == torch.float32 and tuple(g.y.shape) == (1,) for g in gs.graphs)
     n_const = int(feats["constant"].sum())
-    n_conflict = int(dups.loc[dups["conflicting"], "size"].sum()) if len(dups) else 0
-    tie = report.summary.get("tie_fraction")
+    y = gs.table["y"].to_numpy(dtype=float)
     y_std = float(np.std(y)) if len(y) else 0.0
-    checks = [
+    tie = report.summary.get("tie_fraction")
+    return [
         check("rows_load", "pass", "every manifest row loads (error-level problems)",
               len(report.errors), report.ok,
               "; ".join(sorted(set(p.code for p in report.errors)))),
@@ -267,15 +166,44 @@ def data_checks(graphs: Any, config: Config, report: Any | None = None) -> DataC
               "no identical graphs with different targets (graphs in such groups)",
               n_conflict, n_conflict == 0),
     ]
+
+
+def data_checks(graphs: GraphSet, config: Config, report: CheckReport | None = None
+                ) -> DataChecks:
+    """The runbook's Step 2B checks on loaded graphs and their manifest's check report.
+
+    Args:
+        graphs: a :class:`gatrank.data.GraphSet` (loaded with ``on_error="skip"`` so that a
+            manifest with bad rows can still be inspected).
+        config: batch size, eps and split settings come from here.
+        report: a :class:`gatrank.data.CheckReport` of ``graphs.manifest`` (computed if None).
+    """
+    gs, cfg = graphs, config
+    if report is None:
+        report = check_manifest(gs.manifest, allow_outside_root=cfg.data.allow_outside_root)
+    problems = pd.DataFrame([asdict(p) for p in report.problems],
+                            columns=["line", "id", "file", "problem", "fix", "code"])
+    cols = [c for c in ("id", "y", "split", "group", "num_nodes", "num_edges", "smiles", "path")
+            if c in gs.table and gs.table[c].notna().any()]
+    feats = feature_table(gs.graphs)
+    dups = duplicate_graphs(gs.graphs, gs.table, tie_eps=cfg.loss.tie_eps)
+    y = gs.table["y"].to_numpy(dtype=float)
+    groups = torch.cat([g.group for g in gs.graphs]).numpy()
+    train_idx = _train_indices(gs, cfg)
+    bs = cfg.training.batch_size
+    pairs = valid_pairs_per_batch(y[train_idx], bs, group=groups[train_idx],
+                                  margin_eps=cfg.loss.margin_eps, tie_eps=cfg.loss.tie_eps,
+                                  seed=cfg.training.seed)
+    n_conflict = int(dups.loc[dups["conflicting"], "size"].sum()) if len(dups) else 0
     summary = {
         "num_rows": report.summary.get("num_rows"),
         "num_graphs": len(gs),
         "num_features": gs.num_features,
         "num_problems": len(report.problems),
-        "tie_fraction": tie,
-        "y": {"min": float(y.min()), "mean": float(y.mean()), "std": y_std,
+        "tie_fraction": report.summary.get("tie_fraction"),
+        "y": {"min": float(y.min()), "mean": float(y.mean()), "std": float(np.std(y)),
               "max": float(y.max())} if len(y) else None,
-        "constant_features": n_const,
+        "constant_features": int(feats["constant"].sum()),
         "duplicate_groups": len(dups),
         "graphs_in_conflicting_duplicates": n_conflict,
         "batch_size": bs,
@@ -283,7 +211,8 @@ def data_checks(graphs: Any, config: Config, report: Any | None = None) -> DataC
                                   "max": int(pairs.max()), "batches": len(pairs),
                                   "without_pairs": int((pairs == 0).sum())} if len(pairs) else None,
     }
-    return DataChecks(checks=checks, samples=samples, problems=problems, features=feats,
+    return DataChecks(checks=_data_rules(report, gs, feats, pairs, n_conflict, bs),
+                      samples=gs.table[cols].copy(), problems=problems, features=feats,
                       duplicates=dups, degrees=degrees(gs.graphs), valid_pairs=pairs,
                       summary=summary)
 
@@ -299,35 +228,53 @@ def _run_loss_test(name: str, rule: str, fn: Callable[[], tuple[float, bool, str
     return check(name, "pass", rule, value, ok, detail)
 
 
+_SELF_TESTS = {
+    "gradients_exist": "gradients exist (norm of d loss / d scores > 0)",
+    "perfect_vs_reversed": "perfect ordering has a lower loss than reversed",
+    "large_gaps_finite": "huge score gaps give a finite loss and gradients",
+    "constant_is_ln2": "a constant model has loss ln 2",
+}
+"""The loss tests read from :func:`gatrank.checks.static.check_loss`, with their rules."""
+
+
+def _self_test_checks(fn: Callable, config: Config) -> dict[str, dict[str, Any]]:
+    """Notebook 02's view of the doctor's loss self-test, one check per test it runs."""
+    lc = config.loss
+    try:  # targets spaced beyond the eps, as the doctor's loss stage spaces them
+        res = check_loss(fn, scale=max(1.0, 2 * (lc.tie_eps + lc.margin_eps)),
+                         seed=config.training.seed)
+    except Exception as exc:  # noqa: BLE001 - a failing user loss is a result, not a crash
+        why = f"raised {type(exc).__name__}: {exc}"
+        return {name: check(name, "pass", rule, None, False, why)
+                for name, rule in _SELF_TESTS.items()}
+    gn, perfect, reverse = res["grad_norm"], res["loss_perfect"], res["loss_reversed"]
+    values = {
+        "gradients_exist": (gn, res["has_gradient"] and math.isfinite(gn),
+                            f"{res['num_pairs']} valid pairs at constant scores"
+                            if res["requires_grad"] else
+                            "loss.requires_grad is False: the loss is detached from the scores"),
+        "perfect_vs_reversed": (reverse - perfect, res["prefers_correct_order"],
+                                f"perfect {perfect:.4f}, reversed {reverse:.4f}"),
+        "large_gaps_finite": (res["loss_large_gaps"], res["finite_large_gaps"],
+                              "right and reversed order, scores 1e4 x the standardized targets"),
+        "constant_is_ln2": (res["loss_constant"], abs(res["loss_constant"] - LN2) < 1e-5,
+                            f"ln 2 = {LN2:.6f}"),
+    }
+    return {name: check(name, "pass", _SELF_TESTS[name], *values[name]) for name in values}
+
+
 def loss_tests(loss: str | Callable | None, config: Config) -> list[dict[str, Any]]:
     """The runbook's loss tests, run against the configured loss (gatrank's or the user's).
 
-    gradients exist; a perfect ordering scores lower than its reverse; tied targets are
-    ignored (swapping tied items' scores leaves the loss unchanged); a batch without valid pairs
-    still gives a finite loss with a gradient path; large score gaps stay finite; and, for
-    gatrank's loss, temperature T equals dividing the scores by T and a constant model scores
-    ln 2.
+    From :func:`gatrank.checks.static.check_loss` (the doctor's self-test, on 16 distinct
+    synthetic targets): gradients exist at constant scores; a perfect ordering scores lower
+    than its reverse; large score gaps stay finite; for gatrank's loss, a constant model scores
+    ln 2. Here: tied targets are ignored (swapping tied items' scores leaves the loss
+    unchanged); a batch without valid pairs still gives a finite loss with a gradient path;
+    for gatrank's loss, temperature T equals dividing the scores by T.
     """
-    from gatrank.losses import make_loss_fn
-
     fn = make_loss_fn(loss, config)
-    builtin = not loss
-    y = torch.arange(8, dtype=torch.float32)
-
-    def gradients() -> tuple[float, bool, str]:
-        s = torch.randn(8, generator=torch.Generator().manual_seed(0), requires_grad=True)
-        out = fn(s, y, None)
-        if not out.loss.requires_grad:
-            return 0.0, False, "loss.requires_grad is False: the loss is detached from the scores"
-        out.loss.backward()
-        gn = float(s.grad.norm()) if s.grad is not None else 0.0
-        return gn, math.isfinite(gn) and gn > 0, f"{out.num_pairs} valid pairs"
-
-    def ordering() -> tuple[float, bool, str]:
-        perfect = float(fn(y.clone(), y, None).loss)
-        reverse = float(fn(-y, y, None).loss)
-        return (reverse - perfect, perfect < reverse,
-                f"perfect {perfect:.4f}, reversed {reverse:.4f}")
+    self_tests = _self_test_checks(fn, config)
 
     def ties() -> tuple[float, bool, str]:
         t = torch.tensor([0.0, 1.0, 1.0, 2.0])
@@ -346,47 +293,34 @@ def loss_tests(loss: str | Callable | None, config: Config) -> list[dict[str, An
         finite = math.isfinite(value) and bool(torch.isfinite(s.grad).all())
         return value, finite, f"{out.num_pairs} valid pairs; backward() ok"
 
-    def large_gaps() -> tuple[float, bool, str]:
-        s = (torch.tensor([1e4, -1e4, 5e3, -5e3]) * torch.tensor([-1.0, 1.0, -1.0, 1.0]))
-        s.requires_grad_(True)
-        out = fn(s, torch.tensor([3.0, 0.0, 2.0, 1.0]), None)
-        out.loss.backward()
-        value = float(out.loss.detach())
-        ok = math.isfinite(value) and bool(torch.isfinite(s.grad).all())
-        return value, ok, "reversed scores with gaps up to 2e4"
-
     tests = [
-        _run_loss_test("gradients_exist", "gradients exist (norm of d loss / d scores > 0)",
-                       gradients),
-        _run_loss_test("perfect_vs_reversed", "perfect ordering has a lower loss than reversed",
-                       ordering),
+        self_tests["gradients_exist"],
+        self_tests["perfect_vs_reversed"],
         _run_loss_test("ties_ignored", "tied targets are ignored (loss change when swapped)",
                        ties),
         _run_loss_test("no_valid_pairs", "no valid pairs: finite loss with a gradient path",
                        no_pairs),
-        _run_loss_test("large_gaps_finite", "huge score gaps give a finite loss and gradients",
-                       large_gaps),
+        self_tests["large_gaps_finite"],
     ]
-    if builtin:
-        t = config.loss.temperature * 2.0
-        hot = make_loss_fn(None, config.updated({"loss.temperature": t}))
-        base = make_loss_fn(None, config.updated({"loss.temperature": 1.0}))
-
-        def temperature() -> tuple[float, bool, str]:
-            s = torch.randn(8, generator=torch.Generator().manual_seed(2))
-            a, b = float(hot(s, y, None).loss), float(base(s / t, y, None).loss)
-            return abs(a - b), abs(a - b) < 1e-5, f"temperature {t:g} vs scores / {t:g}"
-
-        def constant() -> tuple[float, bool, str]:
-            v = float(fn(torch.zeros(8), y, None).loss)
-            return v, abs(v - LN2) < 1e-5, f"ln 2 = {LN2:.6f}"
-
-        tests += [
-            _run_loss_test("temperature", "temperature T equals dividing scores by T "
-                           "(loss difference)", temperature),
-            _run_loss_test("constant_is_ln2", "a constant model has loss ln 2", constant),
-        ]
+    if not loss:  # gatrank's loss: its temperature and its value at constant scores are known
+        tests += [_temperature_test(config), self_tests["constant_is_ln2"]]
     return tests
+
+
+def _temperature_test(config: Config) -> dict[str, Any]:
+    """gatrank's loss at temperature T equals the loss at T = 1 of the scores divided by T."""
+    t = config.loss.temperature * 2.0
+    hot = make_loss_fn(None, config.updated({"loss.temperature": t}))
+    base = make_loss_fn(None, config.updated({"loss.temperature": 1.0}))
+    y = torch.arange(8, dtype=torch.float32)
+
+    def temperature() -> tuple[float, bool, str]:
+        s = torch.randn(8, generator=torch.Generator().manual_seed(2))
+        a, b = float(hot(s, y, None).loss), float(base(s / t, y, None).loss)
+        return abs(a - b), abs(a - b) < 1e-5, f"temperature {t:g} vs scores / {t:g}"
+
+    return _run_loss_test("temperature", "temperature T equals dividing scores by T "
+                          "(loss difference)", temperature)
 
 
 def loss_gap_curves(loss: str | Callable | None, config: Config, *,
@@ -397,8 +331,6 @@ def loss_gap_curves(loss: str | Callable | None, config: Config, *,
     For gatrank's loss one curve per temperature; for a user loss one curve (``your loss``).
     Returns columns gap, loss, grad, label.
     """
-    from gatrank.losses import make_loss_fn
-
     gaps = np.linspace(-8, 8, 161) if gaps is None else np.asarray(gaps, dtype=float)
     variants: list[tuple[str, Any]]
     if loss:
@@ -420,7 +352,7 @@ def loss_gap_curves(loss: str | Callable | None, config: Config, *,
 
 
 @torch.no_grad()
-def init_loss_per_batch(graphs: Any, config: Config, *, model: str = "",
+def init_loss_per_batch(graphs: GraphSet, config: Config, *, model: str = "",
                         loss: str | Callable | None = None, max_batches: int = 30) -> pd.DataFrame:
     """The configured loss of the untrained model (eval mode) on real training batches.
 
@@ -428,17 +360,9 @@ def init_loss_per_batch(graphs: Any, config: Config, *, model: str = "",
     for gatrank's loss; far above means the initial scores are large and badly ordered.
     Returns one row per batch: batch, loss, num_pairs, score_std, size.
     """
-    from torch_geometric.loader import DataLoader
-
-    from gatrank.data import split_indices
-    from gatrank.losses import make_loss_fn
-    from gatrank.model import build_model
-    from gatrank.runtime import set_seed
-
     cfg, gs = config, graphs
     set_seed(cfg.training.seed)
-    idx = split_indices(gs, seed=cfg.training.seed, val_fraction=cfg.data.val_fraction,
-                        test_fraction=cfg.data.test_fraction)["train"]
+    idx = _train_indices(gs, cfg)
     net = build_model(gs.num_features, cfg.model, model)
     net.eval()
     fn = make_loss_fn(loss or None, cfg)
@@ -491,7 +415,6 @@ def training_checks(history: Sequence[Mapping[str, Any]], summary: Mapping[str, 
     """Step 3's monitoring on a full-training history: validation score std > 0.1, validation
     pairwise accuracy improved, gradient norms > 0.01 (median), the best checkpoint saved, and
     (a warning) the model beats the linear baseline on test Spearman."""
-    t = THRESHOLDS
     if not history:
         raise ValueError("training logged no epoch; check training.epochs and log_every")
     best = next((h for h in history if h["epoch"] == summary.get("best_epoch")), history[-1])
@@ -501,13 +424,12 @@ def training_checks(history: Sequence[Mapping[str, Any]], summary: Mapping[str, 
     pa = best.get("val_pairwise_accuracy", best["pairwise_accuracy"])
     gn = float(np.median([h["grad_norm"] for h in history]))
     checks = [
-        check("val_score_std", "pass", f"validation score std > {t['score_std']} (best epoch)",
-              std, std > t["score_std"]),
+        runbook_check("score_std", std, name="val_score_std", scope="validation",
+                      note="best epoch").to_dict(),
         check("val_pairwise_accuracy_improved", "pass",
               "validation pairwise accuracy improved over the first logged epoch", pa - pa0,
               pa > pa0),
-        check("grad_norm", "pass", f"gradient norm > {t['grad_norm']} (median)", gn,
-              gn > t["grad_norm"]),
+        runbook_check("grad_norm", gn, note="median").to_dict(),
     ]
     test = summary.get("test") or {}
     base = (summary.get("baseline") or {}).get("test") or {}
@@ -523,20 +445,13 @@ def evaluation_checks(metrics: Mapping[str, float], baselines: Mapping[str, Mapp
                       ) -> list[dict[str, Any]]:
     """Checks on held-out metrics: score std > 0.1 (not collapsed), the runbook's red flags, and
     the model against the constant, random and linear baselines."""
-    t = THRESHOLDS
     pa, sp, std = metrics["pairwise_accuracy"], metrics["spearman"], metrics["score_std"]
-    checks = [
-        check("score_std", "pass", f"score std > {t['score_std']} (not collapsing to constant)",
-              std, std > t["score_std"]),
-        check("pairwise_accuracy_random", "red_flag",
-              f"pairwise accuracy ~0.5-{t['flag_pairwise_accuracy']} (random)", pa,
-              pa > t["flag_pairwise_accuracy"]),
-        check("spearman_none", "red_flag", f"Spearman ~0-{t['flag_spearman']} (no correlation)",
-              sp, sp > t["flag_spearman"]),
-        check("score_collapsed", "red_flag",
-              f"score std < {t['flag_score_std']} (collapsed to constant)", std,
-              std >= t["flag_score_std"]),
-    ]
+    checks = [c.to_dict() for c in (
+        runbook_check("score_std", std, note="not collapsing to constant"),
+        runbook_check("pairwise_accuracy_random", pa),
+        runbook_check("spearman_none", sp),
+        runbook_check("score_collapsed", std),
+    )]
     for name in ("constant", "random"):
         if name in baselines:
             d = pa - baselines[name]["pairwise_accuracy"]

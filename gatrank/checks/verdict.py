@@ -8,13 +8,23 @@ loss flat.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-__all__ = ["THRESHOLDS", "Check", "Verdict", "evaluate_verdict", "format_verdict", "loss_drop"]
+__all__ = [
+    "THRESHOLDS",
+    "KINDS",
+    "Check",
+    "Verdict",
+    "summarize_checks",
+    "runbook_check",
+    "evaluate_verdict",
+    "format_verdict",
+    "loss_drop",
+]
 
 THRESHOLDS: dict[str, float] = {
     "pairwise_accuracy": 0.9,
@@ -35,16 +45,101 @@ THRESHOLDS: dict[str, float] = {
 """Every threshold the verdict uses; notebooks draw these lines on their plots."""
 
 
+KINDS = ("pass", "red_flag", "warning")
+"""What a check's ``ok`` means: ``pass``, a criterion met (the step fails without it);
+``red_flag``, the flag is *not* raised; ``warning``, reported but never failing."""
+
+
 @dataclass
 class Check:
+    """One check of a step against one rule; ``to_dict()`` is what results files record.
+
+    An empty ``detail`` is not stored on the instance (the class default answers for it), so
+    ``to_dict()`` and ``vars(check)`` hold ``detail`` only when it is set, as recorded checks
+    always have.
+    """
+
     name: str
     kind: str
-    """``pass`` (a pass criterion) or ``red_flag``."""
+    """One of :data:`KINDS`."""
     rule: str
     """The runbook's wording, e.g. ``pairwise accuracy > 0.9``."""
-    value: float
+    value: float | None
+    """What was measured (None: nothing to measure)."""
     ok: bool
-    """Pass criteria: met. Red flags: *not* raised."""
+    """Pass criteria and warnings: met. Red flags: *not* raised."""
+    detail: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"check {self.name!r}: kind {self.kind!r} must be 'pass', "
+                             "'red_flag' or 'warning'")
+        self.value = None if self.value is None else float(self.value)
+        self.ok = bool(self.ok)
+        if not self.detail:
+            del self.detail
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{name, kind, rule, value, ok[, detail]}``."""
+        return dict(vars(self))
+
+
+def summarize_checks(checks: Sequence[Check | Mapping[str, Any]]) -> tuple[bool, str]:
+    """``(passed, label)`` of checks (objects or their dicts): passed when every ``pass``
+    check is ok; the label also names red flags (``FAIL (red flags)``) and warnings
+    (``PASS (with warnings)``)."""
+    pairs = [(c.kind, c.ok) if isinstance(c, Check) else (c["kind"], c["ok"]) for c in checks]
+    passed = all(ok for kind, ok in pairs if kind == "pass")
+    flags = any(not ok for kind, ok in pairs if kind == "red_flag")
+    warns = any(not ok for kind, ok in pairs if kind == "warning")
+    if passed:
+        return True, "PASS (with warnings)" if warns or flags else "PASS"
+    return False, "FAIL (red flags)" if flags else "FAIL"
+
+
+def _rule(rule: str, value: float) -> tuple[str, str, bool]:
+    """``(kind, wording, ok)`` of one of the runbook's rules on ``value``, at the current
+    :data:`THRESHOLDS`."""
+    t = THRESHOLDS
+    rules = {
+        "pairwise_accuracy": ("pass", f"pairwise accuracy > {t['pairwise_accuracy']}",
+                              value > t["pairwise_accuracy"]),
+        "spearman": ("pass", f"Spearman > {t['spearman']}", value > t["spearman"]),
+        "score_std": ("pass", f"score std > {t['score_std']}", value > t["score_std"]),
+        "grad_norm": ("pass", f"gradient norm > {t['grad_norm']}", value > t["grad_norm"]),
+        "loss_decreasing": ("pass", f"loss decreasing (drop > {t['loss_drop']:.0%})",
+                            value > t["loss_drop"]),
+        "pairwise_accuracy_random": (
+            "red_flag", f"pairwise accuracy ~0.5-{t['flag_pairwise_accuracy']} (random)",
+            value > t["flag_pairwise_accuracy"]),
+        "spearman_none": ("red_flag", f"Spearman ~0-{t['flag_spearman']} (no correlation)",
+                          value > t["flag_spearman"]),
+        "score_collapsed": ("red_flag",
+                            f"score std < {t['flag_score_std']} (collapsed to constant)",
+                            value >= t["flag_score_std"]),
+        "no_gradients": ("red_flag", "gradient norms ~0 (no gradients)",
+                         value >= t["flag_grad_norm"]),
+        "loss_flat": ("red_flag", "loss not decreasing", value >= t["flag_loss_drop"]),
+    }
+    if rule not in rules:
+        raise ValueError(f"unknown runbook rule {rule!r}; known: {sorted(rules)}")
+    return rules[rule]
+
+
+def runbook_check(rule: str, value: float, *, name: str = "", scope: str = "",
+                  note: str = "") -> Check:
+    """The runbook's ``rule`` (a pass criterion or a red flag, named as in
+    :func:`evaluate_verdict`) on a measured ``value``.
+
+    Args:
+        name: the check's name (default: the rule's).
+        scope: what was measured, before the wording (``validation`` -> ``validation score
+            std > 0.1``).
+        note: how it was measured, in parentheses after the wording (``median``).
+    """
+    kind, wording, ok = _rule(rule, value)
+    text = " ".join(w for w in (scope, wording, f"({note})" if note else "") if w)
+    return Check(name or rule, kind, text, value, ok)
 
 
 @dataclass
@@ -63,9 +158,8 @@ class Verdict:
 
     @property
     def label(self) -> str:
-        if self.passed:
-            return "PASS"
-        return "FAIL (red flags)" if self.red_flags else "FAIL"
+        """``PASS``, ``FAIL (red flags)`` or ``FAIL`` (as :func:`summarize_checks` says)."""
+        return summarize_checks(self.checks)[1]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -73,15 +167,15 @@ class Verdict:
             "label": self.label,
             "epochs_to_pass": self.epochs_to_pass,
             "epochs_to_ideal": self.epochs_to_ideal,
-            "checks": [asdict(c) for c in self.checks],
+            "checks": [c.to_dict() for c in self.checks],
             "red_flags": [c.name for c in self.red_flags],
         }
 
     def table(self):
         """Checks as a pandas DataFrame (for notebooks)."""
-        import pandas as pd
+        import pandas as pd  # deferred: the verdict itself needs no pandas
 
-        return pd.DataFrame([asdict(c) for c in self.checks])
+        return pd.DataFrame([c.to_dict() for c in self.checks])
 
 
 def loss_drop(history: Sequence[dict]) -> float:
@@ -127,27 +221,18 @@ def evaluate_verdict(history: Sequence[dict[str, Any]], prefix: str = "") -> Ver
     gn = float(np.median([h["grad_norm"] for h in learning_phase]))
     drop = loss_drop(history)
     checks = [
-        Check("pairwise_accuracy", "pass", f"pairwise accuracy > {t['pairwise_accuracy']}", pa,
-              pa > t["pairwise_accuracy"]),
-        Check("spearman", "pass", f"Spearman > {t['spearman']}", sp, sp > t["spearman"]),
-        Check("score_std", "pass", f"score std > {t['score_std']}", std, std > t["score_std"]),
-        Check("grad_norm", "pass", f"gradient norm > {t['grad_norm']} (median while learning)", gn,
-              gn > t["grad_norm"]),
-        Check("loss_decreasing", "pass", f"loss decreasing (drop > {t['loss_drop']:.0%})", drop,
-              drop > t["loss_drop"]),
-        Check("pairwise_accuracy_random", "red_flag",
-              f"pairwise accuracy ~0.5-{t['flag_pairwise_accuracy']} (random)", pa,
-              pa > t["flag_pairwise_accuracy"]),
-        Check("spearman_none", "red_flag", f"Spearman ~0-{t['flag_spearman']} (no correlation)",
-              sp, sp > t["flag_spearman"]),
-        Check("score_collapsed", "red_flag",
-              f"score std < {t['flag_score_std']} (collapsed to constant)", std,
-              std >= t["flag_score_std"]),
-        Check("no_gradients", "red_flag", "gradient norms ~0 (no gradients)", gn,
-              gn >= t["flag_grad_norm"]),
-        Check("loss_flat", "red_flag", "loss not decreasing", drop, drop >= t["flag_loss_drop"]),
+        runbook_check("pairwise_accuracy", pa),
+        runbook_check("spearman", sp),
+        runbook_check("score_std", std),
+        runbook_check("grad_norm", gn, note="median while learning"),
+        runbook_check("loss_decreasing", drop),
+        runbook_check("pairwise_accuracy_random", pa),
+        runbook_check("spearman_none", sp),
+        runbook_check("score_collapsed", std),
+        runbook_check("no_gradients", gn),
+        runbook_check("loss_flat", drop),
     ]
-    passed = all(c.ok for c in checks if c.kind == "pass")
+    passed = summarize_checks(checks)[0]
     return Verdict(
         passed=passed,
         checks=checks,

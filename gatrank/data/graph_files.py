@@ -1,8 +1,9 @@
 """Graph files (.pt, .json, .graphml, .gml, .npz) -> raw tensors, and the per-graph checks.
 
-Internal to :mod:`gatrank.data`: a loader returns ``{"x", "edge_index", "edge_attr"}`` (values
-may be None) or raises ``_FileProblem``; ``_check_graph`` turns that into validated tensors or
-a list of ``(code, problem, fix)``.
+A loader returns ``{"x", "edge_index", "edge_attr"}`` (values may be None) or raises
+``_FileProblem``; ``_check_graph`` turns that into validated tensors or a list of ``(code,
+problem, fix)``. The same checks and codes apply to graphs already in memory
+(:func:`graph_problems`), so a graph has one set of problem codes wherever it came from.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
-from gatrank.data.problems import _FileProblem
+from gatrank.data.problems import DataProblem, _FileProblem
 from gatrank.data.safe_load import safe_torch_load
 
-__all__: list[str] = []
+__all__ = ["graph_problems"]
 
 _GRAPH_SUFFIXES = (".pt", ".json", ".graphml", ".gml", ".npz")
 
@@ -245,3 +246,34 @@ def _check_graph(raw: dict[str, Any]) -> tuple[tuple[Tensor, Tensor, Tensor | No
     if found:
         return None, found
     return (x, ei.contiguous(), ea), []
+
+
+def _target_problems(y: Tensor | None) -> list[tuple[str, str, str]]:
+    """A graph's own target (files carry none: the manifest's ``y`` is checked per row)."""
+    if y is None or bool(torch.isfinite(y).all()):
+        return []
+    code = "nan_target" if bool(torch.isnan(y).any()) else "inf_target"
+    return [(code, f"target is {y.reshape(-1).tolist()}",
+             "give every graph a finite target or drop it")]
+
+
+def graph_problems(graphs: Sequence[Data]) -> list[DataProblem]:
+    """Validate graphs already in memory with the checks and codes a graph file gets.
+
+    For graphs that did not come through a manifest (or were edited after loading): the
+    per-graph checks of a loaded file (missing or malformed ``x``, no nodes, NaN/Inf features,
+    no edges, a malformed or out-of-range ``edge_index``, a mismatched or non-finite
+    ``edge_attr``), plus a NaN/Inf target ``y`` (``nan_target``, ``inf_target``).
+
+    Returns:
+        :class:`~gatrank.data.DataProblem` s with ``line`` and ``file`` None and ``id`` the
+        graph's ``gid`` (its position without one); empty when every graph is usable.
+    """
+    problems = []
+    for i, g in enumerate(graphs):
+        gid = str(getattr(g, "gid", "") or i)
+        _, found = _check_graph({k: getattr(g, k, None) for k in ("x", "edge_index", "edge_attr")})
+        found += _target_problems(getattr(g, "y", None))
+        problems += [DataProblem(None, gid, None, problem, fix, code)
+                     for code, problem, fix in found]
+    return problems

@@ -1,7 +1,7 @@
 """The doctor: runs the runbook's stages on a model and its data and names the cause of a
 collapse."""
 
-from gatrank.doctor.run import (
+from gatrank.doctor.report import (
     CAUSES,
     DOCTOR_THRESHOLDS,
     VERDICTS,
@@ -9,9 +9,8 @@ from gatrank.doctor.run import (
     DoctorOptions,
     DoctorReport,
     Stage,
-    diagnose,
-    diagnose_history,
 )
+from gatrank.doctor.run import diagnose, diagnose_history
 
 __all__ = [
     "CAUSES",

@@ -15,11 +15,8 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -27,20 +24,16 @@ from torch import Tensor, nn
 
 from gatrank.config import Config
 from gatrank.losses import LossOutput, pairwise_rank_loss
+from gatrank.plugins import load_object
 
 __all__ = [
     "Fault",
     "Injected",
     "FAULTS",
     "UserLoss",
-    "ZooResult",
     "list_faults",
     "get_fault",
     "inject",
-    "zoo_graphs",
-    "run_zoo",
-    "zoo_markdown",
-    "write_zoo_page",
 ]
 
 logger = logging.getLogger(__name__)
@@ -246,8 +239,6 @@ def _base_loss(base: str | UserLoss | None, config: Config) -> Callable[[Tensor,
                                       weight_by_diff=lc.weight_by_diff).loss
 
         return builtin
-    from gatrank.plugins import load_object
-
     user = load_object(base, what="loss") if isinstance(base, str) else base
 
     def as_tensor(scores: Tensor, targets: Tensor) -> Tensor:
@@ -384,133 +375,3 @@ def inject(name: str | Fault, graphs, config: Config, loss: str | UserLoss | Non
         loss = fault.loss(loss or None, config)
     logger.info("injected fault %s: %s", fault.name, fault.description)
     return Injected(graphs=graphs, config=config, model_edit=fault.model, loss=loss, fault=fault)
-
-
-# --------------------------------------------------------------------------- running the zoo
-
-
-@dataclass
-class ZooResult:
-    """What the doctor said about one fault (or about the healthy setup: ``fault`` None)."""
-
-    name: str
-    """Fault name, or ``healthy (seed k)``."""
-    expected: str | None
-    """The fault's cause id; None for a healthy run (no cause may be named)."""
-    named: list[str]
-    """Cause ids the doctor named, most likely first."""
-    verdict: str
-    seconds: float
-    also: tuple[str, ...] = ()
-    report: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    @property
-    def ok(self) -> bool:
-        """Healthy: no cause named. Fault: its cause first, or second behind an overlapping
-        cause listed in ``Fault.also``."""
-        if self.expected is None:
-            return not self.named and self.verdict == "healthy"
-        if self.named[:1] == [self.expected]:
-            return True
-        return self.named[1:2] == [self.expected] and self.named[0] in self.also
-
-
-def zoo_graphs(n: int = 128, seed: int = 0):
-    """A seeded sample of ``n`` graphs of the embedded default (chembl-activity) data set."""
-    from gatrank.data import load_graphs
-    from gatrank.datasets import default_manifest
-
-    full = load_graphs(default_manifest())
-    if n >= len(full):
-        return full
-    keep = np.sort(np.random.default_rng(seed).choice(len(full), n, replace=False))
-    return full.subset(keep.tolist())
-
-
-def run_zoo(graphs=None, *, names: Sequence[str] | None = None,
-            healthy_seeds: Sequence[int] = (0, 1, 2), seed: int = 0, options=None,
-            on_result: Callable[[ZooResult], None] | None = None) -> list[ZooResult]:
-    """Run the doctor on every fault (and on the healthy setup for each of ``healthy_seeds``).
-
-    Args:
-        graphs: the GraphSet to inject into (default: :func:`zoo_graphs`).
-        names: faults to run (default: all, in zoo order).
-        healthy_seeds: seeds of the runs without a fault.
-        seed: seed of the fault runs.
-        options: :class:`gatrank.doctor.DoctorOptions` for every run.
-        on_result: called with each result as it arrives (progress display).
-    """
-    from gatrank.doctor import diagnose
-
-    gs = zoo_graphs() if graphs is None else graphs
-    jobs: list[tuple[str, Fault | None, int]] = [
-        (name, get_fault(name), seed) for name in (names if names is not None else FAULTS)]
-    jobs += [(f"healthy (seed {s})", None, s) for s in healthy_seeds]
-    results = []
-    for label, fault, run_seed in jobs:
-        t0 = time.perf_counter()
-        report = diagnose(gs, inject=fault.name if fault else None, options=options,
-                          seed=run_seed)
-        res = ZooResult(label, fault.cause if fault else None, report.cause_ids, report.verdict,
-                        time.perf_counter() - t0, fault.also if fault else (), report.to_dict())
-        logger.info("zoo: %s -> %s %s (%s)", label, report.verdict, report.cause_ids[:3],
-                    "ok" if res.ok else "WRONG")
-        results.append(res)
-        if on_result is not None:
-            on_result(res)
-    return results
-
-
-def zoo_markdown(results: Sequence[ZooResult]) -> str:
-    """The confusion table as Markdown: one row per fault with the causes named, then the
-    matrix of expected cause (rows) against the cause named first (columns)."""
-    lines = ["| fault | injected into | expected cause | causes named, most likely first | "
-             "verdict | right | seconds |", "|---|---|---|---|---|---|---|"]
-    for r in results:
-        where = FAULTS[r.name].where if r.name in FAULTS else "-"
-        named = ", ".join(f"`{c}`" for c in r.named[:4]) or "none"
-        expected = f"`{r.expected}`" if r.expected else "none"
-        lines.append(f"| {r.name} | {where} | {expected} | {named} | {r.verdict} | "
-                     f"{'yes' if r.ok else '**no**'} | {r.seconds:.1f} |")
-    rows = list(dict.fromkeys(r.expected or "none" for r in results))
-    cols = list(dict.fromkeys([*rows, *(r.named[0] if r.named else "none" for r in results)]))
-    counts: dict[tuple[str, str], int] = {}
-    for r in results:
-        key = (r.expected or "none", r.named[0] if r.named else "none")
-        counts[key] = counts.get(key, 0) + 1
-    short = {c: f"{k}" for k, c in enumerate(cols, 1)}
-    lines += ["", "Expected cause (rows) against the cause named first (columns; numbered as "
-              "the rows' cause ids below). The diagonal is right.", "",
-              "| expected \\ named first | " + " | ".join(short[c] for c in cols) + " |",
-              "|---|" + "---|" * len(cols)]
-    for row in rows:
-        cells = [str(counts.get((row, c), "")) for c in cols]
-        lines.append(f"| {short[row]}. `{row}` | " + " | ".join(cells) + " |")
-    extra = [c for c in cols if c not in rows]
-    if extra:
-        lines += [""] + [f"{short[c]}. `{c}` (named, never expected)" for c in extra]
-    right = sum(r.ok for r in results)
-    lines += ["", f"{right} of {len(results)} runs right; total "
-              f"{sum(r.seconds for r in results):.0f} s."]
-    return "\n".join(lines)
-
-
-_START, _END = "<!-- zoo-table:start -->", "<!-- zoo-table:end -->"
-
-
-def write_zoo_page(path: str | Path, results: Sequence[ZooResult], *, command: str = "") -> None:
-    """Write the confusion table into ``path`` between ``<!-- zoo-table:start -->`` and
-    ``<!-- zoo-table:end -->`` (text outside the markers is kept; a page without them gets
-    them appended)."""
-    from gatrank.io import atomic_write_text
-
-    page = Path(path)
-    text = page.read_text() if page.is_file() else "# The collapse doctor\n"
-    made = f"Generated by `{command}`." if command else ""
-    block = f"{_START}\n{made}\n\n{zoo_markdown(results)}\n{_END}"
-    if _START in text and _END in text:
-        head, rest = text.split(_START, 1)
-        text = head + block + rest.split(_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    atomic_write_text(page, text)

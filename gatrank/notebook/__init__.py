@@ -1,21 +1,28 @@
-"""The one module the notebooks import: a run's session, display helpers, widgets, live curves."""
+"""The one module the notebooks import (``from gatrank import notebook as nb``): a run's
+session, display helpers, widgets and live curves, what each notebook records, and the
+measurements, training, verdict, doctor and evaluation the notebooks call, re-exported from where
+they live so a notebook needs no other gatrank import but :mod:`gatrank.plots`."""
 
-from gatrank.notebook.session import (
+from gatrank.checks.steps import (
+    data_checks,
+    embedding_check,
+    evaluation_checks,
+    init_loss_checks,
+    init_loss_per_batch,
+    loss_gap_curves,
+    loss_tests,
+    training_checks,
+)
+from gatrank.checks.verdict import THRESHOLDS, evaluate_verdict
+from gatrank.config import overfit_config
+from gatrank.data import check_manifest
+from gatrank.doctor import diagnose_history
+from gatrank.evaluate import evaluate_checkpoint
+from gatrank.losses import LN2
+from gatrank.notebook.display import (
     RENDERER,
-    STEPS,
-    LiveCurves,
-    NotebookRun,
-    checkpoint_for_eval,
     checks_table,
     config_table,
-    draw_graph,
-    epoch_explorer,
-    node_labels,
-    project_root,
-    resolve_config,
-    resolve_path,
-    resolve_run_dir,
-    sample_browser,
     setup,
     show,
     show_causes,
@@ -23,22 +30,51 @@ from gatrank.notebook.session import (
     show_grouped,
     show_results,
     sortable_table,
+)
+from gatrank.notebook.results import (
+    baseline_table,
+    check_dicts,
+    checkpoint_check,
+    eval_results,
+    full_train_results,
+    init_loss_metrics,
+    overfit_results,
+    training_outcome,
+)
+from gatrank.notebook.session import (
+    STEPS,
+    NotebookRun,
+    checkpoint_for_eval,
+    project_root,
+    resolve_config,
+    resolve_path,
+    resolve_run_dir,
     start,
+)
+from gatrank.notebook.widgets import (
+    LiveCurves,
+    draw_graph,
+    epoch_explorer,
+    node_labels,
+    sample_browser,
     topk_explorer,
 )
+from gatrank.training import train
 
 __all__ = [
-    "RENDERER",
+    # session
     "STEPS",
     "NotebookRun",
-    "setup",
-    "show",
     "project_root",
     "resolve_path",
     "resolve_run_dir",
     "resolve_config",
     "start",
     "checkpoint_for_eval",
+    # display
+    "RENDERER",
+    "setup",
+    "show",
     "checks_table",
     "show_checks",
     "show_causes",
@@ -46,10 +82,37 @@ __all__ = [
     "show_results",
     "config_table",
     "sortable_table",
+    # widgets
     "LiveCurves",
     "node_labels",
     "draw_graph",
     "sample_browser",
     "epoch_explorer",
     "topk_explorer",
+    # what the notebooks record
+    "check_dicts",
+    "init_loss_metrics",
+    "overfit_results",
+    "training_outcome",
+    "baseline_table",
+    "checkpoint_check",
+    "full_train_results",
+    "eval_results",
+    # re-exported from where they live
+    "check_manifest",
+    "data_checks",
+    "loss_tests",
+    "loss_gap_curves",
+    "init_loss_per_batch",
+    "init_loss_checks",
+    "embedding_check",
+    "training_checks",
+    "evaluation_checks",
+    "THRESHOLDS",
+    "evaluate_verdict",
+    "overfit_config",
+    "train",
+    "diagnose_history",
+    "evaluate_checkpoint",
+    "LN2",
 ]

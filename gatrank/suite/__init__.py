@@ -1,14 +1,14 @@
 """The suite: runs the five notebooks headlessly with papermill and writes the reports."""
 
+from gatrank.suite.export import export_html
+from gatrank.suite.index import render_index
+from gatrank.suite.kernel import kernel_manager_class
 from gatrank.suite.run import (
     NOTEBOOKS,
     NotebookResult,
     SuiteResult,
     default_out_dir,
-    export_html,
-    kernel_manager_class,
     notebook_parameters,
-    render_index,
     run_suite,
 )
 

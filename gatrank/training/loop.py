@@ -17,10 +17,7 @@ see :mod:`gatrank.training.distributed` for the conventions (global batch size, 
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
-import math
-import random
 import signal
 import threading
 import time
@@ -29,36 +26,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils._pytree import tree_map
-from torch.utils.data import DistributedSampler
-from torch_geometric.loader import DataLoader
+from torch import nn
+from tqdm.auto import tqdm  # already imported by torch_geometric: no cost to import it here
 
 from gatrank.config import Config
-from gatrank.io import append_jsonl, atomic_torch_save, write_json
-from gatrank.losses import make_loss_fn
-from gatrank.metrics import embedding_stats, grad_norms, ranking_metrics
-from gatrank.model import GATRanker, LinearBaseline, build_model
-from gatrank.runtime import environment_info, resolve_device, set_seed, torch_threads
-from gatrank.training import distributed as dist_
+from gatrank.io import append_jsonl, write_json
+from gatrank.runtime import environment_info, torch_threads
+from gatrank.training.checkpoint import best_checkpoint, load_resume
+from gatrank.training.epoch import (
+    NonFiniteError,
+    Probe,
+    epoch_record,
+    format_record,
+    train_epoch,
+)
+from gatrank.training.scoring import split_metrics
+from gatrank.training.setup import Setup, set_up
+from gatrank.training.state import LoopState
 
-__all__ = [
-    "NonFiniteError",
-    "TrainResult",
-    "predict",
-    "train",
-    "checkpoint_config",
-]
+__all__ = ["TrainResult", "train"]
 
 logger = logging.getLogger(__name__)
 
-
-class NonFiniteError(RuntimeError):
-    """The loss or gradient norm became NaN/Inf and ``training.nonfinite`` is ``stop`` (or the
-    parameters themselves are non-finite, which skipping steps cannot repair)."""
+Callback = Callable[[dict[str, Any]], None]
+"""Called with each logged record (rank 0 only)."""
 
 
 class _Terminated(KeyboardInterrupt):
@@ -77,38 +68,6 @@ class TrainResult:
     """Indices into the graph set for ``train``/``val``/``test``."""
 
 
-# Keys a resumed run may change; every other config key must match the checkpoint, because it
-# changes the trajectory (the data section is checked through the split and a data fingerprint).
-_RESUME_MAY_CHANGE = frozenset(
-    {"epochs", "device", "enable_debug_logs", "nonfinite", "log_every", "patience", "cpu_threads"}
-)
-
-
-def _rng_state(loader_gen: torch.Generator) -> dict[str, Any]:
-    """Every random state the loop draws from, storable under ``weights_only=True``."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-        "torch": torch.get_rng_state(),
-        "loader": loader_gen.get_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], loader_gen: torch.Generator) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    loader_gen.set_state(state["loader"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _route_sigterm() -> Callable[[], Any]:
     """Make SIGTERM raise :class:`_Terminated` (the Ctrl-C path); returns the undo function.
 
@@ -123,181 +82,6 @@ def _route_sigterm() -> Callable[[], Any]:
     previous = signal.signal(signal.SIGTERM, handler)
     return lambda: signal.signal(
         signal.SIGTERM, previous if previous is not None else signal.SIG_DFL
-    )
-
-
-def _all_finite(state: dict[str, Tensor]) -> bool:
-    return all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point())
-
-
-def _clone_tensors(obj: Any) -> Any:
-    """Copy of nested containers with every tensor cloned: ``copy.deepcopy`` without its
-    per-tensor overhead (about 6x faster on an optimizer state, taken every epoch)."""
-    return tree_map(lambda v: v.clone() if isinstance(v, Tensor) else v, obj)
-
-
-def _cpu_clone(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
-
-
-def _data_fingerprint(graphs: Sequence) -> str:
-    """Hash of every graph's id and target: a resumed run must see the same data."""
-    h = hashlib.sha256()
-    for i, g in enumerate(graphs):
-        h.update(f"{getattr(g, 'gid', i)}\0".encode())
-        h.update(g.y.detach().cpu().to(torch.float64).numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def checkpoint_config(path: str | Path) -> tuple[Config, dict[str, str]]:
-    """The config, and the model and loss import strings, stored in a gatrank checkpoint.
-
-    Read with ``weights_only``. Returns ``(config, {"model": spec, "loss": spec})``; a spec is
-    ``""`` for gatrank's own and ``"custom"`` for a callable passed in Python.
-    ``--resume`` uses this so ``gatrank train --resume run/last.pt`` needs no other flag.
-    """
-    from gatrank.data import safe_torch_load
-
-    ckpt = safe_torch_load(path)
-    if not isinstance(ckpt, dict) or "config" not in ckpt:
-        raise ValueError(f"{path} is not a gatrank checkpoint (no 'config' entry)")
-    specs = {"model": ckpt.get("model_spec", ""), "loss": ckpt.get("loss_spec", "")}
-    return Config.from_dict(ckpt["config"], source=f"{path}:config"), specs
-
-
-def _load_resume(
-    path: str | Path, config: Config, splits: dict, in_channels: int, fingerprint: str,
-    model_name: str, loss_spec: str,
-) -> dict[str, Any]:
-    """Read a ``last.pt`` and check it belongs to this run; errors say what differs."""
-    from gatrank.data import safe_torch_load
-
-    ckpt = safe_torch_load(path)
-    if not isinstance(ckpt, dict) or "resume" not in ckpt:
-        raise ValueError(
-            f"{path} cannot be resumed: it holds no training state (a best.pt holds only the "
-            "best weights); resume from the run's last.pt"
-        )
-    theirs, ours = ckpt["config"], config.to_dict()
-    changed = [
-        f"{sec}.{key}: {theirs[sec].get(key)!r} -> {val!r}"
-        for sec in ("model", "loss", "training")
-        for key, val in ours[sec].items()
-        if theirs[sec].get(key) != val and not (sec == "training" and key in _RESUME_MAY_CHANGE)
-    ]
-    if changed:
-        raise ValueError(
-            f"cannot resume from {path}: the config differs from the checkpoint's in "
-            f"{'; '.join(changed)}. Resume with the same config (only training."
-            f"{', training.'.join(sorted(_RESUME_MAY_CHANGE))} may change), or start a new run"
-        )
-    if ckpt.get("model_name", model_name) != model_name:
-        raise ValueError(
-            f"cannot resume from {path}: it trained model {ckpt['model_name']!r}, not "
-            f"{model_name!r}; pass the same --model"
-        )
-    if ckpt.get("loss_spec", loss_spec) != loss_spec:
-        raise ValueError(
-            f"cannot resume from {path}: it trained with loss {ckpt['loss_spec'] or 'built-in'!r}"
-            f", not {loss_spec or 'built-in'!r}; pass the same --loss"
-        )
-    if (
-        ckpt.get("data_fingerprint") != fingerprint
-        or ckpt["in_channels"] != in_channels
-        or {k: list(v) for k, v in ckpt["splits"].items()}
-        != {k: list(v) for k, v in splits.items()}
-    ):
-        raise ValueError(
-            f"cannot resume from {path}: the graphs (ids, targets, features or splits) differ "
-            "from the ones it trained on; use the same manifest and data settings"
-        )
-    return ckpt
-
-
-def _batch_group(batch) -> Tensor | None:
-    group = getattr(batch, "group", None)
-    if group is None or bool((group < 0).all()):
-        return None
-    return group
-
-
-# gatrank's own models score as ``head(embed(batch)).squeeze(-1)``: predict() gets both the
-# scores and the embeddings from one forward pass instead of two.
-_HEAD_OF_EMBED = {GATRanker: "score_head", LinearBaseline: "linear"}
-
-
-class _Collated(list):
-    """Graphs collated into PyG batches on the device once, for an evaluation run every epoch."""
-
-
-_COLLATE_ONCE_MAX = 4096
-"""Training sets up to this many graphs are collated once for their per-epoch uses (a second
-copy of them in memory); larger ones are collated batch by batch when needed."""
-
-
-def _collate(graphs: Sequence, device: torch.device, batch_size: int = 256) -> _Collated:
-    loader = DataLoader(list(graphs), batch_size=batch_size, shuffle=False)
-    return _Collated(batch.to(device) for batch in loader)
-
-
-@torch.no_grad()
-def predict(model: nn.Module, graphs: Sequence, device: torch.device, batch_size: int = 256) -> dict:
-    """Scores for ``graphs`` in eval mode: ``{"scores", "targets", "embeddings"}`` as tensors.
-
-    ``embeddings`` is the pooled graph embedding when the model has an ``embed`` method (the
-    runbook's Step 2C hook), else ``None``.
-    """
-    model.eval()
-    scores, targets, embs = [], [], []
-    has_embed = callable(getattr(model, "embed", None))
-    head_name = _HEAD_OF_EMBED.get(type(model))
-    head = getattr(model, head_name) if head_name else None
-    batches = graphs if isinstance(graphs, _Collated) else DataLoader(
-        list(graphs), batch_size=batch_size, shuffle=False
-    )
-    for batch in batches:
-        batch = batch.to(device)
-        if has_embed:
-            emb = model.embed(batch)
-            s = head(emb).squeeze(-1) if head is not None else model(batch)
-            embs.append(emb.float().cpu())
-        else:
-            s = model(batch)
-        scores.append(s.reshape(-1).float().cpu())
-        targets.append(batch.y.reshape(-1).float().cpu())
-    return {
-        "scores": torch.cat(scores) if scores else torch.zeros(0),
-        "targets": torch.cat(targets) if targets else torch.zeros(0),
-        "embeddings": torch.cat(embs) if embs else None,
-    }
-
-
-def _evaluate(model, graphs, device, tie_eps: float, prefix: str = "") -> dict[str, float]:
-    out = predict(model, graphs, device)
-    metrics = ranking_metrics(out["scores"], out["targets"], tie_eps=tie_eps)
-    if out["embeddings"] is not None:
-        metrics.update(embedding_stats(out["embeddings"]))
-    return {f"{prefix}{k}": v for k, v in metrics.items()}
-
-
-def _resolve_model(model, in_channels: int, config: Config) -> tuple[nn.Module, str]:
-    if isinstance(model, nn.Module):
-        return model, type(model).__name__
-    if callable(model) and not isinstance(model, str):
-        return model(in_channels), getattr(model, "__name__", type(model).__name__)
-    spec = model or ""
-    return build_model(in_channels, config.model, spec), spec or "gat"
-
-
-def _load_graphs(config: Config, graphs):
-    if graphs is not None:
-        return graphs
-    from gatrank.data import load_graphs
-    from gatrank.datasets import manifest_or_default
-
-    manifest = manifest_or_default(config.data.manifest)
-    return load_graphs(
-        manifest, on_error=config.data.on_error, allow_outside_root=config.data.allow_outside_root
     )
 
 
@@ -320,11 +104,11 @@ def train(
     model: nn.Module | str | Callable | None = None,
     loss: str | Callable | None = None,
     out_dir: str | Path | None = None,
-    callbacks: Sequence[Callable[[dict[str, Any]], None]] = (),
+    callbacks: Sequence[Callback] = (),
     progress: bool = True,
     splits: dict[str, list[int]] | None = None,
     with_baseline: bool = False,
-    probes: Sequence[Callable[[nn.Module, list, torch.device], dict[str, Any]]] = (),
+    probes: Sequence[Probe] = (),
     resume: str | Path | None = None,
 ) -> TrainResult:
     """Train a ranking model and return it with its history.
@@ -368,386 +152,187 @@ def train(
             previous file is left alone), ``best.pt`` is never overwritten with non-finite
             weights, and ``summary.json`` has status ``nonfinite``.
     """
-    tc = config.training
     t_start = time.perf_counter()
-    set_seed(tc.seed)
-    device = resolve_device(tc.device)
-    di = dist_.setup(device)  # a no-op unless launched by torchrun
-    device = dist_.process_device(device, di)
-    main = di.is_main
-    if di.enabled and not main:
-        dist_.barrier()  # rank 0 loads first and fills the SMILES cache; the others read it
-    gs = _load_graphs(config, graphs)
-    if di.enabled and main:
-        dist_.barrier()
-    overfit = tc.overfit_n > 0
-    if splits is None:
-        if overfit:
-            n = min(tc.overfit_n, len(gs))
-            splits = {"train": list(range(n)), "val": [], "test": []}
-        else:
-            from gatrank.data import split_indices
-
-            splits = split_indices(
-                gs,
-                seed=tc.seed,
-                val_fraction=config.data.val_fraction,
-                test_fraction=config.data.test_fraction,
-            )
-    train_set = [gs[i] for i in splits["train"]]
-    val_set = [gs[i] for i in splits.get("val", [])]
-    if overfit and tc.overfit_n > len(gs):
-        logger.warning(
-            "training.overfit_n=%d but the data has only %d graphs: overfitting all of them",
-            tc.overfit_n, len(gs),
-        )
-    if len(train_set) < 2:
-        raise ValueError(
-            f"only {len(train_set)} training graph(s): ranking needs at least 2; "
-            "check the manifest's split column or training.overfit_n"
-        )
-    set_seed(tc.seed)  # model init independent of how many random draws loading took
-    net, model_name = _resolve_model(model, gs.num_features, config)
-    net = net.to(device)
-    loss_fn = make_loss_fn(loss, config)
-    optimizer = torch.optim.Adam(
-        [p for p in net.parameters() if p.requires_grad],
-        lr=tc.learning_rate,
-        weight_decay=tc.weight_decay,
-    )
-    loader_gen = torch.Generator().manual_seed(tc.seed)
-    sampler = None
-    train_net: nn.Module = net
-    if di.enabled:
-        per_process = min(tc.batch_size, len(train_set)) // di.world_size
-        if per_process < 2:
-            raise ValueError(
-                f"training.batch_size={tc.batch_size} over {di.world_size} processes leaves "
-                f"{per_process} graph(s) per process and batch: ranking needs pairs; use "
-                f"training.batch_size >= {2 * di.world_size} or fewer processes"
-            )
-        # the same seed on every rank: the sampler hands each rank a disjoint share per epoch
-        sampler = DistributedSampler(train_set, num_replicas=di.world_size, rank=di.rank,
-                                     shuffle=not overfit, seed=tc.seed, drop_last=False)
-        loader = DataLoader(train_set, batch_size=per_process, sampler=sampler)
-        train_net = DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None,
-            # a user's model may leave parameters out of the forward pass
-            find_unused_parameters=not isinstance(net, (GATRanker, LinearBaseline)),
-        )
-    else:
-        loader = DataLoader(
-            train_set,
-            batch_size=min(tc.batch_size, len(train_set)),
-            shuffle=not overfit,
-            generator=loader_gen,
-            drop_last=False,
-        )
-    val_batches = _collate(val_set, device)  # evaluated every epoch: collate once
-    small = len(train_set) <= _COLLATE_ONCE_MAX  # a second, collated copy of it is affordable
-    # an unshuffled one-process loader yields the same batches every epoch (the overfit test):
-    # collate them once instead of once per epoch
-    fixed_batches = (_Collated(b.to(device) for b in loader)
-                     if sampler is None and overfit and small else None)
-    # the training graphs are scored at every logged epoch: collate them once too (the fixed
-    # batches already hold them, in order)
-    train_eval = fixed_batches or (_collate(train_set, device) if small else train_set)
-    out = Path(out_dir) if out_dir else None
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"epoch": 0, "val_spearman": -math.inf, "state": None}
-    skipped_steps = 0
-    status = "completed"
-    stop_reason = ""
-    epochs_since_best = 0
-    early = False
-    failure: NonFiniteError | None = None
-    tie_eps = config.loss.tie_eps
-    fingerprint = _data_fingerprint(gs)
-    spec = model_name if isinstance(model, str) or model is None else ""
-    loss_spec = loss if isinstance(loss, str) else "custom" if loss else ""
-
-    def snapshot(epochs_done: int) -> dict[str, Any]:
-        """Everything an exact resume needs after ``epochs_done`` complete epochs."""
-        return {
-            "state_dict": _cpu_clone(net.state_dict()),
-            "optimizer": _clone_tensors(optimizer.state_dict()),
-            "epoch": epochs_done,
-            "metrics": list(history),
-            "resume": {
-                "best_epoch": best["epoch"],
-                "best_val_spearman": best["val_spearman"],
-                "best_state": best["state"],  # replaced, never mutated: no copy needed
-                "epochs_since_best": epochs_since_best,
-                "skipped_steps": skipped_steps,
-                "early_stopped": early,
-                "stop_reason": stop_reason,
-                "elapsed_s": time.perf_counter() - t_start,
-                "rng": _rng_state(loader_gen),
-            },
-        }
-
-    def restore(state: dict[str, Any]) -> None:
-        nonlocal history, best, epochs_since_best, skipped_steps, early, stop_reason
-        net.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        history = list(state["metrics"])
-        r = state["resume"]
-        best = {
-            "epoch": r["best_epoch"],
-            "val_spearman": r["best_val_spearman"],
-            "state": None if r["best_state"] is None
-            else {k: v.to(device) for k, v in r["best_state"].items()},
-        }
-        epochs_since_best, skipped_steps = r["epochs_since_best"], r["skipped_steps"]
-        early, stop_reason = r["early_stopped"], r["stop_reason"]
-
-    def save(name: str, state: dict[str, Any], run_status: str) -> None:
-        if out and main:
-            atomic_torch_save(
-                out / name,
-                {
-                    **state,
-                    "config": config.to_dict(),
-                    "model_spec": spec,
-                    "loss_spec": loss_spec,
-                    "model_name": model_name,
-                    "in_channels": gs.num_features,
-                    "splits": splits,
-                    "data_fingerprint": fingerprint,
-                    "status": run_status,
-                },
-            )
-
-    start_epoch = 1
+    s = set_up(config, graphs=graphs, model=model, loss=loss, splits=splits, out_dir=out_dir)
+    st = LoopState(net=s.net, optimizer=s.optimizer, loader_gen=s.loader_gen, device=s.device,
+                   t_start=t_start)
     if resume:
-        ckpt = _load_resume(
-            resume, config, splits, gs.num_features, fingerprint, model_name, loss_spec
-        )
-        restore(ckpt)
-        start_epoch = ckpt["epoch"] + 1
-        t_start -= ckpt["resume"]["elapsed_s"]
-        # last: model init and loader set-up above drew from the RNGs too
-        _set_rng_state(ckpt["resume"]["rng"], loader_gen)
-        logger.info("resuming from %s after epoch %d", resume, ckpt["epoch"])
-    if out and main:
-        out.mkdir(parents=True, exist_ok=True)
+        st.resume(load_resume(resume, s.run))
+        logger.info("resuming from %s after epoch %d", resume, st.epoch)
+    _start_metrics_log(s, st)
+    failure = _run_epochs(s, st, progress=progress, callbacks=callbacks, probes=probes)
+    summary = _finish(s, st, failure, loss=loss, resume=resume, with_baseline=with_baseline)
+    if failure is not None:
+        raise failure
+    return TrainResult(model=s.net, history=st.history, summary=summary, splits=s.splits)
+
+
+def _start_metrics_log(s: Setup, st: LoopState) -> None:
+    if s.out and s.main:
+        s.out.mkdir(parents=True, exist_ok=True)
         # a resumed run's log restarts from the checkpoint's history (drops a lost partial epoch)
-        (out / "metrics.jsonl").write_text("")
-        append_jsonl(out / "metrics.jsonl", history)
+        (s.out / "metrics.jsonl").write_text("")
+        append_jsonl(s.out / "metrics.jsonl", st.history)
 
+
+def _run_epochs(
+    s: Setup, st: LoopState, *, progress: bool, callbacks: Sequence[Callback],
+    probes: Sequence[Probe],
+) -> NonFiniteError | None:
+    """The epoch loop, and where an interruption or a non-finite step leaves the state: after
+    the last complete epoch. Returns the error to raise once the summary is written."""
+    tc = s.tc
     bar = None
-    if progress and main:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=tc.epochs, initial=min(start_epoch - 1, tc.epochs),
-                   desc="overfit" if overfit else "train", unit="epoch", leave=False)
-    epoch = start_epoch - 1
-    last_good = snapshot(epoch)
-    last_epoch = epoch if early else tc.epochs  # a resumed early-stopped run stays stopped
+    if progress and s.main:
+        bar = tqdm(total=tc.epochs, initial=min(st.epoch, tc.epochs),
+                   desc="overfit" if s.overfit else "train", unit="epoch", leave=False)
+    st.last_good = st.snapshot()
+    # a resumed early-stopped run stays stopped
+    last_epoch = st.epoch if st.early_stopped else tc.epochs
     undo_sigterm = _route_sigterm()
     try:
-        for epoch in range(start_epoch, last_epoch + 1):
-            net.train()
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-            losses, pairs, norms = [], [], []
-            per_layer: dict[str, float] = {}
-            skipped_before = skipped_steps
-            last_batch = len(loader) - 1
-            for b_idx, batch in enumerate(fixed_batches or loader):
-                batch = batch.to(device)
-                optimizer.zero_grad(set_to_none=True)
-                scores = train_net(batch).reshape(-1)
-                lo = loss_fn(scores, batch.y.reshape(-1), _batch_group(batch))
-                loss_val = float(lo.loss.detach())
-                if lo.loss.requires_grad:
-                    lo.loss.backward()
-                elif di.enabled and scores.requires_grad:
-                    # every rank must join DDP's gradient all-reduce, even with nothing to learn
-                    (scores.sum() * 0.0).backward()
-                if b_idx == last_batch:  # per-layer norms are logged for an epoch's last step
-                    _, per_layer = grad_norms(net)
-                # clip_grad_norm_ returns the total norm before clipping: one pass, no extra sync
-                total = float(torch.nn.utils.clip_grad_norm_(
-                    net.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf
-                ))
-                finite = math.isfinite(loss_val) and math.isfinite(total)
-                if di.enabled:  # all ranks skip or stop together
-                    finite = not dist_.any_flag(not finite, device)
-                if not finite:
-                    msg = (
-                        f"non-finite {'loss' if not math.isfinite(loss_val) else 'gradient norm'} "
-                        f"at epoch {epoch}, batch {b_idx} (loss={loss_val}, grad_norm={total})"
-                    )
-                    params_ok = _all_finite(net.state_dict())
-                    if not params_ok:
-                        msg += ("; the parameters themselves are already NaN/Inf (an earlier step "
-                                "diverged), so skipping steps cannot recover")
-                    if tc.nonfinite == "stop" or not params_ok:
-                        raise NonFiniteError(
-                            msg + f"; stopped (training.nonfinite={tc.nonfinite}). Lower "
-                            "training.learning_rate, keep training.grad_clip on, check the data "
-                            "for NaN/Inf (gatrank check-data), or set training.nonfinite: skip "
-                            "to skip such steps."
-                        )
-                    skipped_steps += 1
-                    logger.warning("%s; step skipped (training.nonfinite=skip)", msg)
-                    continue
-                optimizer.step()
-                losses.append(loss_val)
-                pairs.append(lo.num_pairs)
-                norms.append(total)
-            if not losses and skipped_steps > skipped_before:
-                raise NonFiniteError(
-                    f"every step of epoch {epoch} was non-finite and skipped "
-                    "(training.nonfinite=skip): training cannot make progress. Lower "
-                    "training.learning_rate and check the data (gatrank check-data)."
-                )
-            if di.enabled:  # the epoch's loss and pair counts over every rank's batches
-                n_loss, sum_loss, sum_pairs, n_zero = dist_.all_reduce_sum(
-                    [len(losses), sum(losses), sum(pairs), sum(p == 0 for p in pairs)], device)
-                train_loss = sum_loss / n_loss if n_loss else float("nan")
-                pair_stats = {"valid_pairs_mean": sum_pairs / n_loss if n_loss else 0.0,
-                              "batches_without_pairs": int(n_zero)}
-            else:
-                train_loss = float(np.mean(losses)) if losses else float("nan")
-                pair_stats = {"valid_pairs_mean": float(np.mean(pairs)) if pairs else 0.0,
-                              "batches_without_pairs": int(sum(p == 0 for p in pairs))}
-            val_metrics: dict[str, float] = {}
-            if val_set:
-                val_metrics = _evaluate(net, val_batches, device, tie_eps, prefix="val_")
-                if val_metrics["val_spearman"] > best["val_spearman"]:
-                    best = {
-                        "epoch": epoch,
-                        "val_spearman": val_metrics["val_spearman"],
-                        "state": {k: v.detach().clone() for k, v in net.state_dict().items()},
-                    }
-                    epochs_since_best = 0
-                    save("best.pt", {"state_dict": _cpu_clone(net.state_dict()),
-                                     "optimizer": optimizer.state_dict(),
-                                     "epoch": epoch, "metrics": history}, "best")
-                else:
-                    epochs_since_best += 1
-            log_now = epoch == 1 or epoch % tc.log_every == 0 or epoch == tc.epochs
-            early = bool(val_set) and tc.patience > 0 and epochs_since_best >= tc.patience
-            if log_now or early:
-                record = {
-                    "epoch": epoch,
-                    "loss": train_loss,
-                    **_evaluate(net, train_eval, device, tie_eps),
-                    "grad_norm": float(np.mean(norms)) if norms else 0.0,
-                    "grad_norm_per_layer": per_layer,
-                    **pair_stats,
-                    "valid_pairs_min": int(min(pairs)) if pairs else 0,
-                    "skipped_steps": skipped_steps,
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "time_s": round(time.perf_counter() - t_start, 3),
-                    **val_metrics,
-                }
-                for probe in probes:
-                    record.update(probe(net, train_set, device))
-                history.append(record)
-                if out and main:
-                    append_jsonl(out / "metrics.jsonl", [record])
-                if tc.enable_debug_logs and main:
-                    logger.info(_format_record(record))
-                for cb in callbacks if main else ():
-                    cb(record)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{train_loss:.4f}")
-            if early:
-                stop_reason = f"early stop: no better validation Spearman for {tc.patience} epochs"
-            last_good = snapshot(epoch)
-            periodic = log_now and not early and epoch < last_epoch
-            if periodic and _all_finite(last_good["state_dict"]):  # never NaN weights on disk
-                save("last.pt", last_good, "running")
-            if early:
+        for epoch in range(st.epoch + 1, last_epoch + 1):
+            st.epoch = epoch
+            _run_epoch(s, st, last_epoch, bar, callbacks, probes)
+            if st.early_stopped:
                 break
     except KeyboardInterrupt as exc:
         how = "SIGTERM" if isinstance(exc, _Terminated) else "Ctrl-C"
-        status = "interrupted"
-        restore(last_good)  # a half-done epoch cannot be resumed exactly: drop it
-        stop_reason = f"{how} during epoch {epoch}; kept the state after epoch {last_good['epoch']}"
-        epoch = last_good["epoch"]
-        logger.warning("training interrupted (%s); saving the state after epoch %d", how, epoch)
+        st.status = "interrupted"
+        st.restore(st.last_good)  # a half-done epoch cannot be resumed exactly: drop it
+        st.stop_reason = (f"{how} during epoch {st.epoch}; kept the state after epoch "
+                          f"{st.last_good.epoch}")
+        st.epoch = st.last_good.epoch
+        logger.warning("training interrupted (%s); saving the state after epoch %d", how,
+                       st.epoch)
     except NonFiniteError as exc:
-        if _all_finite(last_good["state_dict"]):
-            restore(last_good)
-        epoch = last_good["epoch"]
+        if st.last_good.finite:
+            st.restore(st.last_good)
+        st.epoch = st.last_good.epoch
         kept = "; the weights after it are non-finite, so last.pt was not written"
-        if _all_finite(last_good["state_dict"]):
-            kept = f", saved in {out / 'last.pt'}" if out else ""
-        status, stop_reason = "nonfinite", f"{exc} Last good state: after epoch {epoch}{kept}."
-        failure = NonFiniteError(stop_reason)
+        if st.last_good.finite:
+            kept = f", saved in {s.out / 'last.pt'}" if s.out else ""
+        st.status, st.stop_reason = "nonfinite", (
+            f"{exc} Last good state: after epoch {st.epoch}{kept}.")
+        return NonFiniteError(st.stop_reason)
     finally:
         undo_sigterm()
         if bar is not None:
             bar.close()
-    if status != "nonfinite" or _all_finite(last_good["state_dict"]):
-        save("last.pt", last_good, status)
-    if best["state"] is not None:
-        net.load_state_dict(best["state"])
-    summary: dict[str, Any] = {
-        "mode": "overfit" if overfit else "full",
-        "status": status,
-        "stop_reason": stop_reason,
-        "epochs_run": epoch,
-        "model": model_name,
-        "loss": loss if isinstance(loss, str) and loss else ("custom" if loss else "pairwise_rank_loss"),
-        "seed": tc.seed,
-        "device": str(device),
-        "distributed": {"world_size": di.world_size, "backend": di.backend,
-                        "batch_size_per_process": loader.batch_size} if di.enabled else None,
-        "num_graphs": len(gs),
-        "split_sizes": {k: len(v) for k, v in splits.items()},
-        "skipped_steps": skipped_steps,
+    return None
+
+
+def _run_epoch(
+    s: Setup, st: LoopState, last_epoch: int, bar: tqdm | None, callbacks: Sequence[Callback],
+    probes: Sequence[Probe],
+) -> None:
+    """Epoch ``st.epoch``: train, validate, decide on stopping, log, snapshot."""
+    tc = s.tc
+    # forward backward update
+    stats = train_epoch(s, st)
+    # validation and the best epoch
+    val_metrics: dict[str, float] = {}
+    if s.val_set:
+        val_metrics = split_metrics(s.net, s.val_batches, s.device, s.tie_eps, prefix="val_")
+        if st.update_best(val_metrics["val_spearman"]):
+            s.save("best.pt", best_checkpoint(st.epoch, s.net, s.optimizer, st.history), "best")
+    # termination conditions
+    log_now = st.epoch == 1 or st.epoch % tc.log_every == 0 or st.epoch == tc.epochs
+    early = st.update_early_stop(tc.patience, validated=bool(s.val_set))
+    # logging
+    if log_now or early:
+        _log(s, st, epoch_record(s, st, stats, val_metrics, probes), callbacks)
+    if bar is not None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{stats.loss:.4f}")
+    # snapshot: what an interruption falls back to; on disk at every logged epoch
+    st.last_good = st.snapshot()
+    periodic = log_now and not early and st.epoch < last_epoch
+    if periodic and st.last_good.finite:  # never NaN weights on disk
+        s.save("last.pt", st.last_good.entries, "running")
+
+
+def _log(s: Setup, st: LoopState, record: dict[str, Any], callbacks: Sequence[Callback]) -> None:
+    st.history.append(record)
+    if s.out and s.main:
+        append_jsonl(s.out / "metrics.jsonl", [record])
+    if s.tc.enable_debug_logs and s.main:
+        logger.info(format_record(record))
+    for cb in callbacks if s.main else ():
+        cb(record)
+
+
+def _finish(
+    s: Setup, st: LoopState, failure: NonFiniteError | None, *, loss: str | Callable | None,
+    resume: str | Path | None, with_baseline: bool,
+) -> dict[str, Any]:
+    """After the loop: the final ``last.pt`` (never with non-finite weights), the best weights
+    loaded, the summary with the test metrics and the baseline, ``best.pt`` where no validation
+    chose one, and ``summary.json``."""
+    if st.status != "nonfinite" or st.last_good.finite:
+        s.save("last.pt", st.last_good.entries, st.status)
+    if st.best_state is not None:
+        s.net.load_state_dict(st.best_state)
+    summary = _summary(s, st, loss=loss, resume=resume)
+    test_idx = s.splits.get("test", []) if failure is None else []
+    if test_idx:
+        summary["test"] = split_metrics(s.net, [s.graphs[i] for i in test_idx], s.device,
+                                        s.tie_eps)
+    if with_baseline and not s.overfit and st.status == "completed":
+        summary["baseline"] = _baseline(s)
+    if s.out and s.main:
+        if st.best_state is None and failure is None:
+            s.save("best.pt", best_checkpoint(st.epoch, s.net, s.optimizer, st.history), "best")
+        write_json(s.out / "summary.json", summary)
+    return summary
+
+
+def _summary(
+    s: Setup, st: LoopState, *, loss: str | Callable | None, resume: str | Path | None,
+) -> dict[str, Any]:
+    """What ``summary.json`` holds (the test metrics and the baseline are added after)."""
+    dropped = getattr(s.graphs, "dropped", [])
+    return {
+        "mode": "overfit" if s.overfit else "full",
+        "status": st.status,
+        "stop_reason": st.stop_reason,
+        "epochs_run": st.epoch,
+        "model": s.run.model_name,
+        "loss": loss if isinstance(loss, str) and loss
+        else ("custom" if loss else "pairwise_rank_loss"),
+        "seed": s.tc.seed,
+        "device": str(s.device),
+        "distributed": {"world_size": s.di.world_size, "backend": s.di.backend,
+                        "batch_size_per_process": s.loader.batch_size} if s.di.enabled else None,
+        "num_graphs": len(s.graphs),
+        "split_sizes": {k: len(v) for k, v in s.splits.items()},
+        "skipped_steps": st.skipped_steps,
         "resumed_from": str(resume) if resume else None,
-        "num_dropped_rows": len({(p.line, p.id) for p in getattr(gs, "dropped", [])}),
-        "dropped_rows": [vars(p) for p in getattr(gs, "dropped", [])],
-        "final": history[-1] if history else {},
-        "best_epoch": best["epoch"] if val_set else epoch,
-        "best_val_spearman": best["val_spearman"] if val_set else None,
-        "wall_time_s": round(time.perf_counter() - t_start, 3),
-        "config": config.to_dict(),
+        "num_dropped_rows": len({(p.line, p.id) for p in dropped}),
+        "dropped_rows": [vars(p) for p in dropped],
+        "final": st.history[-1] if st.history else {},
+        "best_epoch": st.best_epoch if s.val_set else st.epoch,
+        "best_val_spearman": st.best_val_spearman if s.val_set else None,
+        "wall_time_s": round(st.elapsed(), 3),
+        "config": s.config.to_dict(),
         "versions": environment_info(),
     }
-    test_idx = splits.get("test", []) if failure is None else []
-    if test_idx:
-        summary["test"] = _evaluate(net, [gs[i] for i in test_idx], device, tie_eps)
-    if with_baseline and not overfit and status == "completed":
-        if tc.enable_debug_logs and main:
-            logger.info("linear baseline (pooled input features -> one score) on the same splits:")
-        base = train(
-            config,
-            graphs=gs,
-            model="linear",
-            out_dir=out / "baseline" if out else None,
-            progress=False,
-            splits=splits,
-        )
-        summary["baseline"] = {
-            "model": "linear",
-            "best_val_spearman": base.summary["best_val_spearman"],
-            "test": base.summary.get("test", {}),
-        }
-    if out and main:
-        if best["state"] is None and failure is None:
-            save("best.pt", {"state_dict": _cpu_clone(net.state_dict()),
-                             "optimizer": optimizer.state_dict(),
-                             "epoch": epoch, "metrics": history}, "best")
-        write_json(out / "summary.json", summary)
-    if failure is not None:
-        raise failure
-    return TrainResult(model=net, history=history, summary=summary, splits=splits)
 
 
-def _format_record(r: dict[str, Any]) -> str:
-    text = (
-        f"epoch {r['epoch']:4d}  loss {r['loss']:.4f}  pair_acc {r['pairwise_accuracy']:.3f}  "
-        f"spearman {r['spearman']:.3f}  score mean {r['score_mean']:.4f} std {r['score_std']:.4f}  "
-        f"grad_norm {r['grad_norm']:.4f}"
+def _baseline(s: Setup) -> dict[str, Any]:
+    """The linear baseline trained on the same splits and config (``summary["baseline"]``)."""
+    if s.tc.enable_debug_logs and s.main:
+        logger.info("linear baseline (pooled input features -> one score) on the same splits:")
+    base = train(
+        s.config,
+        graphs=s.graphs,
+        model="linear",
+        out_dir=s.out / "baseline" if s.out else None,
+        progress=False,
+        splits=s.splits,
     )
-    if "val_spearman" in r:
-        text += f"  | val pair_acc {r['val_pairwise_accuracy']:.3f} spearman {r['val_spearman']:.3f}"
-    return text
+    return {
+        "model": "linear",
+        "best_val_spearman": base.summary["best_val_spearman"],
+        "test": base.summary.get("test", {}),
+    }

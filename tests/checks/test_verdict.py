@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from gatrank.checks.verdict import THRESHOLDS, evaluate_verdict, format_verdict
+from gatrank.checks.verdict import (
+    THRESHOLDS,
+    Check,
+    evaluate_verdict,
+    format_verdict,
+    runbook_check,
+    summarize_checks,
+)
 
 
 def _rec(epoch, loss, pa, sp, std, gn):
@@ -86,3 +93,46 @@ def test_thresholds_are_the_runbooks():
 def test_empty_history_is_an_error():
     with pytest.raises(ValueError, match="empty history"):
         evaluate_verdict([])
+
+
+def test_check_records_detail_only_when_set():
+    plain = Check("a", "pass", "rule", 1, 1)
+    assert plain.to_dict() == {"name": "a", "kind": "pass", "rule": "rule", "value": 1.0,
+                               "ok": True}
+    assert dict(vars(plain)) == plain.to_dict() and plain.detail == ""
+    noted = Check("b", "warning", "rule", None, False, "why")
+    assert noted.to_dict()["detail"] == "why" and noted.value is None
+    assert Check("a", "pass", "rule", 1.0, True) == plain
+    with pytest.raises(ValueError, match="'pass', 'red_flag' or 'warning'"):
+        Check("c", "fail", "rule", 0.0, False)
+
+
+@pytest.mark.parametrize("kinds_ok, expected", [
+    ([("pass", True)], (True, "PASS")),
+    ([("pass", True), ("warning", False)], (True, "PASS (with warnings)")),
+    ([("pass", True), ("red_flag", False)], (True, "PASS (with warnings)")),
+    ([("pass", False), ("warning", False)], (False, "FAIL")),
+    ([("pass", False), ("red_flag", False)], (False, "FAIL (red flags)")),
+])
+def test_summarize_checks_on_objects_and_dicts(kinds_ok, expected):
+    checks = [Check(f"c{i}", kind, "rule", 0.0, ok) for i, (kind, ok) in enumerate(kinds_ok)]
+    assert summarize_checks(checks) == expected
+    assert summarize_checks([c.to_dict() for c in checks]) == expected
+
+
+def test_verdict_label_is_the_checks_summary():
+    for hist in (_healthy(), [_rec(e, 0.6931, 0.5, 0.0, 1e-5, 0.0) for e in (1, 10)]):
+        v = evaluate_verdict(hist)
+        assert (v.passed, v.label) == summarize_checks(v.checks)
+
+
+def test_runbook_check_wording_and_strictness():
+    t = THRESHOLDS
+    c = runbook_check("score_std", t["score_std"], name="val_score_std", scope="validation",
+                      note="best epoch")
+    assert (c.name, c.kind, c.ok) == ("val_score_std", "pass", False)  # strictly above
+    assert c.rule == f"validation score std > {t['score_std']} (best epoch)"
+    flag = runbook_check("score_collapsed", t["flag_score_std"])
+    assert flag.kind == "red_flag" and flag.ok  # at the threshold: not collapsed
+    with pytest.raises(ValueError, match="unknown runbook rule"):
+        runbook_check("accuracy", 1.0)

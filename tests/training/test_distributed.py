@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from gatrank.data import safe_torch_load
+from gatrank.datasets import write_dataset
 from gatrank.training import distributed
 
 TOLERANCE = 0.1
@@ -58,8 +59,6 @@ def _train(cmd_prefix: list[str], manifest: Path, cfg: Path, out: Path, *extra: 
 
 @pytest.mark.slow
 def test_two_processes_reach_the_metrics_of_one(tmp_path):
-    from gatrank.datasets import write_dataset
-
     manifest = write_dataset("synthetic", tmp_path / "syn", n=256)
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(CONFIG)
@@ -93,8 +92,6 @@ def test_two_processes_reach_the_metrics_of_one(tmp_path):
 
 @pytest.mark.slow
 def test_a_batch_too_small_to_share_is_refused(tmp_path):
-    from gatrank.datasets import write_dataset
-
     manifest = write_dataset("synthetic", tmp_path / "syn", n=64)
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("training:\n  epochs: 1\n  batch_size: 2\n")
@@ -105,4 +102,4 @@ def test_a_batch_too_small_to_share_is_refused(tmp_path):
             in run.stdout + run.stderr)
     # the workers print the message, not a traceback (torchrun adds its own ChildFailedError)
     assert "gatrank train: ValueError:" in run.stderr
-    assert "gatrank/train.py" not in run.stderr
+    assert "gatrank/training/" not in run.stderr

@@ -1,21 +1,25 @@
-"""Training end to end on a small slice of the embedded data (marked slow: seconds each)."""
+"""Training end to end on a small slice of the embedded data (marked slow: seconds each), and
+run-to-run reproducibility."""
 
 from __future__ import annotations
 
 import json
 import re
+import sys
 
+import numpy as np
 import pytest
 import torch
+import torch_geometric
+from tiny_training import assert_same_run, tiny
 
 from gatrank.checks.verdict import evaluate_verdict
 from gatrank.config import Config, overfit_config
 from gatrank.data import load_graphs
 from gatrank.datasets import write_dataset
 from gatrank.evaluate import evaluate_checkpoint
+from gatrank.runtime import environment_info
 from gatrank.training import train
-
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +29,7 @@ def chembl_small(tmp_path_factory):
     return manifest, load_graphs(manifest, cache_dir=root / "cache")
 
 
+@pytest.mark.slow
 def test_overfit_mode_reaches_the_runbook_thresholds(chembl_small):
     _, gs = chembl_small
     cfg = overfit_config(Config(), n=16).updated({"training.epochs": 150})
@@ -39,6 +44,7 @@ def test_overfit_mode_reaches_the_runbook_thresholds(chembl_small):
     assert [h["epoch"] for h in res.history[:3]] == [1, 10, 20]
 
 
+@pytest.mark.slow
 def test_full_training_writes_metrics_checkpoints_and_baseline(chembl_small, tmp_path):
     manifest, gs = chembl_small
     cfg = Config().updated({"training.epochs": 4, "training.log_every": 2,
@@ -75,6 +81,7 @@ def test_full_training_writes_metrics_checkpoints_and_baseline(chembl_small, tmp
     assert "Plotly.newPlot" in html
 
 
+@pytest.mark.slow
 def test_user_model_and_loss_by_import_string(chembl_small):
     _, gs = chembl_small
     cfg = overfit_config(Config(), n=16).updated({"training.epochs": 30})
@@ -86,6 +93,7 @@ def test_user_model_and_loss_by_import_string(chembl_small):
     assert "emb_std" not in res.history[0]  # no embed() hook on this model
 
 
+@pytest.mark.slow
 def test_no_valid_pairs_is_visible_in_the_records(chembl_small):
     _, gs = chembl_small
     cfg = overfit_config(Config(), n=8).updated({"training.epochs": 10,
@@ -94,3 +102,27 @@ def test_no_valid_pairs_is_visible_in_the_records(chembl_small):
     assert all(h["valid_pairs_mean"] == 0 for h in res.history)
     assert all(h["batches_without_pairs"] >= 1 for h in res.history)
     assert all(h["grad_norm"] == 0 for h in res.history)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_same_seed_gives_identical_metrics_and_weights(graphs):
+    a = train(tiny(), graphs=graphs, progress=False)
+    b = train(tiny(), graphs=graphs, progress=False)
+    assert_same_run(a, b)
+    c = train(tiny(training__seed=1), graphs=graphs, progress=False)
+    assert any(not torch.equal(v, c.model.state_dict()[k]) for k, v in a.model.state_dict().items())
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_summary_records_seed_versions_and_config(graphs, reference):
+    _, out = reference
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seed"] == tiny().training.seed
+    assert summary["config"] == tiny().to_dict()
+    assert Config.from_dict(summary["config"]) == tiny()
+    versions = summary["versions"]
+    assert versions == environment_info()
+    assert versions["torch"] == torch.__version__
+    assert versions["torch_geometric"] == torch_geometric.__version__
+    assert versions["numpy"] == np.__version__
+    assert versions["python"] == ".".join(map(str, sys.version_info[:3]))

@@ -24,7 +24,7 @@ from gatrank.checks.static import (
 from gatrank.config import Config
 from gatrank.data import GraphSet
 from gatrank.doctor import CAUSES
-from gatrank.doctor.faults import FAULTS, ZooResult, get_fault, inject, list_faults, write_zoo_page
+from gatrank.doctor.faults import FAULTS, get_fault, inject, list_faults
 from gatrank.losses import make_loss_fn
 from gatrank.model import build_model
 from gatrank.runtime import set_seed
@@ -153,32 +153,3 @@ def test_loss_faults_fail_the_runbook_loss_tests():
 def test_loss_faults_wrap_a_user_loss_given_by_import_string():
     inj = inject("reversed_loss", _graph_set(), Config(), loss="custom_plugins:hinge_loss")
     assert not check_loss(make_loss_fn(inj.loss, inj.config))["prefers_correct_order"]
-
-
-def test_zoo_result_accepts_an_overlapping_cause_only_second_behind_an_allowed_one():
-    ok = ZooResult("f", "dead_activations", ["dead_activations"], "collapsed", 0.0)
-    assert ok.ok
-    second = ZooResult("f", "oversmoothing", ["vanishing_gradients", "oversmoothing"], "x", 0.0,
-                       also=("vanishing_gradients",))
-    assert second.ok
-    wrong = ZooResult("f", "oversmoothing", ["frozen_parameters", "oversmoothing"], "x", 0.0,
-                      also=("vanishing_gradients",))
-    assert not wrong.ok
-    assert ZooResult("healthy (seed 0)", None, [], "healthy", 0.0).ok
-    assert not ZooResult("healthy (seed 0)", None, ["no_signal"], "no_generalization", 0.0).ok
-
-
-def test_zoo_page_keeps_the_text_around_the_table(tmp_path):
-    page = tmp_path / "doctor.md"
-    page.write_text("# Doctor\n\nintro\n\n<!-- zoo-table:start -->\nold\n<!-- zoo-table:end -->\n"
-                    "\noutro\n")
-    results = [ZooResult("constant_targets", "constant_targets", ["constant_targets"],
-                         "bad_data", 0.1),
-               ZooResult("healthy (seed 0)", None, [], "healthy", 2.0)]
-    write_zoo_page(page, results, command="gatrank doctor --zoo-table doctor.md")
-    text = page.read_text()
-    assert text.startswith("# Doctor\n\nintro") and text.rstrip().endswith("outro")
-    assert "old" not in text and "| constant_targets | data |" in text
-    assert "2 of 2 runs right" in text
-    write_zoo_page(page, results)  # idempotent: one table, not two
-    assert page.read_text().count("<!-- zoo-table:start -->") == 1

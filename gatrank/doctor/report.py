@@ -1,0 +1,275 @@
+"""The doctor's vocabulary: the cause ids with their fixes, the thresholds, the verdicts, and
+the report types (:class:`Cause`, :class:`Stage`, :class:`DoctorReport`) with their JSON and
+terminal forms; :class:`DoctorOptions` holds the run budgets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from gatrank.checks.verdict import THRESHOLDS
+
+__all__ = [
+    "CAUSES",
+    "DOCTOR_THRESHOLDS",
+    "VERDICTS",
+    "Cause",
+    "Stage",
+    "DoctorOptions",
+    "DoctorReport",
+]
+
+CAUSES: dict[str, dict[str, str]] = {
+    "nan_or_inf_inputs": {
+        "meaning": "NaN/Inf in node features, edge features or targets",
+        "fix": "Runbook Step 2B: no NaN values. Impute or drop the rows listed (gatrank "
+               "check-data lists each one), or load with data.on_error: skip to drop them."},
+    "empty_graphs": {
+        "meaning": "graphs with no nodes or no edges",
+        "fix": "Runbook Step 2B: graphs have nodes and edges. Drop the graphs listed, or add "
+               "edges (e.g. self-loops) deliberately before loading."},
+    "constant_targets": {
+        "meaning": "targets (nearly) all equal, overall or within groups",
+        "fix": "Runbook Step 2B: y values vary. Check the target column is the one you mean "
+               "and was not filled with a default; with groups, each group needs different "
+               "targets."},
+    "no_valid_pairs": {
+        "meaning": "batches with no pair outside tie_eps/margin_eps",
+        "fix": "Runbook 'Loss is Zero': check target values vary, reduce loss.margin_eps or "
+               "increase training.batch_size, check loss.tie_eps is not too large (1e-6 "
+               "recommended); with groups, batches need two graphs of one group."},
+    "uninformative_features": {
+        "meaning": "graphs the model cannot tell apart (identical features or structure)",
+        "fix": "Runbook Step 2C: graph embeddings need variation (std > 0.01). Give nodes "
+               "features that differ between graphs (atom type, degree, charge...), and "
+               "check the featurizer is not returning a constant."},
+    "loss_detached": {
+        "meaning": "the loss has no gradient path to the parameters",
+        "fix": "Runbook 'Gradients are Zero': verify scores.requires_grad is True and "
+               "assert loss.requires_grad; remove .detach(), .item(), .numpy() or "
+               "torch.tensor(...) between the model output and the loss."},
+    "loss_wrong_direction": {
+        "meaning": "the loss prefers reversed orderings",
+        "fix": "Runbook loss test test_perfect_vs_reversed_ordering: the loss must be lower "
+               "for the right order. Use softplus(-(s_i - s_j)) for pairs with y_i > y_j and "
+               "check the sign of the score difference and of the targets."},
+    "frozen_parameters": {
+        "meaning": "parameters that never receive gradients or are not being optimized",
+        "fix": "Runbook 'Gradients are Zero' (model frozen): set requires_grad=True on the "
+               "parameters listed, build the optimizer from model.parameters() after "
+               "unfreezing, and make sure every layer is used in forward()."},
+    "vanishing_gradients": {
+        "meaning": "gradient norms ~0 while the loss is above its minimum",
+        "fix": "Runbook 'Gradients are Zero': gradients must exceed 0.01. Keep "
+               "loss.temperature near 1 (score gaps are divided by it), avoid saturating "
+               "activations and very deep stacks without residuals, keep LayerNorm in the "
+               "score head."},
+    "exploding_gradients": {
+        "meaning": "gradient norms huge or non-finite; loss turns NaN",
+        "fix": "Runbook 'Training Stabilizers': keep training.grad_clip at 1.0 and the "
+               "LayerNorm in the score head, use the layers' default initialisation, scale "
+               "input features to O(1), lower the learning rate."},
+    "learning_rate_too_low": {
+        "meaning": "gradients flow but the loss barely moves",
+        "fix": "Runbook 'Score Std is Zero': increase the learning rate (1e-3 for training, "
+               "5e-3 in the overfit test)."},
+    "learning_rate_too_high": {
+        "meaning": "loss oscillates or diverges",
+        "fix": "Lower the learning rate to the runbook's 1e-3 (5e-3 for the overfit test) and "
+               "keep training.grad_clip at 1.0."},
+    "dead_activations": {
+        "meaning": "units that are zero for every input (a dead ReLU score head)",
+        "fix": "Runbook 'Model Changes': keep LayerNorm before the ReLU in the score head "
+               "(model.head: layernorm); re-initialise the head; a lower learning rate keeps "
+               "units from dying."},
+    "oversmoothing": {
+        "meaning": "node embeddings become indistinguishable with depth",
+        "fix": "Runbook 'Check model architecture': use 2-3 GAT layers (model.num_layers) and "
+               "residual connections (model.residual: true)."},
+    "score_head_saturated": {
+        "meaning": "a bounded output (sigmoid/tanh) stuck at its limits",
+        "fix": "A ranking loss needs unbounded scores: drop the sigmoid/tanh on the output "
+               "(model.head: layernorm), or scale its input down."},
+    "over_regularized": {
+        "meaning": "dropout / weight decay so strong the model cannot fit a small set",
+        "fix": "Runbook 'Score Std is Zero': disable dropout temporarily (model.dropout: 0) "
+               "and lower training.weight_decay (0 to 1e-4)."},
+    "no_signal": {
+        "meaning": "the model memorizes the training set but held-out ranking is at chance",
+        "fix": "Runbook 'Pairwise Accuracy ~0.5': check each target belongs to its graph "
+               "(ids, row order, joins), that the target is predictable from the graph, and "
+               "compare with the linear baseline."},
+    "insufficient_capacity": {
+        "meaning": "the model learns but plateaus below the criteria on a small set that "
+                   "gatrank's GAT fits with the same loss and settings",
+        "fix": "Runbook 'Pairwise Accuracy ~0.5': increase model capacity (width, depth, "
+               "attention or message passing instead of plain pooling of node features), or "
+               "start from gatrank's GATRanker (--model gat)."},
+    "does_not_generalize": {
+        "meaning": "the model fits its training graphs but held-out ranking is at chance, "
+                   "while the linear baseline generalizes",
+        "fix": "Train on more graphs, keep dropout/weight decay from the recommended config, "
+               "stop early on validation Spearman, or start from the linear baseline."},
+    "invalid_data": {
+        "meaning": "manifest rows gatrank cannot load (missing files, bad SMILES, ...)",
+        "fix": "Run gatrank check-data and fix each row it lists, or set data.on_error: skip."},
+}
+"""Every cause id the doctor names: its meaning and the runbook's fix. The first 17 are
+DESIGN.md's; ``insufficient_capacity``, ``does_not_generalize`` and ``invalid_data`` are
+added."""
+
+DOCTOR_THRESHOLDS: dict[str, float] = {
+    "dead_fraction": 0.95,          # score-head ReLU units dead for every probe graph
+    "saturated_fraction": 0.9,      # bounded outputs within 0.1% of a bound
+    "exploding_grad_norm": 1e3,     # gradient norm before any update
+    "vanishing_grad_norm": THRESHOLDS["grad_norm"],  # the runbook's 0.01
+    "near_ln2": 0.9,                # loss never below this x ln 2: no better than constant
+    "flat_loss_drop": 0.01,         # relative loss drop below this: "not moving"
+    "oversmoothing_mad_ratio": 0.1,  # MAD at the last GAT layer / largest MAD over layers
+    "indistinguishable": 0.5,       # graphs whose pooled input features clash
+    "without_pairs": 0.5,           # batches without a valid pair
+    "nearly_constant_ties": 0.99,   # fraction of target pairs that are ties
+    "frozen_fraction": 0.5,         # parameters (by count) that cannot learn
+    "signal_p": 0.01,               # permutation p-value for held-out signal
+    "lr_high": 0.1,                 # learning rates above this are suspect
+    "lr_low": 1e-5,                 # and below this
+    "heavy_dropout": 0.5,
+    "heavy_weight_decay": 0.1,
+    "strong": 0.85,                 # a cause this likely needs no ablation to confirm it
+}
+"""Every threshold the doctor uses, beside the runbook's
+(:data:`gatrank.checks.verdict.THRESHOLDS`)."""
+
+VERDICTS = ("healthy", "bad_data", "broken_loss", "cannot_fit", "collapsed", "unstable",
+            "no_generalization")
+"""``healthy``: fits the overfit subset and ranks held-out graphs above chance; ``bad_data`` /
+``broken_loss``: stopped at the data or loss checks; ``collapsed``: scores (nearly) constant;
+``unstable``: NaN/Inf during training; ``cannot_fit``: neither; ``no_generalization``: fits but
+held-out ranking is at chance."""
+
+
+@dataclass
+class Cause:
+    id: str
+    evidence: str
+    """The measurements that support this cause, with their values."""
+    fix: str
+    score: float
+    """How likely, 0-1: 1 = certain (a definitive check), ~0.95 = an ablation fixed it,
+    ~0.9 = a strong measurement, lower = suspected."""
+    stage: str
+    measured: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "evidence": self.evidence, "fix": self.fix,
+                "score": round(self.score, 3), "stage": self.stage, "measured": self.measured}
+
+
+@dataclass
+class Stage:
+    name: str
+    status: str
+    """``ok``, ``warning`` (worth a look, not a cause), ``failed`` (found a problem),
+    ``passed``/``fits`` or ``skipped``."""
+    summary: dict[str, Any]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "status": self.status, "summary": self.summary,
+                "seconds": round(self.seconds, 2)}
+
+
+@dataclass
+class DoctorOptions:
+    """Budgets of the doctor's runs (defaults: under a minute on 2 CPU cores)."""
+
+    n: int = 32
+    """Graphs in the overfit test (the runbook's 32)."""
+    overfit_epochs: int = 500
+    """Epoch budget of the overfit test and its ablations: the runbook's 500. A run stops once
+    the criteria pass or its loss plateaus, so most take a few dozen epochs."""
+    user_epochs: int = 60
+    """Epoch budget of the run with the user's own settings on the same graphs."""
+    stall_epochs: int = 30
+    """Stop a run when its best loss has not improved by 1% over this many epochs."""
+    heldout_train: int = 64
+    """Training graphs in the held-out stage."""
+    heldout_max: int = 256
+    """At most this many held-out graphs are scored."""
+    heldout_epochs: int = 40
+    probe_graphs: int = 32
+    """Graphs in the probe batch of :class:`~gatrank.checks.probes.ModelProbe`."""
+    ablations: bool = True
+    heldout: bool = True
+    num_threads: int | None = None
+    """torch threads while diagnosing (restored after); None: ``training.cpu_threads`` of the
+    config (default 1: small graphs run fastest on one thread)."""
+    permutations: int = 500
+    """Score shuffles in the held-out permutation test (p-values down to 1/(permutations+1))."""
+
+    def __post_init__(self) -> None:
+        for name in ("n", "overfit_epochs", "user_epochs", "heldout_train", "heldout_max",
+                     "heldout_epochs", "probe_graphs", "permutations"):
+            value = getattr(self, name)
+            least = 2 if name in ("n", "heldout_train", "heldout_max") else 1
+            if value < least:
+                raise ValueError(f"DoctorOptions.{name} = {value} is out of range: use at least "
+                                 f"{least}" + (" (ranking needs pairs; the runbook's overfit test "
+                                               "uses 32)" if name == "n" else ""))
+
+
+@dataclass
+class DoctorReport:
+    verdict: str
+    """One of :data:`VERDICTS`."""
+    causes: list[Cause]
+    """Most likely first; empty when healthy."""
+    stages: list[Stage]
+    notes: list[str] = field(default_factory=list)
+    config_diff: list[dict[str, Any]] = field(default_factory=list)
+    """The user's training settings beside the runbook's overfit settings."""
+    runbook_verdict: dict[str, Any] | None = None
+    """:meth:`gatrank.checks.verdict.Verdict.to_dict` of the overfit test."""
+    setup: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def cause_ids(self) -> list[str]:
+        return [c.id for c in self.causes]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: ``{"verdict", "causes": [{"id", "evidence", "fix", ...}], ...}``."""
+        return {"verdict": self.verdict, "causes": [c.to_dict() for c in self.causes],
+                "notes": self.notes, "config_diff": self.config_diff,
+                "runbook_verdict": self.runbook_verdict,
+                "stages": [s.to_dict() for s in self.stages], "setup": self.setup,
+                "seconds": round(self.seconds, 2)}
+
+    def format_text(self) -> str:
+        """The report for a terminal."""
+        lines = [f"verdict: {self.verdict.upper()}  ({self.seconds:.1f} s)"]
+        if self.causes:
+            lines.append("causes, most likely first:")
+            for k, c in enumerate(self.causes, 1):
+                lines += [f" {k}. {c.id}  (likelihood {c.score:.2f}, from the {c.stage} stage)",
+                          f"    evidence: {c.evidence}", f"    fix: {c.fix}"]
+        else:
+            lines.append("no cause of collapse found")
+        lines.append("stages:")
+        for s in self.stages:
+            brief = ", ".join(f"{k}={_fmt(v)}" for k, v in s.summary.items()
+                              if not isinstance(v, (dict, list)))
+            lines.append(f"  {s.name:<14} {s.status:<8} {s.seconds:5.1f}s  {brief}")
+        if self.config_diff:
+            lines.append("your settings beside the runbook's overfit test:")
+            for d in self.config_diff:
+                lines.append(f"  {d['key']:<26} yours {_fmt(d['yours']):<10} "
+                             f"runbook {_fmt(d['runbook'])}")
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)

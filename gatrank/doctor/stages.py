@@ -1,0 +1,320 @@
+"""The doctor's checks that are not ablations: the data, loss and model stages (static checks
+that stop the diagnosis when they find a definitive cause) and the held-out stage (a permutation
+test of ranking on graphs the model never saw)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch_geometric.data import Batch
+
+from gatrank.checks.static import (
+    check_loss,
+    feature_stats,
+    frozen_parameters,
+    gradient_path,
+    pair_stats,
+)
+from gatrank.checks.verdict import THRESHOLDS
+from gatrank.doctor.report import DOCTOR_THRESHOLDS
+from gatrank.doctor.runs import model_factory, train_run
+from gatrank.doctor.state import Diagnosis
+from gatrank.losses import make_loss_fn
+from gatrank.metrics import pairwise_accuracy
+from gatrank.runtime import resolve_device, set_seed
+from gatrank.training import predict
+
+__all__ = [
+    "data_stage",
+    "loss_stage",
+    "model_stage",
+    "heldout_stage",
+]
+
+
+_PROBLEM_CAUSE = {"nonfinite_features": "nan_or_inf_inputs",
+                  "nonfinite_edge_features": "nan_or_inf_inputs",
+                  "nan_target": "nan_or_inf_inputs", "inf_target": "nan_or_inf_inputs",
+                  "missing_target": "nan_or_inf_inputs", "empty_graph": "empty_graphs",
+                  "no_edges": "empty_graphs"}
+"""The cause of each data problem code (any other code: ``invalid_data``)."""
+
+
+def data_stage(doc: Diagnosis, problems: Sequence, dropped: Sequence) -> bool:
+    """Data checks; True when diagnosis must stop here."""
+    t0 = time.perf_counter()
+    counted = _problem_causes(doc, problems)
+    if dropped:
+        doc.notes.append(f"{len(dropped)} manifest row(s) were dropped under "
+                         "data.on_error=skip; they are not part of this diagnosis")
+    summary: dict[str, Any] = {"graphs": 0 if doc.gs is None else len(doc.gs),
+                               "problems": counted}
+    if counted or _target_causes(doc, summary):
+        doc.add_stage("data", "failed", summary, t0)
+        return True
+    stop = _feature_causes(doc, summary)
+    doc.add_stage("data", "failed" if stop else "warning" if doc.causes else "ok",
+                  summary, t0)
+    return stop
+
+
+def _problem_causes(doc: Diagnosis, problems: Sequence) -> int:
+    """One definitive cause per problem code, naming the first rows; the problems counted
+    (warnings do not count)."""
+    by_code: dict[str, list] = {}
+    for p in problems:
+        if not p.is_warning:
+            by_code.setdefault(p.code, []).append(p)
+    for code, items in by_code.items():
+        cid = _PROBLEM_CAUSE.get(code, "invalid_data")
+        where = ", ".join(f"{p.id}" + (f" (line {p.line})" if p.line else "")
+                          for p in items[:5])
+        more = f" and {len(items) - 5} more" if len(items) > 5 else ""
+        doc.cause(cid, f"{len(items)} graph(s) with {code}: {items[0].problem} — {where}"
+                       f"{more}", 1.0, "data", **{code: len(items)})
+    return sum(map(len, by_code.values()))
+
+
+def _target_causes(doc: Diagnosis, summary: dict[str, Any]) -> bool:
+    """Targets that do not vary and pairs the loss cannot use, overall and per training batch;
+    True when a definitive cause was found (no pair at all, constant targets)."""
+    gs, lc = doc.gs, doc.cfg.loss
+    idx = doc.train_split()
+    y = torch.tensor(gs.table["y"].to_numpy(dtype=np.float64))
+    group = torch.cat([g.group.reshape(-1) for g in gs.graphs]) \
+        if all(hasattr(g, "group") for g in gs.graphs) else None
+    grouped = group is not None and bool((group >= 0).any())
+    if not grouped:
+        group = None
+    sizes = torch.unique(group, return_counts=True)[1] if grouped else torch.tensor([len(y)])
+    total_pairs = int((sizes * (sizes - 1) // 2).sum())  # unordered pairs, ties included
+    tight = pair_stats(y, len(y), tie_eps=1e-6, group=group, shuffle=False)["pairs_all"]
+    every = pair_stats(y, len(y), margin_eps=lc.margin_eps, tie_eps=lc.tie_eps, group=group,
+                       shuffle=False)["pairs_all"]
+    summary.update(y_min=float(y.min()), y_max=float(y.max()), y_std=float(y.std()),
+                   valid_pairs=every)
+    spread = float(y.max() - y.min())
+    if total_pairs == 0:
+        doc.cause("no_valid_pairs", f"0 valid pairs: every one of the {len(sizes)} groups "
+                  "has a single graph, and pairs form only inside a group", 1.0, "data",
+                  valid_pairs=0, num_groups=len(sizes))
+    elif tight == 0:
+        doc.cause("constant_targets",
+                  f"all {len(y)} targets are equal within 1e-6"
+                  + (" inside every group" if grouped and spread > 1e-6 else "")
+                  + f" (min {float(y.min()):.6g}, max {float(y.max()):.6g})",
+                  1.0, "data", y_std=float(y.std()))
+    elif every == 0:
+        reasons = [f"loss.{k}={v:g} is at least the whole target spread ({spread:.4g})"
+                   for k, v in (("tie_eps", lc.tie_eps), ("margin_eps", lc.margin_eps))
+                   if v >= spread]
+        doc.cause("no_valid_pairs", f"0 valid pairs among {len(y)} graphs: "
+                  + ("; ".join(reasons) or "no two graphs of a group differ by more than "
+                     f"tie_eps={lc.tie_eps:g} and margin_eps={lc.margin_eps:g}"),
+                  1.0, "data", valid_pairs=0)
+    if doc.causes:
+        return True
+    ties = 1 - tight / total_pairs
+    summary["tie_fraction"] = round(ties, 4)
+    if ties >= DOCTOR_THRESHOLDS["nearly_constant_ties"]:
+        doc.cause("constant_targets", f"{ties:.1%} of target pairs are ties (within 1e-6): "
+                  "the targets are nearly constant", 0.8, "data", tie_fraction=ties)
+    gtr = None if group is None else group[idx]
+    batches = pair_stats(y[idx], doc.cfg.training.batch_size, margin_eps=lc.margin_eps,
+                         tie_eps=lc.tie_eps, group=gtr, seed=doc.cfg.training.seed)
+    summary["batches_without_pairs"] = (f"{batches['batches_without_pairs']}/"
+                                        f"{batches['batches']}")
+    frac = batches["fraction_without_pairs"]
+    if frac >= DOCTOR_THRESHOLDS["without_pairs"]:
+        doc.cause("no_valid_pairs",
+                  f"{batches['batches_without_pairs']} of {batches['batches']} training "
+                  f"batches of {doc.cfg.training.batch_size} graphs have no valid pair "
+                  f"(mean {batches['pairs_mean']:.1f} pairs per batch)",
+                  0.5 + 0.4 * frac, "data", fraction_without_pairs=frac)
+    return False
+
+
+def _feature_causes(doc: Diagnosis, summary: dict[str, Any]) -> bool:
+    """Graphs their node features and structure cannot tell apart; True when every node has
+    the same features (definitive)."""
+    gs = doc.gs
+    feats = feature_stats(gs.graphs)
+    summary.update(indistinguishable=round(feats["indistinguishable"], 4),
+                   constant_feature_columns=f"{feats['constant_columns']}/"
+                                            f"{feats['num_features']}")
+    if feats["identical_nodes"]:
+        doc.cause("uninformative_features",
+                  f"every node of all {len(gs)} graphs has the same feature vector (all "
+                  f"{feats['num_features']} columns constant): a GAT with mean/max pooling "
+                  "gives every graph the same embedding", 1.0, "data",
+                  **{k: feats[k] for k in ("indistinguishable", "constant_columns")})
+        return True
+    if feats["indistinguishable"] >= DOCTOR_THRESHOLDS["indistinguishable"]:
+        doc.cause("uninformative_features",
+                  f"{feats['indistinguishable']:.0%} of graphs cannot be told from another "
+                  "graph with a different target by features and structure (3 rounds of "
+                  "1-WL, the limit of message passing; "
+                  f"{feats['distinct_signatures']} distinct of {len(gs)})",
+                  0.6 + 0.3 * feats["indistinguishable"], "data",
+                  indistinguishable=feats["indistinguishable"])
+    return False
+
+
+def loss_stage(doc: Diagnosis) -> bool:
+    """The runbook's loss tests on synthetic scores; True (stop) when the loss is detached or
+    prefers the reversed order."""
+    t0 = time.perf_counter()
+    lc = doc.cfg.loss
+    fn = make_loss_fn(doc.loss or None, doc.cfg)
+    res = check_loss(fn, scale=max(1.0, 2 * (lc.tie_eps + lc.margin_eps)),
+                     seed=doc.cfg.training.seed)
+    summary = {k: res[k] for k in ("loss_perfect", "loss_reversed", "loss_constant",
+                                   "grad_norm")}
+    if not (res["requires_grad"] and res["has_gradient"]):
+        why = ("the loss does not require grad" if not res["requires_grad"] else
+               "its gradient with respect to the scores is missing or zero")
+        doc.cause("loss_detached", f"on 16 synthetic graphs with distinct targets "
+                  f"{why} (loss value {res['loss_constant']:.4g} at constant scores)",
+                  1.0, "loss", grad_norm=res["grad_norm"])
+    elif not (res["prefers_correct_order"] and res["descent_agrees"]):
+        doc.cause("loss_wrong_direction",
+                  f"the perfect ordering costs {res['loss_perfect']:.4g} and its reverse "
+                  f"{res['loss_reversed']:.4g}; a gradient step from constant scores "
+                  f"{'moves towards' if res['descent_agrees'] else 'moves against'} the "
+                  "target order", 1.0, "loss",
+                  loss_perfect=res["loss_perfect"], loss_reversed=res["loss_reversed"])
+    if not res["finite_large_gaps"]:
+        doc.notes.append("the loss or its gradient is not finite at score gaps of 1e4: "
+                         "compute it with softplus (stable) rather than log(1 + exp)")
+    failed = bool({"loss_detached", "loss_wrong_direction"} & set(doc.causes))
+    doc.add_stage("loss", "failed" if failed else "ok", summary, t0)
+    return failed
+
+
+def model_stage(doc: Diagnosis, idx: Sequence[int]) -> bool:
+    """Frozen parameters and the gradient path on the graphs ``idx`` (kept in ``doc.static``
+    for the symptoms); True (stop) when nothing can be trained."""
+    t0 = time.perf_counter()
+    set_seed(doc.cfg.training.seed)
+    net = model_factory(doc)(doc.gs.num_features, doc.cfg)
+    frozen = frozen_parameters(net)
+    batch = Batch.from_data_list([doc.gs[i] for i in idx])
+    path = gradient_path(net, make_loss_fn(doc.loss or None, doc.cfg), batch)
+    doc.static = {"frozen": frozen, "path": path,
+                  "numel": {n: p.numel() for n, p in net.named_parameters()}}
+    summary = {"parameters": frozen["num_parameters"],
+               "trainable_fraction": round(frozen["trainable_fraction"], 4),
+               "grad_norm_at_init": path["grad_norm"], "unused": len(path["unused"]),
+               "zero_grad": len(path["zero"])}
+    stop = False
+    trainable = [n for n, p in net.named_parameters() if p.requires_grad]
+    if frozen["trainable_fraction"] == 0:
+        doc.cause("frozen_parameters", f"all {len(frozen['frozen'])} parameter tensors "
+                  "have requires_grad=False: nothing can be trained", 1.0, "model",
+                  trainable_fraction=0.0)
+        stop = True
+    elif trainable and (not path["requires_grad"] or len(path["unused"]) == len(trainable)):
+        doc.cause("loss_detached", "on a real batch the loss reaches none of the "
+                  f"{len(trainable)} trainable parameter tensors (no gradient path from "
+                  "the model's scores to the loss)", 1.0, "model")
+        stop = True
+    status = "failed" if stop else "ok"
+    if not stop and path["requires_grad"] and (
+            path["grad_norm"] < DOCTOR_THRESHOLDS["vanishing_grad_norm"]):
+        # not a cause by itself (an untrained model can start flat), but worth a look
+        status = "warning"
+        doc.notes.append(
+            f"at initialisation the gradient norm on a real batch is "
+            f"{path['grad_norm']:.3g} (runbook: > {THRESHOLDS['grad_norm']:g}) and "
+            f"{len(path['zero'])} parameter tensor(s) get exactly zero gradient: gradients "
+            "barely reach the parameters before any training (dead or saturated units?)")
+    doc.add_stage("model", status, summary, t0)
+    return stop
+
+
+def heldout_stage(doc: Diagnosis) -> str:
+    """The user's settings trained on more graphs and scored on held-out ones; the verdict:
+    ``healthy`` (ranked above chance, or too few graphs to tell) or ``no_generalization``."""
+    t0 = time.perf_counter()
+    doc.train_split()
+    sp = doc.splits
+    train_idx = sp["train"][: doc.opts.heldout_train]
+    held = (sp.get("val", []) + sp.get("test", []))[: doc.opts.heldout_max]
+    if len(held) < 8 or len(train_idx) < 8:
+        doc.notes.append(f"held-out check skipped: {len(held)} held-out and "
+                         f"{len(train_idx)} training graphs (needs 8 of each)")
+        doc.add_stage("held-out", "skipped", {"held_out": len(held)}, t0)
+        return "healthy"
+    cfg = doc.user_cfg(**{"training.epochs": doc.opts.heldout_epochs})
+    device = resolve_device(cfg.training.device)
+    held_graphs = [doc.gs[i] for i in held]
+
+    def score(model) -> tuple[float, float, dict]:
+        box: list[nn.Module] = []
+        run = train_run(doc, "held-out" if model is None else f"held-out {model}", cfg, train_idx,
+                        stop_on_pass=False, model=model, keep=box)
+        out = predict(box[-1], held_graphs, device)
+        stat, p = _signal_test(out["scores"].numpy(), out["targets"].numpy(),
+                               _groups(held_graphs), doc.cfg.loss.tie_eps,
+                               doc.opts.permutations, doc.cfg.training.seed)
+        return stat, p, run.summary()
+
+    stat, p, train_summary = score(None)
+    summary = {"train_graphs": len(train_idx), "held_out": len(held),
+               "pairwise_accuracy": round(stat, 4), "p_value": round(p, 4),
+               "train_pairwise_accuracy": train_summary.get("pairwise_accuracy")}
+    if p <= DOCTOR_THRESHOLDS["signal_p"]:
+        doc.add_stage("held-out", "ok", summary, t0)
+        return "healthy"
+    lin_stat, lin_p, _ = score("linear")
+    summary.update(linear_pairwise_accuracy=round(lin_stat, 4), linear_p_value=round(lin_p, 4))
+    doc.add_stage("held-out", "failed", summary, t0)
+    fit = train_summary.get("pairwise_accuracy", float("nan"))
+    base = (f"the model fits the {doc.opts.n} graphs of the overfit test and reaches "
+            f"pairwise accuracy {fit:.3f} on {len(train_idx)} training graphs, but ranks "
+            f"{len(held)} held-out graphs at chance: pairwise accuracy {stat:.3f} "
+            f"(permutation p = {p:.3g})")
+    if lin_p <= DOCTOR_THRESHOLDS["signal_p"]:
+        doc.cause("does_not_generalize", f"{base}; the linear baseline reaches "
+                  f"{lin_stat:.3f} (p = {lin_p:.3g})", 0.85, "held-out",
+                  held_out_pairwise_accuracy=stat, p_value=p)
+    else:
+        doc.cause("no_signal", f"{base}; the linear baseline is at chance too "
+                  f"({lin_stat:.3f}, p = {lin_p:.3g})", 0.9, "held-out",
+                  held_out_pairwise_accuracy=stat, p_value=p)
+    return "no_generalization"
+
+
+def _groups(graphs: Sequence) -> np.ndarray | None:
+    if not all(hasattr(g, "group") for g in graphs):
+        return None
+    g = np.array([int(x.group.reshape(-1)[0]) for x in graphs])
+    return None if (g < 0).all() else g
+
+
+def _signal_test(scores: np.ndarray, targets: np.ndarray, groups: np.ndarray | None,
+                 tie_eps: float, permutations: int, seed: int) -> tuple[float, float]:
+    """Pairwise accuracy (mean over groups with groups) and its one-sided permutation p-value:
+    the fraction of score shuffles (within groups) that rank at least as well, +1 smoothed."""
+    units = [np.arange(len(scores))] if groups is None else \
+        [np.flatnonzero(groups == g) for g in np.unique(groups)]
+    units = [u for u in units if len(u) > 1]
+
+    def stat(s: np.ndarray) -> float:
+        return float(np.mean([pairwise_accuracy(s[u], targets[u], tie_eps=tie_eps)
+                              for u in units])) if units else 0.5
+
+    observed = stat(scores)
+    rng = np.random.default_rng(seed)
+    hits = 0
+    for _ in range(permutations):
+        s = scores.copy()
+        for u in units:
+            s[u] = s[rng.permutation(u)]
+        hits += stat(s) >= observed
+    return observed, (hits + 1) / (permutations + 1)

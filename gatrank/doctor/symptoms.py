@@ -1,0 +1,258 @@
+"""Reading a training run: what a history shows (:class:`Run`), and the causes its measurements
+suggest (:func:`symptoms`), what it says about the learning rate, and the verdict of a run
+that failed."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gatrank.checks.verdict import THRESHOLDS, evaluate_verdict, loss_drop
+from gatrank.doctor.report import DOCTOR_THRESHOLDS
+from gatrank.doctor.state import Diagnosis
+from gatrank.losses import LN2
+
+__all__ = [
+    "Run",
+    "plateau",
+    "median_grad",
+    "symptoms",
+    "lr_symptom",
+    "failure_verdict",
+]
+
+
+@dataclass
+class Run:
+    """One training run of the doctor and what it showed."""
+
+    name: str
+    history: list[dict[str, Any]]
+    error: str = ""
+    nonfinite: bool = False
+    stopped: str = ""
+    seconds: float = 0.0
+
+    @property
+    def verdict(self):
+        return evaluate_verdict(self.history) if self.history else None
+
+    @property
+    def passed(self) -> bool:
+        return not self.nonfinite and self.verdict is not None and self.verdict.passed
+
+    @property
+    def learns(self) -> bool:
+        """No red flag: not random, not collapsed, gradients flow, the loss moves."""
+        v = self.verdict
+        return not self.nonfinite and v is not None and not v.red_flags
+
+    def problem(self) -> str:
+        """What went wrong, in words: the non-finite error or the red flags raised."""
+        if self.error:
+            return self.error
+        v = self.verdict
+        if v is None:
+            return "no epoch was logged"
+        return "red flags: " + (", ".join(c.name for c in v.red_flags) or "none")
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"epochs": self.history[-1]["epoch"] if self.history else 0}
+        if self.history:
+            last = self.history[-1]
+            out.update(pairwise_accuracy=round(last["pairwise_accuracy"], 4),
+                       spearman=round(last["spearman"], 4), score_std=last["score_std"],
+                       loss=last["loss"], grad_norm_median=median_grad(self.history))
+        if self.stopped:
+            out["stopped"] = self.stopped
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+def plateau(history: Sequence[dict], window: int) -> bool:
+    """The best loss of the last ``window`` epochs is not 1% below the best loss before them
+    (non-finite losses count as no improvement)."""
+    epoch = history[-1]["epoch"]
+    if epoch < window:
+        return False
+    before = [r["loss"] for r in history if r["epoch"] <= epoch - window and
+              math.isfinite(r["loss"])]
+    recent = [r["loss"] for r in history if r["epoch"] > epoch - window and
+              math.isfinite(r["loss"])]
+    if not before:
+        return False
+    best_recent = min(recent, default=math.inf)
+    return best_recent > min(before) * (1 - DOCTOR_THRESHOLDS["flat_loss_drop"])
+
+
+def median_grad(history: Sequence[dict]) -> float:
+    """The median gradient norm over the logged epochs (0 for no epoch)."""
+    return float(np.median([h["grad_norm"] for h in history])) if history else 0.0
+
+
+def symptoms(doc: Diagnosis, run: Run, stage: str) -> None:
+    """Causes suggested by a failing run's measurements (and the static checks)."""
+    # whether a cause already found would explain small gradients by itself
+    explained = _static_symptoms(doc, run, stage)
+    if not run.history:
+        return
+    if _unit_symptoms(doc, run.history, stage):
+        explained = True
+    _training_symptoms(doc, run.history, stage, explained)
+
+
+def _static_symptoms(doc: Diagnosis, run: Run, stage: str) -> bool:
+    """Frozen parameters and exploding gradients, from the model stage's checks and the run's
+    error; True when one of them is strong enough to explain small gradients."""
+    t = DOCTOR_THRESHOLDS
+    frozen, path = doc.static.get("frozen"), doc.static.get("path")
+    explained = False
+    if frozen is not None:
+        stuck = set(frozen["frozen"]) | set(frozen["not_in_optimizer"])
+        stuck |= set(path["unused"]) if path else set()
+        params = doc.static["numel"]
+        total = sum(params.values()) or 1
+        frac = sum(params.get(n, 0) for n in stuck) / total
+        if stuck:
+            names = ", ".join(sorted(stuck)[:4]) + (" ..." if len(stuck) > 4 else "")
+            left = total - sum(params.get(n, 0) for n in stuck)
+            doc.cause("frozen_parameters",
+                      f"{len(stuck)} of {len(params)} parameter tensors ({names}) have "
+                      f"requires_grad=False or get no gradient: {frac:.2%} of the weights, "
+                      f"{left} left to train",
+                      0.9 if frac >= t["frozen_fraction"] else 0.5, stage,
+                      frozen_fraction=frac)
+            if frac >= t["frozen_fraction"]:
+                explained = True
+    big = path is not None and path["grad_norm"] >= t["exploding_grad_norm"]
+    if path is not None and (not path["finite"] or big):
+        gn = path["grad_norm"]
+        doc.cause("exploding_gradients",
+                  f"gradient norm {gn:.3g} before any update (threshold "
+                  f"{t['exploding_grad_norm']:g}); loss {path['loss']:.4g} = "
+                  f"{path['loss'] / LN2:.3g} x ln 2", 0.9, stage, grad_norm_at_init=gn)
+        explained = True
+    at = re.search(r"at epoch (\d+), batch (\d+)", run.error)
+    if run.nonfinite and at and at.groups() == ("1", "0"):
+        doc.cause("exploding_gradients", f"{run.error} — at the very first step, so no "
+                  "learning-rate step caused it", 0.9, stage)
+    return explained
+
+
+def _unit_symptoms(doc: Diagnosis, h: Sequence[dict[str, Any]], stage: str) -> bool:
+    """What the probe saw in the units: dead ReLUs, saturated outputs, oversmoothing, inputs
+    that do not differ; True when one that explains small gradients was found."""
+    t = DOCTOR_THRESHOLDS
+    first, last = h[0], h[-1]
+    explained = False
+    dead = [r.get("dead_fraction") for r in h if r.get("dead_fraction") is not None]
+    if dead and max(dead) >= t["dead_fraction"]:
+        at_init = dead[0] >= t["dead_fraction"]
+        when = "from the first epoch" if at_init else f"by epoch {last['epoch']}"
+        doc.cause("dead_activations",
+                  f"{max(dead):.0%} of the score head's ReLU units output 0 for every probe "
+                  f"graph ({when}; threshold {t['dead_fraction']:.0%})",
+                  0.9 if at_init else 0.7, stage, dead_fraction=max(dead))
+        explained = True
+    sat = [r.get("saturated_fraction") for r in h if r.get("saturated_fraction") is not None]
+    if sat and max(sat) >= t["saturated_fraction"]:
+        at_init = sat[0] >= t["saturated_fraction"]
+        doc.cause("score_head_saturated",
+                  f"{max(sat):.0%} of the bounded outputs lie within 0.1% of their limits "
+                  f"(score std {last['score_std']:.3g})", 0.9 if at_init else 0.7, stage,
+                  saturated_fraction=max(sat))
+        explained = True
+    mads = _mad_ratio(first)
+    if mads is not None and mads[0] < t["oversmoothing_mad_ratio"]:
+        ratio, mad_last, n_layers = mads
+        doc.cause("oversmoothing",
+                  f"node embeddings of a graph become indistinguishable with depth: mean "
+                  f"average distance {mad_last:.3g} after the last of {n_layers} GAT layers, "
+                  f"{ratio:.2g} x its largest value at an earlier layer", 0.7, stage,
+                  mad_ratio=ratio)
+        explained = True
+    inp = first.get("layers", {}).get("input")
+    if inp is not None and inp["distinct_graphs"] <= 0.05 and last["score_std"] < 1e-3:
+        doc.cause("uninformative_features",
+                  f"only {inp['distinct_graphs']:.0%} of probe graph pairs differ in their "
+                  f"pooled input features; score std {last['score_std']:.2g}", 0.85, stage,
+                  distinct_graphs=inp["distinct_graphs"])
+    return explained
+
+
+def _training_symptoms(doc: Diagnosis, h: Sequence[dict[str, Any]], stage: str,
+                       explained: bool) -> None:
+    """What the loss and gradients did: vanishing gradients (weaker when ``explained`` by
+    another cause), a ranking made worse than random, batches without a valid pair."""
+    t = DOCTOR_THRESHOLDS
+    first, last = h[0], h[-1]
+    gmed = median_grad(h)
+    min_loss = min((r["loss"] for r in h if math.isfinite(r["loss"])), default=math.nan)
+    if (gmed < t["vanishing_grad_norm"] and math.isfinite(min_loss)
+            and min_loss >= t["near_ln2"] * LN2):
+        why = ""
+        temp = doc.cfg.loss.temperature
+        if temp > 10:
+            why = f"; loss.temperature={temp:g} divides every score gap by {temp:g}"
+        doc.cause("vanishing_gradients",
+                  f"median gradient norm {gmed:.3g} (runbook: > {t['vanishing_grad_norm']}) "
+                  f"while the loss stays at {min_loss:.4g} = {min_loss / LN2:.3f} x ln 2, "
+                  f"the loss of constant scores{why}",
+                  0.5 if explained else 0.8, stage, grad_norm_median=gmed,
+                  loss_over_ln2=min_loss / LN2)
+    if (last["spearman"] < -THRESHOLDS["flag_spearman"] and last["pairwise_accuracy"] < 0.4
+            and last["spearman"] < first["spearman"] - 0.3):
+        doc.cause("loss_wrong_direction",
+                  f"training makes the ranking worse than random: Spearman "
+                  f"{last['spearman']:.3f}, pairwise accuracy {last['pairwise_accuracy']:.3f}",
+                  0.8, stage, spearman=last["spearman"])
+    without = [r.get("batches_without_pairs", 0) for r in h]
+    if max(without, default=0) > 0:
+        doc.cause("no_valid_pairs", f"up to {max(without)} batch(es) per epoch had no valid "
+                  "pair", 0.4, stage)
+
+
+def _mad_ratio(record: dict[str, Any]) -> tuple[float, float, int] | None:
+    """(MAD after the last GAT layer / the largest MAD before it, that last MAD, the number of
+    layers) from a probe record's per-layer mean average distances; None without two layers."""
+    layers = {k: v for k, v in record.get("layers", {}).items() if k != "input"}
+    if len(layers) < 2:
+        return None
+    mads = [v["mad"] for v in layers.values()]
+    top = max(mads[:-1])
+    if top <= 0:
+        return None
+    return mads[-1] / top, mads[-1], len(mads)
+
+
+def lr_symptom(run: Run, lr: float) -> str:
+    """``high``, ``low`` or ``""``: what a failing run at learning rate ``lr`` says about it."""
+    h, t = run.history, DOCTOR_THRESHOLDS
+    if run.nonfinite or lr > t["lr_high"]:
+        return "high"
+    if h and any(not math.isfinite(r["loss"]) for r in h):
+        return "high"
+    if h and h[-1]["loss"] > 1.2 * h[0]["loss"]:
+        return "high"
+    flat = h and loss_drop(h) < t["flat_loss_drop"]
+    if flat and median_grad(h) >= t["vanishing_grad_norm"]:
+        return "low"
+    if lr < t["lr_low"]:
+        return "low"
+    return ""
+
+
+def failure_verdict(run: Run) -> str:
+    """The verdict of a run that did not fit: ``unstable`` (non-finite), ``collapsed`` (score
+    std under the runbook's red flag) or ``cannot_fit``."""
+    if run.nonfinite:
+        return "unstable"
+    if run.history and run.history[-1]["score_std"] < THRESHOLDS["flag_score_std"]:
+        return "collapsed"
+    return "cannot_fit"

@@ -1,0 +1,122 @@
+"""What the notebooks record and print, put together from what their steps return, so that a
+notebook cell holds calls, not glue.
+
+Each ``*_results`` function returns the keyword arguments a notebook passes to
+:meth:`gatrank.notebook.session.NotebookRun.record` beside its checks; they become keys of
+``<run_dir>/<notebook>.results.json``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from gatrank.checks.steps import check
+from gatrank.checks.verdict import Check, Verdict
+from gatrank.doctor import DoctorReport
+from gatrank.evaluate import EvalResult
+from gatrank.training import TrainResult
+
+__all__ = [
+    "OVERFIT_METRICS",
+    "check_dicts",
+    "init_loss_metrics",
+    "overfit_results",
+    "training_outcome",
+    "baseline_table",
+    "checkpoint_check",
+    "full_train_results",
+    "eval_results",
+]
+
+OVERFIT_METRICS: tuple[str, ...] = (
+    "loss", "pairwise_accuracy", "spearman", "kendall", "score_mean", "score_std", "grad_norm",
+    "emb_mean", "emb_std", "emb_graph_std",
+)
+"""The last logged epoch's measurements 03_overfit records (those the history has)."""
+
+
+def check_dicts(checks: Iterable[Mapping[str, Any] | Check]) -> list[Mapping[str, Any]]:
+    """Checks as dicts ``{name, kind, rule, value, ok[, detail]}``: a mapping as it is, a
+    :class:`~gatrank.checks.verdict.Check` of a verdict as its fields."""
+    return [c if isinstance(c, Mapping) else c.to_dict() for c in checks]
+
+
+def init_loss_metrics(init: pd.DataFrame) -> dict[str, Any]:
+    """02_loss_tests' metrics from :func:`~gatrank.checks.steps.init_loss_per_batch`: the mean
+    loss and mean score std of the untrained model over batches, and the fewest valid pairs in
+    a batch."""
+    return {"init_loss_mean": init["loss"].mean(),
+            "init_score_std_mean": init["score_std"].mean(),
+            "init_pairs_min": init["num_pairs"].min()}
+
+
+def overfit_results(result: TrainResult, verdict: Verdict, reading: DoctorReport, *,
+                    n: int) -> dict[str, Any]:
+    """03_overfit's record: the verdict, the final metrics (:data:`OVERFIT_METRICS`), ``n``,
+    epochs run, training time and the doctor's causes (most likely first)."""
+    final = result.summary["final"]
+    return {
+        "verdict": verdict.to_dict(),
+        "metrics": {k: final[k] for k in OVERFIT_METRICS if k in final},
+        "n": n,
+        "epochs_run": result.summary["epochs_run"],
+        "train_time_s": result.summary["wall_time_s"],
+        "causes": [c.to_dict() for c in reading.causes],
+    }
+
+
+def training_outcome(summary: Mapping[str, Any]) -> str:
+    """One line on a full training run: why it stopped, its best epoch with the validation
+    Spearman there, and the split sizes."""
+    return (f"{summary['stop_reason'] or 'ran all epochs'}; best epoch {summary['best_epoch']} "
+            f"(validation Spearman {summary['best_val_spearman']:.4f}); "
+            f"splits {summary['split_sizes']}")
+
+
+def baseline_table(summary: Mapping[str, Any]) -> pd.DataFrame:
+    """Test metrics of the model and of the linear baseline trained beside it (rows ``model``
+    and ``linear baseline``; a summary of ``train(..., with_baseline=True)``)."""
+    return pd.DataFrame({"model": summary["test"],
+                         "linear baseline": summary["baseline"]["test"]}).T
+
+
+def checkpoint_check(checkpoint: Path) -> dict[str, Any]:
+    """A pass check: the best checkpoint 05_eval scores exists."""
+    return check("checkpoint_saved", "pass", "best checkpoint saved for 05_eval", None,
+                 checkpoint.is_file(), str(checkpoint))
+
+
+def full_train_results(result: TrainResult, checkpoint: Path) -> dict[str, Any]:
+    """04_full_train's record: the checkpoint, best epoch and its validation Spearman, epochs
+    run, why training stopped, its time, the test metrics of the model and of the linear
+    baseline, and the split sizes."""
+    summary = result.summary
+    return {
+        "checkpoint": checkpoint,
+        "best_epoch": summary["best_epoch"],
+        "best_val_spearman": summary["best_val_spearman"],
+        "epochs_run": summary["epochs_run"],
+        "stop_reason": summary["stop_reason"],
+        "train_time_s": summary["wall_time_s"],
+        "metrics": summary["test"],
+        "baseline": summary["baseline"]["test"],
+        "split_sizes": summary["split_sizes"],
+    }
+
+
+def eval_results(res: EvalResult, *, checkpoint: Path, source: str) -> dict[str, Any]:
+    """05_eval's record: the model's and the baselines' metrics on the split scored, the split,
+    the checkpoint and where it came from (:func:`~gatrank.notebook.session.checkpoint_for_eval`),
+    and the mean of the per-group metrics (None without groups)."""
+    return {
+        "metrics": res.metrics,
+        "baselines": res.baselines,
+        "split": res.split,
+        "checkpoint": checkpoint,
+        "checkpoint_source": source,
+        "grouped_mean": (res.grouped or {}).get("mean"),
+    }

@@ -1,0 +1,112 @@
+"""``index.html`` of a suite run: each notebook's status with links to its reports, then every
+check of every notebook with its measured value. Self-contained: inline CSS, no scripts."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["render_index"]
+
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto;
+  max-width: 1100px; color: #1f2328; padding: 0 1em; }
+h1 { margin-bottom: 0.2em; } .meta { color: #57606a; margin-top: 0; }
+table { border-collapse: collapse; width: 100%; margin: 0.5em 0 1.5em; }
+th, td { border-bottom: 1px solid #d0d7de; padding: 0.35em 0.6em; text-align: left;
+  vertical-align: top; }
+th { background: #f6f8fa; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.badge { display: inline-block; padding: 0.1em 0.6em; border-radius: 1em; font-weight: 600;
+  font-size: 0.9em; white-space: nowrap; }
+.PASS { background: #dafbe1; color: #116329; } .FAIL, .ERROR, .FLAG { background: #ffebe9;
+  color: #a40e26; } .WARN { background: #fff8c5; color: #7d4e00; }
+.ok { color: #116329; } .muted { color: #57606a; }
+tr.section td { background: #f6f8fa; font-weight: 600; padding-top: 0.8em; }
+.error { color: #a40e26; font-family: ui-monospace, monospace; font-size: 0.9em; }
+"""
+
+
+def _badge(status: str) -> str:
+    key = status.split()[0] if status else "FAIL"
+    key = "WARN" if "warnings" in status else key
+    key = key if key in ("PASS", "FAIL", "ERROR", "FLAG", "WARN") else "FAIL"
+    return f'<span class="badge {key}">{html.escape(status)}</span>'
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return html.escape(str(v))
+
+
+def _check_result(c: Mapping[str, Any]) -> str:
+    if c["kind"] == "pass":
+        return _badge("PASS") if c["ok"] else _badge("FAIL")
+    if c["kind"] == "red_flag":
+        return '<span class="muted">not raised</span>' if c["ok"] else (
+            '<span class="badge FLAG">RED FLAG</span>')
+    return '<span class="ok">ok</span>' if c["ok"] else '<span class="badge WARN">WARNING</span>'
+
+
+def render_index(summary: Mapping[str, Any]) -> str:
+    """``index.html`` for a suite summary: status per notebook with links, then every check
+    of every notebook (the runbook's pass criteria, red flags and warnings) with its measured
+    value. Self-contained: inline CSS, no scripts, no external links."""
+    e = html.escape
+    nbs = summary["notebooks"]
+    rows = []
+    for i, nb in enumerate(nbs, 1):
+        err = f'<div class="error">{e(nb["error"])}</div>' if nb.get("error") else ""
+        rows.append(
+            f"<tr><td>{i}</td><td><a href=\"{e(nb['html'])}\">{e(nb['name'])}</a></td>"
+            f"<td>{e(nb['step'])}</td><td>{_badge(nb['status'])}{err}</td>"
+            f"<td class=\"num\">{nb['duration_s']:.1f} s</td>"
+            f"<td><a href=\"{e(nb['html'])}\">HTML</a> &middot; "
+            f"<a href=\"{e(nb['ipynb'])}\">notebook</a></td></tr>"
+        )
+    checks = []
+    for nb in nbs:
+        res = nb.get("results") or {}
+        checks.append(f'<tr class="section"><td colspan="4"><a href="{e(nb["html"])}">'
+                      f"{e(nb['step'])}</a> ({e(nb['name'])}) {_badge(nb['status'])}</td></tr>")
+        if not res.get("checks"):
+            why = "the notebook failed before recording its checks" if nb.get("error") \
+                else "no checks recorded"
+            checks.append(f'<tr><td colspan="4" class="muted">{why}</td></tr>')
+        for c in res.get("checks", []):
+            detail = f'<div class="muted">{e(c["detail"])}</div>' if c.get("detail") else ""
+            checks.append(f"<tr><td>{e(c['rule'])}{detail}</td><td>{e(c['kind'])}</td>"
+                          f"<td class=\"num\">{_fmt(c.get('value'))}</td>"
+                          f"<td>{_check_result(c)}</td></tr>")
+    causes = [c for nb in nbs for c in ((nb.get("results") or {}).get("causes") or [])]
+    causes_html = ""
+    if causes:
+        items = "".join(f"<li><strong>{e(str(c.get('id', '')))}</strong>: "
+                        f"{e(str(c.get('evidence', '')))} <em>Fix:</em> {e(str(c.get('fix', '')))}"
+                        "</li>" for c in causes)
+        causes_html = f"<h2>Likely causes</h2><ol>{items}</ol>"
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>gatrank suite: {e(summary['status'])}</title><style>{_CSS}</style></head>
+<body>
+<h1>gatrank suite {_badge(summary['status'])}</h1>
+<p class="meta">{e(summary['created'])} &middot; manifest {e(str(summary['manifest']))}
+&middot; {summary['duration_s']:.1f} s &middot; gatrank {e(summary['gatrank'])}</p>
+<h2>Notebooks</h2>
+<table><thead><tr><th>#</th><th>notebook</th><th>runbook step</th><th>status</th>
+<th>duration</th><th>report</th></tr></thead><tbody>{''.join(rows)}</tbody></table>
+{causes_html}
+<h2>The runbook's checks</h2>
+<p class="muted">Pass criteria must hold for a step to pass; red flags are the runbook's signs of
+a still-broken model; warnings point at weaknesses without failing the step.</p>
+<table><thead><tr><th>check</th><th>kind</th><th>measured</th><th>result</th></tr></thead>
+<tbody>{''.join(checks)}</tbody></table>
+<p class="muted">Details, plots and tracebacks: follow each notebook's HTML link.
+<a href="summary.json">summary.json</a> holds the same data.</p>
+</body></html>
+"""

@@ -1,0 +1,67 @@
+"""The proof: the doctor names the cause of every fault of the zoo, and the healthy default
+raises none (three seeds); the zoo's result rule and the page it writes.
+
+The zoo and healthy tests are marked slow (each trains for a few seconds on 128 graphs of the
+embedded data); they are parametrized one run per test so pytest-xdist spreads them.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from gatrank.doctor import diagnose
+from gatrank.doctor.faults import FAULTS
+from gatrank.doctor.zoo import ZooResult, write_zoo_page
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(FAULTS))
+def test_doctor_names_the_cause_of_every_fault(zoo_set, name, check_report):
+    fault = FAULTS[name]
+    report = diagnose(zoo_set, inject=name)
+    result = ZooResult(name, fault.cause, report.cause_ids, report.verdict, report.seconds,
+                       fault.also)
+    assert result.ok, report.format_text()
+    assert report.verdict != "healthy"
+    check_report(report)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_healthy_default_raises_no_cause(zoo_set, seed, check_report):
+    report = diagnose(zoo_set, seed=seed)
+    assert report.verdict == "healthy", report.format_text()
+    assert report.causes == []
+    assert report.runbook_verdict["passed"]
+    assert [s.name for s in report.stages] == ["data", "loss", "model", "overfit",
+                                               "your_settings", "held-out"]
+    check_report(report)
+
+
+def test_zoo_result_accepts_an_overlapping_cause_only_second_behind_an_allowed_one():
+    ok = ZooResult("f", "dead_activations", ["dead_activations"], "collapsed", 0.0)
+    assert ok.ok
+    second = ZooResult("f", "oversmoothing", ["vanishing_gradients", "oversmoothing"], "x", 0.0,
+                       also=("vanishing_gradients",))
+    assert second.ok
+    wrong = ZooResult("f", "oversmoothing", ["frozen_parameters", "oversmoothing"], "x", 0.0,
+                      also=("vanishing_gradients",))
+    assert not wrong.ok
+    assert ZooResult("healthy (seed 0)", None, [], "healthy", 0.0).ok
+    assert not ZooResult("healthy (seed 0)", None, ["no_signal"], "no_generalization", 0.0).ok
+
+
+def test_zoo_page_keeps_the_text_around_the_table(tmp_path):
+    page = tmp_path / "doctor.md"
+    page.write_text("# Doctor\n\nintro\n\n<!-- zoo-table:start -->\nold\n<!-- zoo-table:end -->\n"
+                    "\noutro\n")
+    results = [ZooResult("constant_targets", "constant_targets", ["constant_targets"],
+                         "bad_data", 0.1),
+               ZooResult("healthy (seed 0)", None, [], "healthy", 2.0)]
+    write_zoo_page(page, results, command="gatrank doctor --zoo-table doctor.md")
+    text = page.read_text()
+    assert text.startswith("# Doctor\n\nintro") and text.rstrip().endswith("outro")
+    assert "old" not in text and "| constant_targets | data |" in text
+    assert "2 of 2 runs right" in text
+    write_zoo_page(page, results)  # idempotent: one table, not two
+    assert page.read_text().count("<!-- zoo-table:start -->") == 1
