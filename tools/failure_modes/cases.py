@@ -254,19 +254,19 @@ CASES: list[FailureMode] = [
                      "skipped (training.nonfinite=skip)`; the count is in every record and in "
                      "`summary.json` as `skipped_steps`. If every step of an epoch is skipped, "
                      "or the weights themselves are NaN, training stops as above.",
-                tested_by=("tests/test_train_faults.py::test_skip_mode_counts_skipped_steps",
-                           "tests/test_train_faults.py::test_skip_mode_gives_up_when_no_step_is_finite",
-                           "tests/test_train_faults.py::test_inf_gradient_with_finite_loss_is_caught")),
+                tested_by=("tests/training/test_epoch.py::test_skip_mode_counts_skipped_steps",
+                           "tests/training/test_epoch.py::test_skip_mode_gives_up_when_no_step_is_finite",
+                           "tests/training/test_epoch.py::test_inf_gradient_with_finite_loss_is_caught")),
     FailureMode("ctrl_c", "training", "Ctrl-C during training", 130,
                 sees="`Ctrl-C during epoch E; kept the state after epoch E-1.` and `continue "
                      "with: gatrank train --resume RUN/last.pt`; `last.pt` and `summary.json` "
                      "(status `interrupted`) are written.",
-                tested_by=("tests/test_train_faults.py::test_interrupt_and_resume_equals_uninterrupted",
-                           "tests/test_train_faults.py::test_interrupt_mid_epoch_drops_the_partial_epoch")),
+                tested_by=("tests/training/test_state.py::test_interrupt_and_resume_equals_uninterrupted",
+                           "tests/training/test_state.py::test_interrupt_mid_epoch_drops_the_partial_epoch")),
     FailureMode("sigterm", "training", "SIGTERM (`kill`, a job scheduler's stop)", 130,
                 sees="the same as Ctrl-C, with `SIGTERM during epoch E`.",
-                tested_by=("tests/test_train_faults.py::test_sigterm_in_process_resumes_exactly",
-                           "tests/test_train_faults.py::test_sigterm_subprocess_saves_and_resumes")),
+                tested_by=("tests/training/test_state.py::test_sigterm_in_process_resumes_exactly",
+                           "tests/training/test_state.py::test_sigterm_subprocess_saves_and_resumes")),
     FailureMode("resume_config_changed", "training",
                 "`--resume` with a config that changes the trajectory", 2,
                 lambda d: ["train", "--resume", str(_trained_run(d)), "--no-progress",
@@ -282,8 +282,8 @@ CASES: list[FailureMode] = [
     FailureMode("crash_mid_write", "training", "a crash while a checkpoint or report is written", 0,
                 sees="nothing: files are written to a temporary file and renamed, so the previous "
                      "`last.pt` / `summary.json` stays intact and no temporary file is left.",
-                tested_by=("tests/test_train_faults.py::test_failed_write_keeps_the_previous_file",
-                           "tests/test_train_faults.py::test_crash_while_saving_a_checkpoint_keeps_the_old_one")),
+                tested_by=("tests/training/test_checkpoint.py::test_failed_write_keeps_the_previous_file",
+                           "tests/training/test_checkpoint.py::test_crash_while_saving_a_checkpoint_keeps_the_old_one")),
     # ------------------------------------------------------------------ notebook suite
     FailureMode("notebook_fails", "suite", "a notebook of `gatrank suite` fails (e.g. on bad data)",
                 1,
@@ -292,7 +292,7 @@ CASES: list[FailureMode] = [
                      "at the top, its HTML opens with a red banner quoting the error, "
                      "`index.html` marks it ERROR, the other notebooks still run and keep their "
                      "reports, and the suite exits 1.",
-                tested_by=("tests/test_suite_failure.py::"
+                tested_by=("tests/suite/test_run.py::"
                            "test_notebook_failing_on_bad_data_is_reported_and_the_rest_kept",)),
     # ------------------------------------------------------------------ command line
     FailureMode("unknown_flag", "cli", "an unknown command-line flag", 2,
