@@ -3,11 +3,14 @@ fixtures more than one test file uses."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from torch_geometric.data import Data
 
+import gatrank.io
 from gatrank.datasets import write_dataset
 
 
@@ -35,3 +38,40 @@ def tiny_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """64 molecules of the embedded chembl-activity data as a manifest (the notebook and browser
     tests run the notebooks on it)."""
     return write_dataset("chembl-activity", tmp_path_factory.mktemp("tiny"), n=64)
+
+
+def _path_graph(n: int, x: torch.Tensor, y: float, group: int = -1) -> Data:
+    src = torch.arange(n - 1)
+    ei = torch.cat([torch.stack([src, src + 1]), torch.stack([src + 1, src])], 1)
+    return Data(x=x, edge_index=ei, y=torch.tensor([y]), group=torch.tensor([group]))
+
+
+def _graphs(k: int = 6, n: int = 5, f: int = 4, seed: int = 0) -> list[Data]:
+    gen = torch.Generator().manual_seed(seed)
+    return [_path_graph(n, torch.randn(n, f, generator=gen), float(i)) for i in range(k)]
+
+
+@pytest.fixture
+def path_graph() -> Callable[..., Data]:
+    """``path_graph(n, x, y, group=-1)``: a path of ``n`` nodes, both edge directions."""
+    return _path_graph
+
+
+@pytest.fixture
+def make_graphs() -> Callable[..., list[Data]]:
+    """``make_graphs(k=6, n=5, f=4, seed=0)``: ``k`` paths with random features, y = 0..k-1."""
+    return _graphs
+
+
+@pytest.fixture
+def crash_on_fsync() -> Callable[[pytest.MonkeyPatch], None]:
+    """``crash_on_fsync(monkeypatch)``: from then on an atomic write's bytes reach the temporary
+    file, then the 'machine dies' before the rename."""
+
+    def install(monkeypatch: pytest.MonkeyPatch) -> None:
+        def crash(fd):
+            raise OSError("simulated crash mid-write")
+
+        monkeypatch.setattr(gatrank.io.os, "fsync", crash)
+
+    return install

@@ -1,20 +1,30 @@
-"""Metrics against scipy and against their O(N^2) definitions."""
+"""Metrics against scipy and against their O(N^2) definitions; the per-epoch model measurements
+(gradient norms, embedding spread) against torch."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
+import torch
 from scipy import stats
+from torch_geometric.data import Batch
 
+from gatrank.config import ModelConfig
 from gatrank.metrics import (
+    embedding_stats,
+    grad_norms,
     grouped_metrics,
     kendall,
+    layer_name,
     ndcg_at_k,
     pairwise_accuracy,
     ranking_metrics,
     score_stats,
     spearman,
 )
+from gatrank.model import GATRanker
 
 
 def _pairwise_definition(s, y, tie_eps):
@@ -106,3 +116,29 @@ def test_grouped_metrics_only_compare_within_groups():
 def test_length_mismatch_is_an_error():
     with pytest.raises(ValueError, match="differ in length"):
         pairwise_accuracy([1, 2], [1, 2, 3])
+
+
+def test_layer_name_groups_parameters_by_layer():
+    assert layer_name("convs.1.att_src") == "convs.1"
+    assert layer_name("score_head.0.weight") == "score_head.0"
+    assert layer_name("linear.bias") == "linear"
+
+
+def test_grad_norms_match_torch_total_norm_and_show_gradless_layers(make_graphs):
+    model = GATRanker(4, ModelConfig(hidden_dim=8, heads=2, num_layers=2))
+    for p in model.convs[0].parameters():
+        p.requires_grad_(False)
+    model(Batch.from_data_list(make_graphs())).pow(2).sum().backward()
+    total, per_layer = grad_norms(model)
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert total == pytest.approx(float(torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(g) for g in grads]))), rel=1e-5)
+    assert per_layer["convs.0"] == 0.0
+    assert math.sqrt(sum(v**2 for v in per_layer.values())) == pytest.approx(total, rel=1e-9)
+
+
+def test_embedding_stats_graph_std_is_zero_for_identical_embeddings():
+    same = torch.ones(5, 3) * torch.tensor([1.0, 2.0, 3.0])
+    stats = embedding_stats(same)
+    assert stats["emb_graph_std"] == 0.0
+    assert stats["emb_std"] > 0  # entries differ, graphs do not: the runbook's std alone misses it

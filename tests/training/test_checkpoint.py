@@ -8,9 +8,7 @@ import pytest
 import torch
 from tiny_training import Loss, tiny
 
-import gatrank.io
 from gatrank.data import safe_torch_load
-from gatrank.io import atomic_torch_save, atomic_write_text, write_json
 from gatrank.training import checkpoint_config, train
 from gatrank.training.checkpoint import RunInfo, load_model, load_resume
 
@@ -31,52 +29,13 @@ def test_resume_refuses_a_different_config_or_data(graphs, reference, tmp_path):
         train(tiny(), graphs=graphs, loss=Loss(), progress=False, resume=ref_out / "last.pt")
 
 
-def _crash_on_fsync(monkeypatch):
-    """The bytes reach the temporary file, then the 'machine dies' before the rename."""
-
-    def crash(fd):
-        raise OSError("simulated crash mid-write")
-
-    monkeypatch.setattr(gatrank.io.os, "fsync", crash)
-
-
-@pytest.mark.parametrize("writer", ["text", "json", "torch"])
-def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch, writer):
-    path = tmp_path / "file"
-    write = {
-        "text": lambda v: atomic_write_text(path, v * 1000),
-        "json": lambda v: write_json(path, {"v": v}),
-        "torch": lambda v: atomic_torch_save(path, {"v": torch.full((1000,), float(len(v)))}),
-    }[writer]
-    write("old")
-    before = path.read_bytes()
-    with monkeypatch.context() as m:
-        _crash_on_fsync(m)
-        with pytest.raises(OSError, match="simulated crash"):
-            write("newer")
-    assert path.read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir()] == ["file"]  # no temporary file left
-
-
-def test_unpicklable_object_fails_half_way_and_keeps_the_previous_file(tmp_path):
-    class Unpicklable:
-        def __reduce__(self):
-            raise RuntimeError("cannot pickle this")
-
-    path = tmp_path / "ckpt.pt"
-    atomic_torch_save(path, {"w": torch.ones(3)})
-    before = path.read_bytes()
-    with pytest.raises(RuntimeError, match="cannot pickle"):
-        atomic_torch_save(path, {"w": torch.zeros(10_000), "bad": Unpicklable()})
-    assert path.read_bytes() == before and len(list(tmp_path.iterdir())) == 1
-
-
-def test_crash_while_saving_a_checkpoint_keeps_the_old_one(graphs, tmp_path, monkeypatch):
+def test_crash_while_saving_a_checkpoint_keeps_the_old_one(graphs, tmp_path, monkeypatch,
+                                                          crash_on_fsync):
     cfg = tiny(training__epochs=2, training__patience=0)
     train(cfg, graphs=graphs, progress=False, out_dir=tmp_path)
     names = ("last.pt", "best.pt", "summary.json")
     before = {n: (tmp_path / n).read_bytes() for n in names}
-    _crash_on_fsync(monkeypatch)
+    crash_on_fsync(monkeypatch)
     with pytest.raises(OSError, match="simulated crash"):
         train(cfg.updated({"training.seed": 1}), graphs=graphs, progress=False, out_dir=tmp_path)
     monkeypatch.undo()

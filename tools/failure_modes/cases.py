@@ -282,7 +282,7 @@ CASES: list[FailureMode] = [
     FailureMode("crash_mid_write", "training", "a crash while a checkpoint or report is written", 0,
                 sees="nothing: files are written to a temporary file and renamed, so the previous "
                      "`last.pt` / `summary.json` stays intact and no temporary file is left.",
-                tested_by=("tests/training/test_checkpoint.py::test_failed_write_keeps_the_previous_file",
+                tested_by=("tests/test_io.py::test_failed_write_keeps_the_previous_file",
                            "tests/training/test_checkpoint.py::test_crash_while_saving_a_checkpoint_keeps_the_old_one")),
     # ------------------------------------------------------------------ notebook suite
     FailureMode("notebook_fails", "suite", "a notebook of `gatrank suite` fails (e.g. on bad data)",
