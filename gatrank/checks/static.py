@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from gatrank.checks.probes import eval_mode
+from gatrank.config import Config
 from gatrank.data.graph_files import graph_problems
 from gatrank.data.problems import DataProblem
 from gatrank.losses import LN2, LossFn, valid_pair_mask
@@ -35,6 +36,7 @@ __all__ = [
     "frozen_parameters",
     "gradient_path",
     "check_loss",
+    "check_configured_loss",
     "valid_pairs_per_batch",
     "pair_stats",
     "check_graphs",
@@ -201,6 +203,15 @@ def check_loss(
         "finite_large_gaps": finite,
         "loss_large_gaps": loss_large,
     }
+
+
+def check_configured_loss(loss_fn: LossFn, config: Config) -> dict[str, Any]:
+    """:func:`check_loss` the way the doctor's loss stage and notebook 02 run it: targets
+    spaced beyond the configured ``tie_eps``/``margin_eps`` (so every pair is valid), and the
+    run's seed."""
+    lc = config.loss
+    return check_loss(loss_fn, scale=max(1.0, 2 * (lc.tie_eps + lc.margin_eps)),
+                      seed=config.training.seed)
 
 
 def _group_or_none(group: Tensor | np.ndarray | None) -> Tensor | None:

@@ -28,7 +28,7 @@ import torch
 from torch_geometric.loader import DataLoader
 
 from gatrank.checks.static import (
-    check_loss,
+    check_configured_loss,
     feature_table,
     valid_pairs_per_batch,
     wl_signatures,
@@ -239,10 +239,8 @@ _SELF_TESTS = {
 
 def _self_test_checks(fn: Callable, config: Config) -> dict[str, dict[str, Any]]:
     """Notebook 02's view of the doctor's loss self-test, one check per test it runs."""
-    lc = config.loss
-    try:  # targets spaced beyond the eps, as the doctor's loss stage spaces them
-        res = check_loss(fn, scale=max(1.0, 2 * (lc.tie_eps + lc.margin_eps)),
-                         seed=config.training.seed)
+    try:  # the test exactly as the doctor's loss stage runs it
+        res = check_configured_loss(fn, config)
     except Exception as exc:  # noqa: BLE001 - a failing user loss is a result, not a crash
         why = f"raised {type(exc).__name__}: {exc}"
         return {name: check(name, "pass", rule, None, False, why)

@@ -14,7 +14,7 @@ from torch import nn
 from torch_geometric.data import Batch
 
 from gatrank.checks.static import (
-    check_loss,
+    check_configured_loss,
     feature_stats,
     frozen_parameters,
     gradient_path,
@@ -169,10 +169,8 @@ def loss_stage(doc: Diagnosis) -> bool:
     """The runbook's loss tests on synthetic scores; True (stop) when the loss is detached or
     prefers the reversed order."""
     t0 = time.perf_counter()
-    lc = doc.cfg.loss
     fn = make_loss_fn(doc.loss or None, doc.cfg)
-    res = check_loss(fn, scale=max(1.0, 2 * (lc.tie_eps + lc.margin_eps)),
-                     seed=doc.cfg.training.seed)
+    res = check_configured_loss(fn, doc.cfg)
     summary = {k: res[k] for k in ("loss_perfect", "loss_reversed", "loss_constant",
                                    "grad_norm")}
     if not (res["requires_grad"] and res["has_gradient"]):
