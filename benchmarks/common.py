@@ -12,6 +12,7 @@ bound).
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ __all__ = [
     "Section",
     "best_time",
     "alternate",
+    "alternate_by_epoch",
     "peak_rss_run",
     "machine_info",
     "fmt",
@@ -121,6 +123,10 @@ def alternate(fns: dict[str, Callable[[], Any]], repeat: int, warmup: int = 1,
               clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
     """Minimum time of each function, timed in turns so load bursts hit all of them.
 
+    The order of the turns is reversed every other round (A B, B A, A B, ...): on a shared
+    machine the time of a run drifts with what ran before it, and a fixed order would give the
+    first function the same neighbour every round. The garbage of the previous run is
+    collected before each timed call, so it is not charged to the next one.
     ``clock=time.process_time`` measures CPU time instead of wall time: on a shared machine
     with one torch thread it counts the work done, not the time spent waiting for a core.
     """
@@ -128,12 +134,45 @@ def alternate(fns: dict[str, Callable[[], Any]], repeat: int, warmup: int = 1,
         for fn in fns.values():
             fn()
     best = {k: float("inf") for k in fns}
-    for _ in range(repeat):
-        for k, fn in fns.items():
+    order = list(fns)
+    for r in range(repeat):
+        for k in (order if r % 2 == 0 else order[::-1]):
+            gc.collect()
             t = clock()
-            fn()
+            fns[k]()
             best[k] = min(best[k], clock() - t)
     return best
+
+
+def alternate_by_epoch(fns: dict[str, Callable[[list[float]], Any]], repeat: int,
+                       clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+    """Noise-robust time of each epoch loop, timed in turns as :func:`alternate` does.
+
+    Each function runs a whole training run and appends the ``clock()`` time of each of its
+    epochs to the list it is given. The estimate is the sum over epochs of that epoch's best
+    time across the runs, plus the best time outside the epochs (set-up, final evaluation).
+    On a shared machine a burst of load from elsewhere lasts a second or two: it spoils one or
+    two epochs of a run, where the best of whole runs needs one run that no burst touched.
+    """
+    epochs: dict[str, list[list[float]]] = {k: [] for k in fns}
+    outside = {k: float("inf") for k in fns}
+    order = list(fns)
+    for r in range(repeat):
+        for k in (order if r % 2 == 0 else order[::-1]):
+            gc.collect()
+            times: list[float] = []
+            t = clock()
+            fns[k](times)
+            total = clock() - t
+            epochs[k].append(times)
+            outside[k] = min(outside[k], total - sum(times))
+    out = {}
+    for k, runs in epochs.items():
+        if len({len(r) for r in runs}) != 1:
+            raise RuntimeError(f"{k}: runs timed different numbers of epochs "
+                               f"{[len(r) for r in runs]}")
+        out[k] = outside[k] + sum(min(col) for col in zip(*runs, strict=True))
+    return out
 
 
 _PEAK_TEMPLATE = """

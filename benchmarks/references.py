@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -122,6 +122,8 @@ def bare_pyg_loop(
     seed: int,
     device: torch.device,
     val_graphs: Sequence = (),
+    epoch_times: list[float] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> float:
     """Train ``model`` with a plain PyG loop; returns the wall time of the epochs in seconds.
 
@@ -129,7 +131,8 @@ def bare_pyg_loop(
     runbook's gradient clipping, Adam step; no metrics, logging or checkpoints. With
     ``val_graphs``, model selection as any full-training loop has it: after every epoch the
     validation graphs are scored (collated once), their Spearman computed with scipy, and the
-    best weights kept in memory.
+    best weights kept in memory. With ``epoch_times``, each epoch's ``clock()`` time
+    (training and validation) is appended to it.
     """
     from scipy.stats import spearmanr
     from torch_geometric.loader import DataLoader
@@ -144,6 +147,7 @@ def bare_pyg_loop(
     best, best_state = -float("inf"), None
     t = time.perf_counter()
     for _ in range(epochs):
+        e0 = clock()
         model.train()
         for batch in loader:
             batch = batch.to(device)
@@ -162,6 +166,8 @@ def bare_pyg_loop(
             if rho > best:
                 best = rho
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if epoch_times is not None:
+            epoch_times.append(clock() - e0)
     if best_state is not None:
         model.load_state_dict(best_state)
     if device.type == "cuda":
