@@ -5,6 +5,12 @@ a fresh process (peak memory as in the loss benchmark). Linear growth means a lo
 about 1; it is taken between the two largest sizes, where fixed start-up costs no longer hide
 the growth, on CPU time (wall time on a shared machine also counts waiting for a core) and on
 peak memory. Target: slope <= 1.15.
+
+The CPU-time slope comes from one more process that times the function on the two largest data
+sets in turns (A B, B A, ...), in units of equal work (the smaller set called as many times as
+it is smaller), and keeps each size's best unit: on a shared machine one call's CPU time varies
+by 10-30%, which between sizes 4x apart moves the slope by up to 0.2, and two single calls made
+a minute apart meet different neighbours.
 """
 
 from __future__ import annotations
@@ -25,35 +31,40 @@ _SETUP = """
 from gatrank.data import check_manifest, load_graphs
 manifest = {manifest!r}
 """
-REPEAT = {"quick": 3, "full": 1}
-"""Calls per fresh process; the best CPU time is kept. In quick mode a call takes 0.3-6 s,
-and one call's CPU time on a shared machine varies by 10-20%, which between sizes 4x apart
-moves the slope by up to 0.13; the full mode's calls (up to a minute) vary far less."""
-
 _CALLS = {
     "check-data": "report = check_manifest(manifest)\nextra = {'ok': report.ok}",
     "load": "gs = load_graphs(manifest)\nextra = {'graphs': len(gs)}",
 }
-_REPEATED = """
-import gc as _gc
-_cpu = []
-for _ in range({repeat}):
-    _gc.collect()
-    _c = time.process_time()
-{call}
-    _cpu.append(time.process_time() - _c)
-    extra['call_cpu_seconds'] = min(_cpu)
-    if _ < {repeat} - 1:
-        del {result}
+
+
+_ALTERNATE = """
+import gc
+best = {{}}
+for r in range({repeat}):
+    for m, calls in (plan if r % 2 == 0 else plan[::-1]):
+        gc.collect()
+        c = time.process_time()
+        for _ in range(calls):
+            result = {fn}(m)
+            del result
+        best[m] = min(best.get(m, float("inf")), (time.process_time() - c) / calls)
+extra = {{"best_cpu": [best[m] for m, _ in plan]}}
 """
+_FUNCTIONS = {"check-data": "check_manifest", "load": "load_graphs"}
+ALTERNATE_ROUNDS = {"quick": 4, "full": 2}
 
 
-def _repeated(name: str, repeat: int) -> str:
-    """The call of ``name`` made ``repeat`` times in one process, its result freed between calls
-    (so the peak is one call's), the best CPU time in ``extra['call_cpu_seconds']``."""
-    call = "\n".join("    " + line for line in _CALLS[name].splitlines())
-    result = _CALLS[name].split(" = ", 1)[0]
-    return _REPEATED.format(repeat=repeat, call=call, result=result)
+def _alternating_cpu(name: str, sizes: list[int], manifests: list[str], rounds: int,
+                     threads: int) -> list[float]:
+    """Best CPU time of ``name`` per call on each manifest, over ``rounds`` timed units made
+    in turns. A unit on the smaller data set makes ``sizes[-1] // sizes[0]`` calls, so both
+    units last about as long: a burst of load from elsewhere lasting a few seconds would
+    otherwise spare short calls more often than long ones and bend the slope upwards."""
+    plan = [(m, max(1, sizes[-1] // n)) for n, m in zip(sizes, manifests, strict=True)]
+    setup = "from gatrank.data import check_manifest, load_graphs\nplan = " + repr(plan)
+    res = peak_rss_run(setup, _ALTERNATE.format(repeat=rounds, fn=_FUNCTIONS[name]),
+                       threads=threads)
+    return res["extra"]["best_cpu"]
 
 
 def loglog_slope(sizes: list[float], values: list[float]) -> float:
@@ -69,46 +80,51 @@ def run(opts: Options) -> Section:
     from gatrank.datasets import write_dataset
 
     sizes = [250, 1_000, 4_000] if opts.quick else [1_000, 10_000, 100_000]
-    repeat = REPEAT["quick" if opts.quick else "full"]
+    rounds = ALTERNATE_ROUNDS["quick" if opts.quick else "full"]
     sec = Section(
         key="scaling",
         title="Scaling with the number of graphs (synthetic .pt graphs)",
         method=(
             "`gatrank datasets write synthetic` at each size, then check_manifest (what "
-            "`gatrank check-data` runs) and load_graphs, each in a fresh process that calls it "
-            f"{repeat} time(s) (freeing the result between calls): mean wall time, best CPU "
-            "time, "
-            "and extra peak memory (RSS above the process after its imports). Slope: "
-            "log-log slope between the two largest sizes (1.0 = linear), on CPU time and peak "
-            "memory."
+            "`gatrank check-data` runs) and load_graphs, each in a fresh process: wall time and "
+            "CPU time and extra peak memory (RSS above the process after its imports). Slope: "
+            "log-log slope between the two largest sizes (1.0 = linear), on peak memory and on "
+            f"CPU time, the latter the best of {rounds} equal-work units per size timed in turns "
+            "in one process."
         ),
         columns=["graphs", "check-data s", "check-data CPU s", "check-data peak MB", "load s",
                  "load CPU s", "load peak MB", "load CPU ms per graph"],
     )
     root = opts.workdir / "scaling"
     results: dict[str, dict[str, list[float]]] = {k: {"cpu": [], "mb": []} for k in _CALLS}
+    manifests = []
     try:
+        shutil.rmtree(root, ignore_errors=True)
         for n in sizes:
-            shutil.rmtree(root, ignore_errors=True)
-            manifest = write_dataset("synthetic", root, n=n, seed=0)
+            manifest = write_dataset("synthetic", root / str(n), n=n, seed=0)
+            manifests.append(str(manifest))
             row = {"graphs": n}
             for name, call in _CALLS.items():
-                res = peak_rss_run(_SETUP.format(manifest=str(manifest)), _repeated(name, repeat),
+                res = peak_rss_run(_SETUP.format(manifest=str(manifest)), call,
                                    threads=opts.threads)
-                cpu = res["extra"]["call_cpu_seconds"]
-                results[name]["cpu"].append(cpu)
+                results[name]["cpu"].append(res["cpu_seconds"])
                 results[name]["mb"].append(res["peak_mb"])
-                row[f"{name} s"] = res["seconds"] / repeat
-                row[f"{name} CPU s"] = cpu
+                row[f"{name} s"] = res["seconds"]
+                row[f"{name} CPU s"] = res["cpu_seconds"]
                 row[f"{name} peak MB"] = res["peak_mb"]
             row["load CPU ms per graph"] = 1e3 * row["load CPU s"] / n
             sec.rows.append(row)
             logger.info("scaling n=%d: %s", n, row)
+        alternating = {name: _alternating_cpu(name, sizes[-2:], manifests[-2:], rounds,
+                                              opts.threads)
+                       for name in _CALLS}
+        logger.info("scaling, best CPU s at %s in turns: %s", sizes[-2:], alternating)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     for name in _CALLS:
         for what, unit in (("cpu", "CPU time"), ("mb", "peak memory")):
-            slope = loglog_slope(sizes[-2:], results[name][what][-2:])
+            values = alternating[name] if what == "cpu" else results[name][what][-2:]
+            slope = loglog_slope(sizes[-2:], values)
             sec.checks.append(Check(f"{name} {unit} growth (log-log slope)", slope, "<=",
                                     SLOPE_TARGET))
     return sec
