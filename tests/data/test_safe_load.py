@@ -25,7 +25,14 @@ from gatrank.config import ConfigError, load_config
 from gatrank.data import DataError, UnsafeFileError, UnsafeTorchError, load_graphs, safe_torch_load
 from gatrank.data.safe_load import torch_load_cves
 from gatrank.evaluate import load_checkpoint
+from gatrank.model import build_model
 from gatrank.training import checkpoint_config, train
+from gatrank.training.checkpoint import (
+    RunInfo,
+    best_checkpoint,
+    read_checkpoint,
+    write_checkpoint,
+)
 from tools.failure_modes import MARKER
 
 PACKAGE = Path(__file__).resolve().parents[2] / "gatrank"
@@ -238,3 +245,36 @@ def test_an_old_torch_reads_no_graph_file_and_says_why_once(evil, tmp_path, monk
         safe_torch_load(tmp_path / "g0.pt")
     assert "CVE-2026-24747" in str(err.value) and "CVE-2025-32434" not in str(err.value)
 
+
+def _checkpoints(folder: Path) -> tuple[Path, Path]:
+    """A tiny best.pt in today's format (safetensors) and the same entries in gatrank 0.1's
+    (torch.save)."""
+    cfg = load_config().updated({"model.hidden_dim": 4, "model.heads": 1,
+                                 "model.num_layers": 1})
+    net = build_model(2, cfg.model, "gat")
+    run = RunInfo(config=cfg, model_spec="gat", loss_spec="", model_name="gat", in_channels=2,
+                  splits={"train": [0, 1]}, data_fingerprint="0" * 16)
+    new, old = folder / "best.pt", folder / "old_best.pt"
+    write_checkpoint(new, best_checkpoint(1, net, torch.optim.Adam(net.parameters()), []), run,
+                     "best")
+    torch.save(read_checkpoint(new), old)
+    return new, old
+
+
+def test_an_old_torch_refuses_old_checkpoints_and_reads_safetensors_ones(tmp_path, monkeypatch,
+                                                                         capsys):
+    new, old = _checkpoints(tmp_path)
+    want = load_checkpoint(old)[0].state_dict()  # the control: this torch reads both
+    _old_torch(monkeypatch)
+    for read in (load_checkpoint, checkpoint_config):
+        with pytest.raises(UnsafeTorchError, match=r"old_best.pt was NOT loaded: .*"
+                                                   r"CVE-2025-32434.*CVE-2026-24747"):
+            read(old)
+    assert main(["eval", "--checkpoint", str(old)]) == 1
+    assert main(["train", "--resume", str(old), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("unsafe file refused") == 2 and err.count("torch>=2.10") == 2
+    net, config, _ = load_checkpoint(new)  # safetensors: no torch.load, nothing to refuse
+    assert config.model.hidden_dim == 4
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, want[k]), k
