@@ -9,10 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import torch
-
-__all__ = ["atomic_write_bytes", "atomic_write_text", "write_json", "append_jsonl",
-           "atomic_torch_save"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "write_json", "append_jsonl"]
 
 
 def _atomic(path: Path, write) -> None:
@@ -55,8 +52,3 @@ def append_jsonl(path: str | Path, records: Iterable[dict]) -> None:
     with open(path, "a", encoding="utf-8") as fh:
         for rec in records:
             fh.write(json.dumps(rec, default=_jsonable) + "\n")
-
-
-def atomic_torch_save(path: str | Path, obj: Any) -> None:
-    """``torch.save`` through a temporary file and a rename."""
-    _atomic(Path(path), lambda fh: torch.save(obj, fh))

@@ -14,7 +14,7 @@ from custom_plugins import interrupting_loss
 
 from gatrank.cli import main
 from gatrank.config import Config, ConfigError, overfit_config
-from gatrank.data import safe_torch_load
+from gatrank.training.checkpoint import read_checkpoint
 
 TINY = ("model:\n  hidden_dim: 8\n  heads: 2\n  num_layers: 1\n"
         "training:\n  batch_size: 4\n  log_every: 1\n  device: cpu\n  patience: 0\n")
@@ -62,7 +62,7 @@ def test_cli_resume_continues_exactly(data):
     # --resume alone: config, model and output folder come from the checkpoint
     assert main(["train", "--resume", str(data / "run" / "last.pt"), "--epochs", "4",
                  "--no-progress", "--no-baseline", "-q"]) == 0
-    a, b = (safe_torch_load(data / d / "last.pt") for d in ("straight", "run"))
+    a, b = (read_checkpoint(data / d / "last.pt") for d in ("straight", "run"))
     assert a["epoch"] == b["epoch"] == 4
     for k, v in a["state_dict"].items():
         assert torch.equal(v, b["state_dict"][k]), k
@@ -81,7 +81,7 @@ def test_interrupted_run_exits_130_and_says_how_to_resume(data, capsys):
     assert "Ctrl-C during epoch 3; kept the state after epoch 2" in err
     assert f"gatrank train --resume {data / 'run' / 'last.pt'}" in err
     assert "Traceback" not in err
-    ckpt = safe_torch_load(data / "run" / "last.pt")
+    ckpt = read_checkpoint(data / "run" / "last.pt")
     assert ckpt["status"] == "interrupted" and ckpt["epoch"] == 2
     interrupting_loss.at = None
     assert main(["train", "--resume", str(data / "run" / "last.pt"), "--loss",

@@ -12,8 +12,9 @@ from pathlib import Path
 import torch
 
 from gatrank.config import Config
-from gatrank.data import safe_torch_load, split_indices
+from gatrank.data import split_indices
 from gatrank.losses import LossOutput, pairwise_rank_loss
+from gatrank.training.checkpoint import read_checkpoint
 
 TIMING = {"time_s"}
 
@@ -79,7 +80,7 @@ def assert_same_run(a, b, out_a: Path | None = None, out_b: Path | None = None):
                 "skipped_steps", "test", "split_sizes"):
         assert a.summary.get(key) == b.summary.get(key), key
     if out_a and out_b:
-        la, lb = safe_torch_load(out_a / "last.pt"), safe_torch_load(out_b / "last.pt")
+        la, lb = read_checkpoint(out_a / "last.pt"), read_checkpoint(out_b / "last.pt")
         assert la["epoch"] == lb["epoch"]
         for k in la["state_dict"]:
             assert torch.equal(la["state_dict"][k], lb["state_dict"][k]), k

@@ -23,13 +23,14 @@ from gatrank.data.featurize import FEATURIZER_VERSION, default_cache_dir, featur
 from gatrank.data.graphset import GraphSet, load_graphs
 from gatrank.data.manifest import SPLITS, read_manifest
 from gatrank.data.problems import WARNING_CODES, DataError, DataProblem, UnsafeFileError
-from gatrank.data.safe_load import safe_torch_load
+from gatrank.data.safe_load import UnsafeTorchError, safe_torch_load
 from gatrank.data.splits import split_indices
 
 __all__ = [
     "DataProblem",
     "DataError",
     "UnsafeFileError",
+    "UnsafeTorchError",
     "GraphSet",
     "CheckReport",
     "read_manifest",

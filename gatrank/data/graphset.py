@@ -24,6 +24,7 @@ from gatrank.data.featurize import _featurize_all
 from gatrank.data.graph_files import _LOADERS, _check_graph
 from gatrank.data.manifest import _parse_manifest, _Parsed
 from gatrank.data.problems import DataError, DataProblem, UnsafeFileError, _FileProblem
+from gatrank.data.safe_load import UnsafeTorchError
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +152,8 @@ def _load_files(paths: list[str | None], ok_rows: list[int], root: Path,
         except _FileProblem as fp:
             report(i, rel, fp.code, fp.problem, fp.fix)
             continue
+        except UnsafeTorchError:
+            raise  # the installed torch, not this file: no .pt file can be read, say it once
         except UnsafeFileError as exc:
             report(i, rel, "unsafe_file", str(exc), "re-save it with plain tensors: "
                    "torch.save({'x': x, 'edge_index': edge_index}, path), or torch.save(Data)")

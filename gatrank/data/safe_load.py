@@ -1,4 +1,5 @@
-"""Loading torch files without running pickled code: an allowlist of PyG data classes."""
+"""Loading torch files without running pickled code: an allowlist of PyG data classes, and a
+torch whose ``weights_only`` unpickler has no known hole."""
 
 from __future__ import annotations
 
@@ -9,15 +10,55 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from packaging.version import InvalidVersion, Version
 from torch_geometric.data import Data
 from torch_geometric.data.data import DataEdgeAttr, DataTensorAttr
 from torch_geometric.data.storage import EdgeStorage, GlobalStorage, NodeStorage
 
 from gatrank.data.problems import UnsafeFileError
 
-__all__ = ["safe_torch_load"]
+__all__ = ["SAFE_TORCH", "UnsafeTorchError", "safe_torch_load", "torch_load_cves"]
 
 _SAFE_GLOBALS = [Data, DataEdgeAttr, DataTensorAttr, GlobalStorage, NodeStorage, EdgeStorage]
+
+SAFE_TORCH = "2.10"
+"""The oldest torch release whose ``torch.load(weights_only=True)`` has no known hole (the
+floor pyproject.toml and environment.yml require)."""
+
+# (CVE, the torch release that fixed it, what a crafted file can do to an older one)
+_CVES = (
+    ("CVE-2025-32434", "2.6", "bypass weights_only and run code"),
+    ("CVE-2026-24747", "2.10", "corrupt memory, up to running code"),
+)
+
+
+class UnsafeTorchError(UnsafeFileError):
+    """The installed torch cannot load a pickle-based file safely; nothing was read."""
+
+
+def torch_load_cves(version: str | None = None) -> list[str]:
+    """The CVEs of ``torch.load(weights_only=True)`` that torch ``version`` (default: the one
+    imported) is open to: ``[]`` from 2.10 on. Local builds (``2.10.0+cpu``) count as their
+    release; pre-releases (``2.10.0a0``, nightlies) as before it; an unreadable version as open
+    to all of them."""
+    try:
+        v = Version(str(torch.__version__ if version is None else version))
+    except InvalidVersion:  # a version nobody can vouch for
+        return [cve for cve, _, _ in _CVES]
+    return [cve for cve, fixed, _ in _CVES if v < Version(fixed)]
+
+
+def _refuse_unsafe_torch(path: Path) -> None:
+    """Raise :class:`UnsafeTorchError` before reading ``path`` on a torch with a known hole."""
+    open_to = torch_load_cves()
+    if open_to:
+        holes = "; ".join(f"{cve} (a crafted file can {what}; fixed in torch {fixed})"
+                          for cve, fixed, what in _CVES if cve in open_to)
+        raise UnsafeTorchError(
+            f"{path} was NOT loaded: torch {torch.__version__} is older than {SAFE_TORCH}, and "
+            f"its torch.load(weights_only=True) is unsafe on files from others: {holes}. "
+            f"Upgrade torch: pip install --upgrade 'torch>={SAFE_TORCH}'"
+        )
 
 
 def safe_torch_load(path: str | Path, *, extra_globals: Sequence[Any] = ()) -> object:
@@ -25,9 +66,12 @@ def safe_torch_load(path: str | Path, *, extra_globals: Sequence[Any] = ()) -> o
 
     Never falls back to ``weights_only=False``: a file that needs anything outside the allowlist
     (plus ``extra_globals``, e.g. a checkpoint's config dataclass) raises
-    :class:`UnsafeFileError` (a ``ValueError``) and nothing in it is executed. Tensors land on CPU.
+    :class:`UnsafeFileError` (a ``ValueError``) and nothing in it is executed. On a torch older
+    than :data:`SAFE_TORCH` nothing is read: :class:`UnsafeTorchError` names the CVEs and the
+    upgrade. Tensors land on CPU.
     """
     path = Path(path)
+    _refuse_unsafe_torch(path)
     try:
         with torch.serialization.safe_globals([*_SAFE_GLOBALS, *extra_globals]), \
                 warnings.catch_warnings():

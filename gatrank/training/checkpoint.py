@@ -1,7 +1,14 @@
 """The checkpoint format, written and read here only.
 
-A checkpoint (``best.pt``, ``last.pt``) is a dict saved by :func:`torch.save` and read with
-``weights_only=True``, so it holds tensors, numbers, strings, lists and dicts only:
+A checkpoint (``best.pt``, ``last.pt``) is one `safetensors <https://huggingface.co/docs/
+safetensors>`_ file: reading it unpickles nothing, on any torch, so a checkpoint from someone
+else can be opened without trusting them. Its tensors are stored as safetensors tensors, named
+by their place in the entries (``state_dict/convs.0.lin.weight``, ``optimizer/state/0/exp_avg``,
+``resume/rng/torch``); everything else is JSON in the header's metadata, under ``entries``,
+with a tensor standing as ``{"$tensor": name}`` (tuples, dicts with non-string keys and
+non-finite floats are tagged the same way, so every entry reads back exactly as it was
+written). ``format`` is ``gatrank-checkpoint`` and ``version`` :data:`FORMAT_VERSION`. The
+entries:
 
 - ``state_dict``: the bare model's weights on the CPU (no DDP ``module.`` prefix);
 - ``optimizer``: the optimizer's ``state_dict``;
@@ -14,13 +21,19 @@ A checkpoint (``best.pt``, ``last.pt``) is a dict saved by :func:`torch.save` an
   ``model_name``, ``in_channels``, ``splits``, ``data_fingerprint``;
 - ``status``: ``best`` for ``best.pt``; ``running``, ``completed``, ``interrupted`` or
   ``nonfinite`` for ``last.pt``.
+
+Checkpoints of gatrank 0.1 (the same entries as one :func:`torch.save` dict) are still read, with
+``torch.load(weights_only=True)`` and the allowlist of :func:`gatrank.data.safe_torch_load`,
+which refuses them on a torch with a known hole in that unpickler.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import random
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,15 +41,19 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
 from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 
 from gatrank.config import Config
 from gatrank.data import GraphSet, safe_torch_load
-from gatrank.io import atomic_torch_save
+from gatrank.io import atomic_write_bytes
 from gatrank.model import build_model
 
 __all__ = [
+    "FORMAT_VERSION",
     "RESUME_MAY_CHANGE",
     "Progress",
     "RunInfo",
@@ -46,11 +63,16 @@ __all__ = [
     "checkpoint_config",
     "load_model",
     "load_resume",
+    "read_checkpoint",
     "restore",
     "set_rng_state",
     "snapshot",
     "write_checkpoint",
 ]
+
+FORMAT = "gatrank-checkpoint"
+FORMAT_VERSION = 2
+"""The version written; 1 is gatrank 0.1's :func:`torch.save` dict (read, never written)."""
 
 # Keys a resumed run may change; every other config key must match the checkpoint, because it
 # changes the trajectory (the data section is checked through the split and a data fingerprint).
@@ -219,20 +241,55 @@ def best_checkpoint(
 def write_checkpoint(path: Path, entries: dict[str, Any], run: RunInfo, status: str) -> None:
     """Write ``entries`` (a :attr:`Snapshot.entries` or a :func:`best_checkpoint`) and the
     run's entries to ``path`` atomically."""
-    atomic_torch_save(
-        path,
-        {
-            **entries,
-            "config": run.config.to_dict(),
-            "model_spec": run.model_spec,
-            "loss_spec": run.loss_spec,
-            "model_name": run.model_name,
-            "in_channels": run.in_channels,
-            "splits": run.splits,
-            "data_fingerprint": run.data_fingerprint,
-            "status": status,
-        },
-    )
+    tensors: dict[str, Tensor] = {}
+    tree = _encode({
+        **entries,
+        "config": run.config.to_dict(),
+        "model_spec": run.model_spec,
+        "loss_spec": run.loss_spec,
+        "model_name": run.model_name,
+        "in_channels": run.in_channels,
+        "splits": run.splits,
+        "data_fingerprint": run.data_fingerprint,
+        "status": status,
+    }, "", tensors, set())
+    # strict JSON (no NaN literals): any JSON reader can read the header of a shared checkpoint
+    meta = {"format": FORMAT, "version": str(FORMAT_VERSION),
+            "entries": json.dumps(tree, allow_nan=False, separators=(",", ":"))}
+    atomic_write_bytes(path, st_save(tensors, metadata=meta))
+
+
+def _encode(obj: Any, where: str, tensors: dict[str, Tensor], storages: set[int]) -> Any:
+    """``obj`` as JSON, its tensors moved into ``tensors`` under their place in the entries."""
+    if isinstance(obj, Tensor):
+        t = obj.detach().to("cpu").contiguous()
+        if t.numel() and t.untyped_storage().data_ptr() in storages:
+            t = t.clone()  # safetensors refuses overlapping views of one storage (tied weights)
+        storages.add(t.untyped_storage().data_ptr())
+        name = where.lstrip("/")
+        while name in tensors:  # e.g. keys 0 and "0" in one dict
+            name += "_"
+        tensors[name] = t
+        return {"$tensor": name}
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return {"$float": repr(obj)}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, (list, tuple)):
+        if all(type(v) is int or type(v) is str for v in obj):  # splits, the Python RNG: fast
+            return list(obj) if isinstance(obj, list) else {"$tuple": list(obj)}
+        items = [_encode(v, f"{where}/{i}", tensors, storages) for i, v in enumerate(obj)]
+        return items if isinstance(obj, list) else {"$tuple": items}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and not k.startswith("$") for k in obj):
+            return {k: _encode(v, f"{where}/{k}", tensors, storages) for k, v in obj.items()}
+        return {"$dict": [[_encode(k, where, tensors, storages),
+                           _encode(v, f"{where}/{k}", tensors, storages)] for k, v in obj.items()]}
+    raise TypeError(f"checkpoint entry {where or '/'} is a {type(obj).__name__}, which a "
+                    "checkpoint cannot hold: keep to tensors, numbers, strings, None, lists, "
+                    "tuples and dicts")
 
 
 # --------------------------------------------------------------------------- reading
@@ -255,8 +312,67 @@ def restore(
     progress.early_stopped, progress.stop_reason = r["early_stopped"], r["stop_reason"]
 
 
+def _decode(obj: Any, tensors: dict[str, Tensor]) -> Any:
+    """The inverse of :func:`_encode`."""
+    if isinstance(obj, list):
+        return [_decode(v, tensors) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if len(obj) == 1:
+        ((tag, val),) = obj.items()
+        if tag == "$tensor":
+            return tensors[val]
+        if tag == "$float":
+            return float(val)
+        if tag == "$tuple":
+            return tuple(_decode(v, tensors) for v in val)
+        if tag == "$dict":
+            return {_decode(k, tensors): _decode(v, tensors) for k, v in val}
+    return {k: _decode(v, tensors) for k, v in obj.items()}
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Every entry of a gatrank checkpoint, as it was written (tensors on the CPU).
+
+    A safetensors checkpoint is read without unpickling anything; a gatrank 0.1 ``torch.save``
+    checkpoint goes through :func:`gatrank.data.safe_torch_load` (``weights_only=True`` and the
+    allowlist; refused on a torch older than 2.10). Raises ``ValueError`` for a file that is
+    neither, or a damaged one.
+    """
+    data = Path(path).read_bytes()
+    # safetensors: an 8-byte header length, then the JSON header; torch.save files start with a
+    # zip or a pickle signature, whose 9th byte is never "{"
+    if data[8:9] != b"{":
+        return safe_torch_load(path)  # type: ignore[return-value]
+    damaged = (SafetensorError, KeyError, TypeError, ValueError, RecursionError)
+    try:
+        header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+        meta = header.get("__metadata__") or {}
+    except (*damaged, AttributeError) as exc:
+        raise _damaged(path, exc) from None
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a gatrank checkpoint (a safetensors file without "
+                         f"format={FORMAT!r} in its metadata)")
+    if not str(meta.get("version")).isdigit() or int(meta["version"]) > FORMAT_VERSION:
+        raise ValueError(f"{path} is a checkpoint of format version {meta.get('version')!r}; "
+                         f"this gatrank reads versions up to {FORMAT_VERSION}: upgrade gatrank")
+    try:
+        with warnings.catch_warnings():
+            # st_load's tensors are views of ``data`` (read-only bytes): cloned here
+            warnings.filterwarnings("ignore", message="The given buffer is not writable")
+            tensors = {k: v.clone() for k, v in st_load(data).items()}
+        return _decode(json.loads(meta["entries"]), tensors)
+    except damaged as exc:
+        raise _damaged(path, exc) from None
+
+
+def _damaged(path: str | Path, exc: BaseException) -> ValueError:
+    return ValueError(f"{path} is a damaged gatrank checkpoint ({type(exc).__name__}: {exc}); "
+                      "copy it again, or use the run's other checkpoint")
+
+
 def _read(path: str | Path, entry: str) -> dict[str, Any]:
-    ckpt = safe_torch_load(path)
+    ckpt = read_checkpoint(path)
     if not isinstance(ckpt, dict) or entry not in ckpt:
         raise ValueError(f"{path} is not a gatrank checkpoint (no {entry!r} entry)")
     return ckpt
@@ -297,7 +413,7 @@ def load_model(path: str | Path, *, model: str = "") -> tuple[nn.Module, Config,
 
 def load_resume(path: str | Path, run: RunInfo) -> Snapshot:
     """Read a ``last.pt`` and check it belongs to ``run``; errors say what differs."""
-    ckpt = safe_torch_load(path)
+    ckpt = read_checkpoint(path)
     if not isinstance(ckpt, dict) or "resume" not in ckpt:
         raise ValueError(
             f"{path} cannot be resumed: it holds no training state (a best.pt holds only the "

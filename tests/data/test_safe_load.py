@@ -1,5 +1,6 @@
 """gatrank.data.safe_load, and every file gatrank reads: pickles that would run code are
-refused, and the code never runs.
+refused, and the code never runs; on a torch whose weights_only unpickler has a known hole
+(faked here through ``torch.__version__``), no pickle-based file is read at all.
 
 Every payload here writes a marker file when unpickled or constructed. The positive controls
 load the same files the unsafe way and see the marker appear, so the tests below cannot pass
@@ -21,9 +22,17 @@ from torch_geometric.data import Data
 
 from gatrank.cli import main
 from gatrank.config import ConfigError, load_config
-from gatrank.data import DataError, UnsafeFileError, load_graphs, safe_torch_load
+from gatrank.data import DataError, UnsafeFileError, UnsafeTorchError, load_graphs, safe_torch_load
+from gatrank.data.safe_load import torch_load_cves
 from gatrank.evaluate import load_checkpoint
+from gatrank.model import build_model
 from gatrank.training import checkpoint_config, train
+from gatrank.training.checkpoint import (
+    RunInfo,
+    best_checkpoint,
+    read_checkpoint,
+    write_checkpoint,
+)
 from tools.failure_modes import MARKER
 
 PACKAGE = Path(__file__).resolve().parents[2] / "gatrank"
@@ -189,3 +198,83 @@ def test_safe_torch_load_reads_pyg_data(tmp_path):
     save_pt(tmp_path / "g.pt", y=torch.tensor([1.0]))  # the allowlist covers torch.save(Data)
     d = safe_torch_load(tmp_path / "g.pt")
     assert isinstance(d, Data) and torch.equal(d.x, X4) and torch.equal(d.edge_index, EI4)
+
+
+BOTH = ["CVE-2025-32434", "CVE-2026-24747"]
+
+
+@pytest.mark.parametrize(("version", "cves"), [
+    ("2.5.1", BOTH), ("2.5.1+cpu", BOTH), ("2.2.0", BOTH),
+    ("2.6.0", ["CVE-2026-24747"]), ("2.9.1+cu128", ["CVE-2026-24747"]),
+    ("2.9.10", ["CVE-2026-24747"]),  # newer than 2.10 as a string, older as a version
+    ("2.10.0a0", ["CVE-2026-24747"]),  # a pre-release (a source build) predates the release
+    ("2.10.0.dev20251201+cpu", ["CVE-2026-24747"]), ("2.10.0rc2", ["CVE-2026-24747"]),
+    ("2.10.0", []), ("2.10.0+cpu", []), ("2.10.1", []), ("2.13.0+cu130", []), ("3.0", []),
+    ("parrot", BOTH),  # nobody can vouch for it
+])
+def test_torch_versions_compare_as_versions(version, cves):
+    assert torch_load_cves(version) == cves
+
+
+def _old_torch(monkeypatch, version: str = "2.5.1+cpu") -> None:
+    monkeypatch.setattr(torch, "__version__", version)
+
+
+def test_an_old_torch_reads_no_graph_file_and_says_why_once(evil, tmp_path, monkeypatch, capsys):
+    rows = _good_graphs(tmp_path)
+    (tmp_path / "m.csv").write_text("\n".join(["id,y,path", *rows]) + "\n")
+    assert len(load_graphs(tmp_path / "m.csv")) == 4  # the control: this torch reads them
+    _old_torch(monkeypatch)
+    with pytest.raises(UnsafeTorchError) as err:
+        safe_torch_load(tmp_path / "g0.pt")
+    msg = str(err.value)
+    assert msg.startswith(f"{tmp_path / 'g0.pt'} was NOT loaded: torch 2.5.1+cpu is older than "
+                          "2.10")
+    assert all(cve in msg for cve in BOTH) and "pip install --upgrade 'torch>=2.10'" in msg
+    with pytest.raises(UnsafeTorchError, match="CVE-2026-24747"):  # not four dropped rows
+        load_graphs(tmp_path / "m.csv", on_error="skip")
+    assert main(["check-data", "--manifest", str(tmp_path / "m.csv")]) == 1
+    out = capsys.readouterr()
+    assert "unsafe file refused" in out.err and "CVE-2025-32434" in out.err
+    assert "Traceback" not in out.err and out.err.count("was NOT loaded") == 1
+    with pytest.raises(UnsafeTorchError):
+        safe_torch_load(evil["graph"])  # refused before torch.load sees it
+    assert not evil["marker"].exists()
+    _old_torch(monkeypatch, "2.9.1")
+    with pytest.raises(UnsafeTorchError) as err:
+        safe_torch_load(tmp_path / "g0.pt")
+    assert "CVE-2026-24747" in str(err.value) and "CVE-2025-32434" not in str(err.value)
+
+
+def _checkpoints(folder: Path) -> tuple[Path, Path]:
+    """A tiny best.pt in today's format (safetensors) and the same entries in gatrank 0.1's
+    (torch.save)."""
+    cfg = load_config().updated({"model.hidden_dim": 4, "model.heads": 1,
+                                 "model.num_layers": 1})
+    net = build_model(2, cfg.model, "gat")
+    run = RunInfo(config=cfg, model_spec="gat", loss_spec="", model_name="gat", in_channels=2,
+                  splits={"train": [0, 1]}, data_fingerprint="0" * 16)
+    new, old = folder / "best.pt", folder / "old_best.pt"
+    write_checkpoint(new, best_checkpoint(1, net, torch.optim.Adam(net.parameters()), []), run,
+                     "best")
+    torch.save(read_checkpoint(new), old)
+    return new, old
+
+
+def test_an_old_torch_refuses_old_checkpoints_and_reads_safetensors_ones(tmp_path, monkeypatch,
+                                                                         capsys):
+    new, old = _checkpoints(tmp_path)
+    want = load_checkpoint(old)[0].state_dict()  # the control: this torch reads both
+    _old_torch(monkeypatch)
+    for read in (load_checkpoint, checkpoint_config):
+        with pytest.raises(UnsafeTorchError, match=r"old_best.pt was NOT loaded: .*"
+                                                   r"CVE-2025-32434.*CVE-2026-24747"):
+            read(old)
+    assert main(["eval", "--checkpoint", str(old)]) == 1
+    assert main(["train", "--resume", str(old), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("unsafe file refused") == 2 and err.count("torch>=2.10") == 2
+    net, config, _ = load_checkpoint(new)  # safetensors: no torch.load, nothing to refuse
+    assert config.model.hidden_dim == 4
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, want[k]), k

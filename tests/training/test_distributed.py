@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from gatrank.data import safe_torch_load
 from gatrank.datasets import write_dataset
 from gatrank.training import distributed
+from gatrank.training.checkpoint import read_checkpoint
 
 TOLERANCE = 0.1
 """How far a 2-process run's held-out Spearman and pairwise accuracy may be from one process's:
@@ -84,8 +84,8 @@ def test_two_processes_reach_the_metrics_of_one(tmp_path):
         assert abs(s2["test"][key] - s1["test"][key]) <= TOLERANCE, (key, s1["test"], s2["test"])
     # the checkpoint holds the bare model (no DDP "module." prefix): it loads where one-process
     # checkpoints do
-    w1 = safe_torch_load(tmp_path / "one" / "best.pt")["state_dict"]
-    w2 = safe_torch_load(tmp_path / "two" / "best.pt")["state_dict"]
+    w1 = read_checkpoint(tmp_path / "one" / "best.pt")["state_dict"]
+    w2 = read_checkpoint(tmp_path / "two" / "best.pt")["state_dict"]
     assert list(w2) == list(w1)
     assert not all(torch.equal(w1[k], w2[k]) for k in w1)  # it trained on its own trajectory
 

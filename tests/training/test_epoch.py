@@ -10,10 +10,10 @@ import pytest
 import torch
 from tiny_training import Loss, tiny, train_batches, weights_finite
 
-from gatrank.data import safe_torch_load
 from gatrank.losses import pairwise_rank_loss
 from gatrank.model import build_model
 from gatrank.training import NonFiniteError, train
+from gatrank.training.checkpoint import read_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -32,12 +32,12 @@ def test_nonfinite_stop_names_epoch_and_batch_and_keeps_the_last_good_checkpoint
     # oracle: the same run told to stop after epoch 2 never saw the NaN
     clean = train(cfg.updated({"training.epochs": 2}), graphs=graphs, loss=Loss(),
                   progress=False, out_dir=tmp_path / "clean")
-    got, want = safe_torch_load(tmp_path / "nan" / "last.pt"), safe_torch_load(
+    got, want = read_checkpoint(tmp_path / "nan" / "last.pt"), read_checkpoint(
         tmp_path / "clean" / "last.pt")
     assert got["epoch"] == want["epoch"] == 2 and got["status"] == "nonfinite"
     for k, v in want["state_dict"].items():
         assert torch.equal(got["state_dict"][k], v), k
-    best = safe_torch_load(tmp_path / "nan" / "best.pt")
+    best = read_checkpoint(tmp_path / "nan" / "best.pt")
     assert weights_finite(best["state_dict"])
     assert best["epoch"] == clean.summary["best_epoch"]
     summary = json.loads((tmp_path / "nan" / "summary.json").read_text())
@@ -62,8 +62,8 @@ def test_nan_weights_never_reach_disk(graphs, tmp_path, mode):
         train(cfg, graphs=graphs, model=net, callbacks=[poison], progress=False,
               out_dir=tmp_path)
     assert (tmp_path / "last.pt").read_bytes() == saved["last"]
-    assert safe_torch_load(tmp_path / "last.pt")["epoch"] == 1
-    assert weights_finite(safe_torch_load(tmp_path / "best.pt")["state_dict"])
+    assert read_checkpoint(tmp_path / "last.pt")["epoch"] == 1
+    assert weights_finite(read_checkpoint(tmp_path / "best.pt")["state_dict"])
     assert not list(tmp_path.glob(".*.tmp"))
 
 

@@ -20,6 +20,7 @@ from gatrank.datasets import write_dataset
 from gatrank.evaluate import evaluate_checkpoint
 from gatrank.runtime import environment_info
 from gatrank.training import train
+from gatrank.training.checkpoint import read_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def test_full_training_writes_metrics_checkpoints_and_baseline(chembl_small, tmp
     assert set(summary["test"]) >= {"spearman", "pairwise_accuracy", "kendall"}
     assert "spearman" in summary["baseline"]["test"]
     assert sum(summary["split_sizes"].values()) == len(gs)
-    ckpt = torch.load(tmp_path / "best.pt", weights_only=True)
+    ckpt = read_checkpoint(tmp_path / "best.pt")
     assert {"state_dict", "config", "metrics", "epoch"} <= set(ckpt)
     assert ckpt["config"]["training"]["epochs"] == 4
     assert res.summary["best_epoch"] >= 1

@@ -19,8 +19,8 @@ import torch
 from tiny_training import Loss, StopAt, assert_same_run, tiny, train_batches
 
 from gatrank.cli import main
-from gatrank.data import safe_torch_load
 from gatrank.training import train
+from gatrank.training.checkpoint import read_checkpoint
 from gatrank.training.state import LoopState
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -36,7 +36,7 @@ def test_interrupt_and_resume_equals_uninterrupted(graphs, reference, tmp_path, 
     assert first.summary["status"] == "interrupted"
     assert first.summary["epochs_run"] == stop_epoch - 1
     assert "Ctrl-C during epoch" in first.summary["stop_reason"]
-    ckpt = safe_torch_load(tmp_path / "last.pt")
+    ckpt = read_checkpoint(tmp_path / "last.pt")
     assert ckpt["epoch"] == stop_epoch - 1 and ckpt["status"] == "interrupted"
     assert len(ckpt["metrics"]) == stop_epoch - 1
     resumed = train(tiny(), graphs=graphs, progress=False, out_dir=tmp_path,
@@ -124,7 +124,7 @@ def test_sigterm_subprocess_saves_and_resumes(manifest, tmp_path):
     assert "Traceback" not in stderr
     assert "SIGTERM during epoch" in stderr
     assert f"gatrank train --resume {run / 'last.pt'}" in stderr
-    ckpt = safe_torch_load(run / "last.pt")
+    ckpt = read_checkpoint(run / "last.pt")
     done = ckpt["epoch"]
     assert ckpt["status"] == "interrupted" and done >= 3 and len(ckpt["metrics"]) == done
     assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"

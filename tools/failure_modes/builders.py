@@ -93,8 +93,16 @@ def _evil_graph(folder: Path) -> list[str]:
 
 
 def _evil_checkpoint(folder: Path) -> Path:
+    """A checkpoint in gatrank 0.1's format (one ``torch.save`` dict), with a payload."""
     path = folder / "last.pt"
     torch.save({"state_dict": {}, "config": {}, "resume": _Exploit(folder)}, path)
+    return path
+
+
+def _cut_checkpoint(folder: Path) -> Path:
+    """A run's best.pt missing its last bytes, as a copy cut short leaves it."""
+    path = _trained_run(folder).parent / "best.pt"
+    path.write_bytes(path.read_bytes()[:-4])
     return path
 
 

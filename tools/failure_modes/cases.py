@@ -14,6 +14,7 @@ from tools.failure_modes.builders import (
     _bad_json,
     _check,
     _config_case,
+    _cut_checkpoint,
     _evil_checkpoint,
     _evil_graph,
     _evil_yaml,
@@ -205,11 +206,36 @@ CASES: list[FailureMode] = [
     FailureMode("malicious_checkpoint_eval", "security",
                 "`gatrank eval` on a checkpoint crafted to run code", 1,
                 lambda d: ["eval", "--checkpoint", str(_evil_checkpoint(d))],
-                ("unsafe file refused", "NOT loaded")),
+                ("unsafe file refused", "NOT loaded"),
+                notes="A `torch.save` checkpoint, gatrank 0.1's format, still read with "
+                      "`weights_only=True` and the allowlist; the checkpoints gatrank writes now "
+                      "are safetensors + JSON and are read without unpickling anything."),
     FailureMode("malicious_checkpoint_resume", "security",
                 "`gatrank train --resume` on a checkpoint crafted to run code", 1,
                 lambda d: ["train", "--resume", str(_evil_checkpoint(d)), "--no-progress"],
                 ("unsafe file refused", "NOT loaded")),
+    FailureMode("pickle_in_checkpoint", "security",
+                "a gatrank checkpoint with a pickle payload hidden in a tensor or a string", 0,
+                sees="a checkpoint that loads like any other, and nothing run: it is "
+                     "safetensors tensors and JSON, no byte of it is ever unpickled, so the "
+                     "payload stays data.",
+                tested_by=("tests/training/test_checkpoint.py::"
+                           "test_a_pickle_inside_a_checkpoint_is_never_unpickled",)),
+    FailureMode("torch_too_old", "security",
+                "a `.pt` graph file or an old-format checkpoint, with torch older than 2.10", 1,
+                sees="`unsafe file refused: g0.pt was NOT loaded: torch 2.5.1 is older than 2.10, "
+                     "and its torch.load(weights_only=True) is unsafe on files from others: "
+                     "CVE-2025-32434 (...; fixed in torch 2.6); CVE-2026-24747 (...; fixed in "
+                     "torch 2.10). Upgrade torch: pip install --upgrade 'torch>=2.10'`, once for "
+                     "the run rather than once per row, before any file is read. The "
+                     "checkpoints gatrank writes (safetensors) still load: they need no "
+                     "`torch.load`.",
+                tested_by=("tests/data/test_safe_load.py::"
+                           "test_an_old_torch_reads_no_graph_file_and_says_why_once",
+                           "tests/data/test_safe_load.py::"
+                           "test_an_old_torch_refuses_old_checkpoints_and_reads_safetensors_ones",
+                           "tests/data/test_safe_load.py::"
+                           "test_torch_versions_compare_as_versions")),
     FailureMode("malicious_yaml", "security", "a YAML config with a Python object tag", 2,
                 _evil_yaml, ("config error", "not valid YAML"),
                 notes="YAML is read with `yaml.safe_load`, which refuses `!!python/...` tags."),
@@ -276,6 +302,10 @@ CASES: list[FailureMode] = [
                 lambda d: ["train", "--resume", str(_trained_run(d).parent / "best.pt"),
                            "--no-progress"],
                 ("cannot be resumed", "resume from the run's last.pt")),
+    FailureMode("checkpoint_cut_short", "training",
+                "`gatrank eval` on a checkpoint whose copy was cut short", 2,
+                lambda d: ["eval", "--checkpoint", str(_cut_checkpoint(d))],
+                ("run/best.pt is a damaged gatrank checkpoint", "use the run's other checkpoint")),
     FailureMode("resume_missing", "training", "`--resume` from a file that does not exist", 2,
                 lambda d: ["train", "--resume", str(d / "run" / "last.pt")],
                 ("no such file",)),
