@@ -13,6 +13,9 @@ a fresh virtual environment works with no kernel registered by hand). Per run it
 
 A notebook that fails still gets its executed notebook and HTML (papermill puts the error at
 the top, the HTML adds a banner), the index marks it, and the suite goes on with the next one.
+
+Which notebooks: :func:`notebook_folders` (the project's ``notebooks/`` and ``params/``, else the
+copies an installed wheel bundles).
 """
 
 from __future__ import annotations
@@ -38,11 +41,13 @@ from gatrank.suite.kernel import environ, kernel_manager_class
 
 __all__ = [
     "NOTEBOOKS",
+    "BUNDLED",
     "NotebookResult",
     "SuiteResult",
     "run_suite",
     "notebook_parameters",
     "default_out_dir",
+    "notebook_folders",
 ]
 
 logger = logging.getLogger(__name__)
@@ -55,6 +60,12 @@ NOTEBOOKS: tuple[str, ...] = (
     "05_eval",
 )
 """The notebooks in the order the suite runs them (each one step of the runbook)."""
+
+BUNDLED = Path(__file__).resolve().parents[1] / "_bundled"
+"""Where a built wheel holds its copies of ``notebooks/`` and ``params/`` (setup.py puts them
+there at build time; git holds only the top-level folders)."""
+_CHECKOUT = Path(__file__).resolve().parents[2]
+"""The repository an editable install runs from (in a wheel: site-packages, no notebooks)."""
 
 
 @dataclass
@@ -190,7 +201,8 @@ def run_suite(
         out_dir: the report folder; default :func:`default_out_dir` (and ``reports/latest``
             then points at it).
         notebooks: names (stems) to run, in :data:`NOTEBOOKS` order; default all five.
-        notebooks_dir, params_dir: default ``notebooks/`` and ``params/`` of the project.
+        notebooks_dir, params_dir: default :func:`notebook_folders`; ``params_dir`` defaults
+            to the ``params/`` beside ``notebooks_dir``.
         parameters: overrides for every notebook that declares them (e.g. ``config``,
             ``model``, ``loss``, ``seed``); applied after the params files.
         timeout: seconds a single cell may run (default: no limit).
@@ -223,22 +235,48 @@ def run_suite(
     return SuiteResult(out_dir=out, notebooks=results, duration_s=duration, summary=summary)
 
 
+def notebook_folders() -> tuple[Path, Path]:
+    """The ``notebooks/`` and ``params/`` folders the suite runs by default.
+
+    The project's (the working folder or the first folder above it holding both, as
+    ``gatrank notebooks DIR`` writes them), else the checkout's an editable install runs from,
+    each only when its ``notebooks/`` holds one of :data:`NOTEBOOKS` (a user's own
+    ``notebooks/`` is no gatrank project); else the copies bundled in the installed wheel
+    (:data:`BUNDLED`).
+
+    Raises:
+        FileNotFoundError: neither exists (a gatrank installed from a build without them).
+    """
+    for root in (project_root(), _CHECKOUT):
+        if root is not None and any((root / "notebooks" / f"{n}.ipynb").is_file()
+                                    for n in NOTEBOOKS):
+            return root / "notebooks", root / "params"
+    if (BUNDLED / "notebooks").is_dir():
+        return BUNDLED / "notebooks", BUNDLED / "params"
+    raise FileNotFoundError(
+        f"no notebooks: {Path.cwd()} is not in a gatrank project (a folder with notebooks/ and "
+        f"params/) and this gatrank has none bundled ({BUNDLED} is missing). Run from the "
+        "project, pass --notebooks-dir, or install gatrank from a wheel built by its setup.py "
+        "(pip install gatrank, or pip wheel . in the repository)"
+    )
+
+
 def _notebooks_to_run(notebooks: Sequence[str] | None, notebooks_dir: str | Path | None,
                       params_dir: str | Path | None) -> tuple[Path, Path, list[str]]:
     """The notebook folder, the params folder and the names to run, each checked to exist.
 
     Raises:
-        FileNotFoundError: no notebook folder (none given and no project found).
+        FileNotFoundError: no notebook folder (the one given, or none found).
         ValueError: naming the notebooks that are not in the folder, and those that are.
     """
-    root = project_root()
-    nb_dir = Path(notebooks_dir) if notebooks_dir else (root / "notebooks" if root else None)
-    if nb_dir is None or not nb_dir.is_dir():
-        raise FileNotFoundError(
-            f"notebook folder {nb_dir or 'notebooks/'} not found; run from the gatrank project "
-            "(the folder with notebooks/ and params/) or pass notebooks_dir"
-        )
-    p_dir = Path(params_dir) if params_dir else nb_dir.parent / "params"
+    if notebooks_dir:
+        nb_dir = Path(notebooks_dir)
+        if not nb_dir.is_dir():
+            raise FileNotFoundError(f"notebook folder {nb_dir} not found (notebooks_dir)")
+        p_dir = nb_dir.parent / "params"
+    else:
+        nb_dir, p_dir = notebook_folders()
+    p_dir = Path(params_dir) if params_dir else p_dir
     names = list(notebooks) if notebooks else list(NOTEBOOKS)
     unknown = [n for n in names if not (nb_dir / f"{n}.ipynb").is_file()]
     if unknown:
