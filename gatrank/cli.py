@@ -397,7 +397,7 @@ def _cmd_suite(args: argparse.Namespace) -> int:
 
 
 def _cmd_notebooks(args: argparse.Namespace) -> int:
-    from gatrank.suite.project import PRESETS, write_notebooks
+    from gatrank.project import PRESETS, write_notebooks
 
     written = write_notebooks(args.dir, {k: getattr(args, k) for k in PRESETS}, force=args.force)
     print(f"wrote {len(written)} files to {Path(args.dir).resolve()}; open them: jupyter lab "

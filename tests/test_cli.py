@@ -168,3 +168,13 @@ def test_config_errors_do_not_wait_for_torch(tmp_path):
                          text=True, timeout=60, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.stdout.split() == ["2", "False"], res.stderr
     assert "training.batch_size" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_notebooks_command_does_not_wait_for_torch(tmp_path):
+    """Copying the notebooks imports neither torch nor nbformat (seconds each)."""
+    code = ("import sys; from gatrank.cli import main; rc = main(['notebooks', 'nb', '-q']); "
+            "print(rc, 'torch' in sys.modules, 'nbformat' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=60)
+    assert res.stdout.split()[-3:] == ["0", "False", "False"], res.stderr
+    assert len(list((tmp_path / "nb").rglob("*.ipynb"))) == 5

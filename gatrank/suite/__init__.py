@@ -3,14 +3,11 @@
 from gatrank.suite.export import export_html
 from gatrank.suite.index import render_index
 from gatrank.suite.kernel import kernel_manager_class
-from gatrank.suite.project import write_notebooks
 from gatrank.suite.run import (
-    BUNDLED,
     NOTEBOOKS,
     NotebookResult,
     SuiteResult,
     default_out_dir,
-    notebook_folders,
     notebook_parameters,
     run_suite,
 )
@@ -25,7 +22,4 @@ __all__ = [
     "export_html",
     "render_index",
     "default_out_dir",
-    "notebook_folders",
-    "write_notebooks",
-    "BUNDLED",
 ]

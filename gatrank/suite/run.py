@@ -14,8 +14,8 @@ a fresh virtual environment works with no kernel registered by hand). Per run it
 A notebook that fails still gets its executed notebook and HTML (papermill puts the error at
 the top, the HTML adds a banner), the index marks it, and the suite goes on with the next one.
 
-Which notebooks: :func:`notebook_folders` (the project's ``notebooks/`` and ``params/``, else the
-copies an installed wheel bundles).
+Which notebooks: :func:`gatrank.project.notebook_folders` (the project's ``notebooks/`` and
+``params/``, else the copies an installed wheel bundles).
 """
 
 from __future__ import annotations
@@ -34,39 +34,22 @@ import yaml
 
 from gatrank import __version__
 from gatrank.io import atomic_write_text, write_json
-from gatrank.notebook.session import STEPS, project_root
+from gatrank.notebook.session import STEPS
+from gatrank.project import NOTEBOOKS, notebook_folders, project_root
 from gatrank.suite.export import export_html
 from gatrank.suite.index import render_index
 from gatrank.suite.kernel import environ, kernel_manager_class
 
 __all__ = [
     "NOTEBOOKS",
-    "BUNDLED",
     "NotebookResult",
     "SuiteResult",
     "run_suite",
     "notebook_parameters",
     "default_out_dir",
-    "notebook_folders",
 ]
 
 logger = logging.getLogger(__name__)
-
-NOTEBOOKS: tuple[str, ...] = (
-    "01_data_checks",
-    "02_loss_tests",
-    "03_overfit",
-    "04_full_train",
-    "05_eval",
-)
-"""The notebooks in the order the suite runs them (each one step of the runbook)."""
-
-BUNDLED = Path(__file__).resolve().parents[1] / "_bundled"
-"""Where a built wheel holds its copies of ``notebooks/`` and ``params/`` (setup.py puts them
-there at build time; git holds only the top-level folders)."""
-_CHECKOUT = Path(__file__).resolve().parents[2]
-"""The repository an editable install runs from (in a wheel: site-packages, no notebooks)."""
-
 
 @dataclass
 class NotebookResult:
@@ -201,7 +184,7 @@ def run_suite(
         out_dir: the report folder; default :func:`default_out_dir` (and ``reports/latest``
             then points at it).
         notebooks: names (stems) to run, in :data:`NOTEBOOKS` order; default all five.
-        notebooks_dir, params_dir: default :func:`notebook_folders`; ``params_dir`` defaults
+        notebooks_dir, params_dir: default :func:`gatrank.project.notebook_folders`; ``params_dir`` defaults
             to the ``params/`` beside ``notebooks_dir``.
         parameters: overrides for every notebook that declares them (e.g. ``config``,
             ``model``, ``loss``, ``seed``); applied after the params files.
@@ -233,32 +216,6 @@ def run_suite(
     if out_dir is None:
         _link_latest(out)
     return SuiteResult(out_dir=out, notebooks=results, duration_s=duration, summary=summary)
-
-
-def notebook_folders() -> tuple[Path, Path]:
-    """The ``notebooks/`` and ``params/`` folders the suite runs by default.
-
-    The project's (the working folder or the first folder above it holding both, as
-    ``gatrank notebooks DIR`` writes them), else the checkout's an editable install runs from,
-    each only when its ``notebooks/`` holds one of :data:`NOTEBOOKS` (a user's own
-    ``notebooks/`` is no gatrank project); else the copies bundled in the installed wheel
-    (:data:`BUNDLED`).
-
-    Raises:
-        FileNotFoundError: neither exists (a gatrank installed from a build without them).
-    """
-    for root in (project_root(), _CHECKOUT):
-        if root is not None and any((root / "notebooks" / f"{n}.ipynb").is_file()
-                                    for n in NOTEBOOKS):
-            return root / "notebooks", root / "params"
-    if (BUNDLED / "notebooks").is_dir():
-        return BUNDLED / "notebooks", BUNDLED / "params"
-    raise FileNotFoundError(
-        f"no notebooks: {Path.cwd()} is not in a gatrank project (a folder with notebooks/ and "
-        f"params/) and this gatrank has none bundled ({BUNDLED} is missing). Run from the "
-        "project, pass --notebooks-dir, or install gatrank from a wheel built by its setup.py "
-        "(pip install gatrank, or pip wheel . in the repository)"
-    )
 
 
 def _notebooks_to_run(notebooks: Sequence[str] | None, notebooks_dir: str | Path | None,

@@ -16,10 +16,9 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-import gatrank.suite.run
 from gatrank.cli import main
 from gatrank.datasets import write_dataset
-from gatrank.suite.run import notebook_folders, run_suite
+from gatrank.suite.run import run_suite
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,33 +27,6 @@ def test_unknown_notebook_is_named(tmp_path):
     with pytest.raises(ValueError, match="99_nope"):
         run_suite(out_dir=tmp_path / "out", notebooks=["99_nope"],
                   notebooks_dir=ROOT / "notebooks")
-
-
-def test_notebook_folders_are_the_projects_else_the_checkouts(tmp_path, monkeypatch):
-    # a folder of the user's own notebooks/ and params/ (none of gatrank's) is no gatrank project
-    for d in ("notebooks", "params"):
-        (tmp_path / "theirs" / d).mkdir(parents=True)
-    (tmp_path / "theirs" / "notebooks" / "analysis.ipynb").write_text("{}")
-    monkeypatch.chdir(tmp_path / "theirs")
-    assert notebook_folders() == (ROOT / "notebooks", ROOT / "params")  # the editable checkout
-    # a project as `gatrank notebooks` writes it, from its folder or one below
-    for d in ("notebooks", "params"):
-        (tmp_path / "mine" / d).mkdir(parents=True)
-    (tmp_path / "mine" / "notebooks" / "03_overfit.ipynb").write_text("{}")
-    monkeypatch.chdir(tmp_path / "mine" / "notebooks")
-    assert notebook_folders() == (tmp_path / "mine" / "notebooks", tmp_path / "mine" / "params")
-
-
-def test_without_a_project_the_wheels_bundle_else_a_clear_error(tmp_path, monkeypatch):
-    # what an installed wheel sees: no project anywhere (the wheel test runs the real thing)
-    monkeypatch.setattr(gatrank.suite.run, "project_root", lambda: None)
-    monkeypatch.setattr(gatrank.suite.run, "_CHECKOUT", tmp_path / "site-packages")
-    bundle = tmp_path / "_bundled"
-    monkeypatch.setattr(gatrank.suite.run, "BUNDLED", bundle)
-    with pytest.raises(FileNotFoundError, match="not in a gatrank project.*pass --notebooks-dir"):
-        notebook_folders()
-    (bundle / "notebooks").mkdir(parents=True)
-    assert notebook_folders() == (bundle / "notebooks", bundle / "params")
 
 
 def _write_nb(path: Path, params: str, body: str) -> None:

@@ -1,10 +1,12 @@
-"""gatrank.suite.project: ``gatrank notebooks DIR`` writes the five notebooks and their params
-with the presets in both places (the ``parameters`` cell JupyterLab runs and the YAML the suite
-injects), everything else byte-for-byte the source's; it never overwrites without ``force``."""
+"""gatrank.project: ``gatrank notebooks DIR`` writes the five notebooks and their params with
+the presets in both places (the ``parameters`` cell JupyterLab runs and the YAML the suite
+injects), every other line the source's; it never overwrites without ``force``. The notebooks
+are the project's, else the checkout's, else the wheel's bundle."""
 
 from __future__ import annotations
 
 import ast
+import difflib
 import json
 from pathlib import Path
 
@@ -13,10 +15,17 @@ import pytest
 import yaml
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from gatrank.suite.project import set_parameter_defaults, set_yaml_values, write_notebooks
-from gatrank.suite.run import NOTEBOOKS, notebook_parameters
+import gatrank.project
+from gatrank.project import (
+    NOTEBOOKS,
+    notebook_folders,
+    set_parameter_defaults,
+    set_yaml_values,
+    write_notebooks,
+)
+from gatrank.suite.run import notebook_parameters
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _parameters_cell(path: Path) -> nbformat.NotebookNode:
@@ -50,6 +59,11 @@ def test_writes_the_notebooks_and_params_with_the_manifest_preset_in_both(tmp_pa
         assert [c.source for c in a.cells if "parameters" not in c.metadata.get("tags", [])] \
             == [c.source for c in b.cells if "parameters" not in c.metadata.get("tags", [])]
         assert a.metadata == b.metadata
+        changed = [ln for ln in difflib.unified_diff(src.read_text().splitlines(),
+                                                     dst.read_text().splitlines(), n=0)
+                   if ln[:1] in "+-" and ln[:3] not in ("+++", "---")]
+        assert len(changed) == 4 and all('"manifest: str = ' in ln or '"model: str = ' in ln
+                                         for ln in changed), changed
         # the suite (and papermill -f) inject the params YAML: the presets there too
         raw = yaml.safe_load((proj / "params" / f"{name}.yaml").read_text())
         assert raw == {**yaml.safe_load((ROOT / "params" / f"{name}.yaml").read_text()),
@@ -146,3 +160,31 @@ def test_set_yaml_values_keeps_comments_and_appends_missing_keys():
     ]
     assert yaml.safe_load(out) == {"manifest": tricky, "seed": 0, "model": "m:N",
                                    "dataset": "d:s"}
+
+
+def test_notebook_folders_are_the_projects_else_the_checkouts(tmp_path, monkeypatch):
+    # a folder of the user's own notebooks/ and params/ (none of gatrank's) is no gatrank project
+    for d in ("notebooks", "params"):
+        (tmp_path / "theirs" / d).mkdir(parents=True)
+    (tmp_path / "theirs" / "notebooks" / "analysis.ipynb").write_text("{}")
+    monkeypatch.chdir(tmp_path / "theirs")
+    assert notebook_folders() == (ROOT / "notebooks", ROOT / "params")  # the editable checkout
+    # a project as `gatrank notebooks` writes it, from its folder or one below
+    for d in ("notebooks", "params"):
+        (tmp_path / "mine" / d).mkdir(parents=True)
+    (tmp_path / "mine" / "notebooks" / "03_overfit.ipynb").write_text("{}")
+    monkeypatch.chdir(tmp_path / "mine" / "notebooks")
+    assert notebook_folders() == (tmp_path / "mine" / "notebooks", tmp_path / "mine" / "params")
+
+
+def test_without_a_project_the_wheels_bundle_else_a_clear_error(tmp_path, monkeypatch):
+    # what an installed wheel sees: no project above cwd, no checkout above the package (the
+    # wheel test runs the real thing)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(gatrank.project, "_CHECKOUT", tmp_path / "site-packages")
+    bundle = tmp_path / "_bundled"
+    monkeypatch.setattr(gatrank.project, "BUNDLED", bundle)
+    with pytest.raises(FileNotFoundError, match="not in a gatrank project.*pass --notebooks-dir"):
+        notebook_folders()
+    (bundle / "notebooks").mkdir(parents=True)
+    assert notebook_folders() == (bundle / "notebooks", bundle / "params")

@@ -1,16 +1,22 @@
-"""A copy of the five notebooks and their params in a user's own folder, parameters preset.
+"""The project layout: where the five notebooks and their params are, and a copy of them in a
+user's own folder with parameters preset.
 
-:func:`write_notebooks` (``gatrank notebooks DIR``) writes the layout of a gatrank project::
+A gatrank project is a folder holding ``notebooks/`` and ``params/`` (DESIGN.md's layout): this
+repository, or a copy :func:`write_notebooks` (``gatrank notebooks DIR``) writes::
 
     DIR/notebooks/01_data_checks.ipynb ... 05_eval.ipynb
     DIR/params/01_data_checks.yaml ... 05_eval.yaml, config_example.yaml
 
-so JupyterLab opened on ``DIR/notebooks`` finds ``DIR`` as the project (results go to
+JupyterLab opened on ``DIR/notebooks`` finds ``DIR`` as the project (results go to
 ``DIR/reports/interactive``, 04 reads ``params/config_example.yaml``), and ``gatrank suite`` run
-in ``DIR`` runs these copies. A preset (``manifest``, ``dataset``, ``config``, ``model``,
-``loss``) is written twice: as the literal default of the notebook's ``parameters`` cell (what
-JupyterLab runs) and into its params YAML (what the suite and ``papermill -f`` inject). Paths
-are written absolute, since the kernels run in ``DIR/notebooks``.
+in ``DIR`` runs these copies. An installed wheel carries its own copies (:data:`BUNDLED`, put
+there by setup.py at build time) for use outside any project (:func:`notebook_folders`).
+
+A preset (``manifest``, ``dataset``, ``config``, ``model``, ``loss``) is written twice: as the
+literal default of the notebook's ``parameters`` cell (what JupyterLab runs) and into its params
+YAML (what the suite and ``papermill -f`` inject). Paths are written absolute, since the kernels
+run in ``DIR/notebooks``. Only json, yaml and ast are imported here: copying files must not wait
+seconds for torch or nbformat.
 """
 
 from __future__ import annotations
@@ -24,12 +30,77 @@ from pathlib import Path
 
 import yaml
 
-from gatrank.io import atomic_write_text
-from gatrank.suite.run import NOTEBOOKS, notebook_folders
-
-__all__ = ["PRESETS", "write_notebooks", "set_parameter_defaults", "set_yaml_values"]
+__all__ = [
+    "NOTEBOOKS",
+    "BUNDLED",
+    "PRESETS",
+    "project_root",
+    "notebook_folders",
+    "write_notebooks",
+    "set_parameter_defaults",
+    "set_yaml_values",
+]
 
 logger = logging.getLogger(__name__)
+
+NOTEBOOKS: tuple[str, ...] = (
+    "01_data_checks",
+    "02_loss_tests",
+    "03_overfit",
+    "04_full_train",
+    "05_eval",
+)
+"""The notebooks in the order the suite runs them (each one step of the runbook)."""
+
+BUNDLED = Path(__file__).resolve().parent / "_bundled"
+"""Where a built wheel holds its copies of ``notebooks/`` and ``params/`` (setup.py puts them
+there at build time; git holds only the top-level folders)."""
+
+_CHECKOUT = Path(__file__).resolve().parents[1]
+"""The repository an editable install runs from (in a wheel: site-packages, no notebooks)."""
+
+
+# --------------------------------------------------------------------------- where they are
+
+
+def project_root(start: str | Path | None = None) -> Path | None:
+    """The project folder: the first of ``start`` (default: cwd) and its parents that holds
+    both ``notebooks/`` and ``params/``; else the checkout gatrank runs from if it does; else
+    ``None``."""
+    here = Path(start or Path.cwd()).resolve()
+    for d in (here, *here.parents, _CHECKOUT):
+        if (d / "notebooks").is_dir() and (d / "params").is_dir():
+            return d
+    return None
+
+
+def notebook_folders() -> tuple[Path, Path]:
+    """The ``notebooks/`` and ``params/`` folders the suite runs by default.
+
+    The project's (the working folder or the first folder above it holding both, as
+    ``gatrank notebooks DIR`` writes them), else the checkout's an editable install runs from,
+    each only when its ``notebooks/`` holds one of :data:`NOTEBOOKS` (a user's own
+    ``notebooks/`` is no gatrank project); else the copies bundled in the installed wheel
+    (:data:`BUNDLED`).
+
+    Raises:
+        FileNotFoundError: neither exists (a gatrank installed from a build without them).
+    """
+    for root in (project_root(), _CHECKOUT):
+        if root is not None and any((root / "notebooks" / f"{n}.ipynb").is_file()
+                                    for n in NOTEBOOKS):
+            return root / "notebooks", root / "params"
+    if (BUNDLED / "notebooks").is_dir():
+        return BUNDLED / "notebooks", BUNDLED / "params"
+    raise FileNotFoundError(
+        f"no notebooks: {Path.cwd()} is not in a gatrank project (a folder with notebooks/ and "
+        f"params/) and this gatrank has none bundled ({BUNDLED} is missing). Run from the "
+        "project, pass --notebooks-dir, or install gatrank from a wheel built by its setup.py "
+        "(pip install gatrank, or pip wheel . in the repository)"
+    )
+
+
+# --------------------------------------------------------------------------- a preset copy
 
 PRESETS: tuple[str, ...] = ("manifest", "dataset", "config", "model", "loss")
 """The parameters :func:`write_notebooks` presets (strings, common to the notebooks)."""
@@ -126,18 +197,20 @@ def set_yaml_values(text: str, values: Mapping[str, str]) -> str:
 def _preset_notebook(src: Path, presets: Mapping[str, str]) -> tuple[str, set[str]]:
     """The notebook's JSON with its ``parameters`` cell preset, and the names the cell declares.
 
+    Read and written as JSON the way nbformat writes it (sorted keys, indent 1, sources as
+    lists of lines), so the copy differs from the source in the preset lines only.
+
     Raises:
         ValueError: the notebook has no cell tagged ``parameters``.
     """
-    import nbformat  # deferred: seconds to import, and only this command needs it
-
-    nb = nbformat.read(str(src), as_version=4)
-    cell = next((c for c in nb.cells if "parameters" in c.metadata.get("tags", [])), None)
+    nb = json.loads(src.read_text(encoding="utf-8"))
+    cell = next((c for c in nb["cells"]
+                 if "parameters" in c.get("metadata", {}).get("tags", [])), None)
     if cell is None:
         raise ValueError(f"{src}: no cell tagged 'parameters' to preset")
-    declared = _declared(cell.source)
-    cell.source = set_parameter_defaults(cell.source, presets)
-    return nbformat.writes(nb) + "\n", declared
+    source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+    cell["source"] = set_parameter_defaults(source, presets).splitlines(keepends=True)
+    return json.dumps(nb, sort_keys=True, indent=1, ensure_ascii=False) + "\n", _declared(source)
 
 
 def write_notebooks(folder: str | Path, presets: Mapping[str, str] | None = None, *,
@@ -182,6 +255,7 @@ def write_notebooks(folder: str | Path, presets: Mapping[str, str] | None = None
             "them):\n" + "\n".join(f"  {p}" for p in exist)
         )
     for path, text in texts.items():
-        atomic_write_text(path, text)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
     logger.debug("wrote %d files to %s with %s", len(texts), dest, values)
     return list(texts)
