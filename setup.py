@@ -16,7 +16,7 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).resolve().parent
-# gatrank/suite/run.py (BUNDLED) reads them back from here: the two must name one folder
+# gatrank/project.py (BUNDLED) reads them back from here: the two must name one folder
 BUNDLE = ("gatrank", "_bundled")
 SOURCES = {"notebooks": "*.ipynb", "params": "*.yaml"}
 

@@ -117,8 +117,8 @@ def _add_suite(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed passed to every notebook")
     p.add_argument("--notebooks", default="",
                    help="comma-separated subset to run, e.g. 01_data_checks,03_overfit")
-    p.add_argument("--notebooks-dir", default="", help="default: the project's notebooks/")
-    p.add_argument("--params-dir", default="", help="default: the project's params/")
+    p.add_argument("--notebooks-dir", default="", help="default: the project's (else bundled)")
+    p.add_argument("--params-dir", default="", help="default: the params/ beside the notebooks")
     p.add_argument("--timeout", type=int, default=None, help="seconds a single cell may run")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads per notebook kernel (OMP_NUM_THREADS); 1 is often fastest "

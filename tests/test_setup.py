@@ -69,9 +69,10 @@ def _venv(tmp: Path) -> tuple[Path, dict[str, str]]:
     _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], tmp)
     deps = tmp / "deps"
     deps.mkdir()
-    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
-        if not entry.name.lower().startswith(("gatrank", "__editable__")):
-            (deps / entry.name).symlink_to(entry)
+    for lib in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}:
+        for entry in Path(lib).iterdir():
+            if not entry.name.lower().startswith(("gatrank", "__editable__")):
+                (deps / entry.name).symlink_to(entry)
     (site,) = (venv / "lib").glob("python*/site-packages")
     (site / "deps.pth").write_text(f"{deps}\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}

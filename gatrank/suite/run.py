@@ -184,8 +184,8 @@ def run_suite(
         out_dir: the report folder; default :func:`default_out_dir` (and ``reports/latest``
             then points at it).
         notebooks: names (stems) to run, in :data:`NOTEBOOKS` order; default all five.
-        notebooks_dir, params_dir: default :func:`gatrank.project.notebook_folders`; ``params_dir`` defaults
-            to the ``params/`` beside ``notebooks_dir``.
+        notebooks_dir, params_dir: default :func:`gatrank.project.notebook_folders`; given
+            ``notebooks_dir``, ``params_dir`` defaults to the ``params/`` beside it.
         parameters: overrides for every notebook that declares them (e.g. ``config``,
             ``model``, ``loss``, ``seed``); applied after the params files.
         timeout: seconds a single cell may run (default: no limit).
@@ -230,10 +230,10 @@ def _notebooks_to_run(notebooks: Sequence[str] | None, notebooks_dir: str | Path
         nb_dir = Path(notebooks_dir)
         if not nb_dir.is_dir():
             raise FileNotFoundError(f"notebook folder {nb_dir} not found (notebooks_dir)")
-        p_dir = nb_dir.parent / "params"
+        beside = nb_dir.parent / "params"
     else:
-        nb_dir, p_dir = notebook_folders()
-    p_dir = Path(params_dir) if params_dir else p_dir
+        nb_dir, beside = notebook_folders()
+    p_dir = Path(params_dir) if params_dir else beside
     names = list(notebooks) if notebooks else list(NOTEBOOKS)
     unknown = [n for n in names if not (nb_dir / f"{n}.ipynb").is_file()]
     if unknown:
