@@ -1,4 +1,4 @@
-"""``gatrank`` command line: train, eval, check-data, datasets (and the suite and doctor)."""
+"""``gatrank`` command line: train, eval, check-data, datasets, suite, notebooks, doctor."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ logger = logging.getLogger("gatrank")
 EXIT_PROBLEMS = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+
+_RESUME_FROM_OUT = "<--out>/last.pt"  # what --resume holds when given without a path
 
 
 # --------------------------------------------------------------------------- the parser
@@ -59,9 +61,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-outside-root", action="store_true",
                    help="allow graph paths outside the manifest's folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--resume", default="", metavar="LAST_PT",
-                   help="continue an interrupted run from its last.pt (its config, model and "
-                        "folder unless given; --epochs may extend it)")
+    p.add_argument("--resume", nargs="?", default="", const=_RESUME_FROM_OUT, metavar="LAST_PT",
+                   help="continue an interrupted run from its last.pt (alone: --out's), with "
+                        "its config, model and folder unless given; --epochs may extend it")
     _add_model_loss(p)
     _add_common(p)
 
@@ -115,13 +117,25 @@ def _add_suite(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed passed to every notebook")
     p.add_argument("--notebooks", default="",
                    help="comma-separated subset to run, e.g. 01_data_checks,03_overfit")
-    p.add_argument("--notebooks-dir", default="", help="default: the project's notebooks/")
-    p.add_argument("--params-dir", default="", help="default: the project's params/")
+    p.add_argument("--notebooks-dir", default="", help="default: the project's (else bundled)")
+    p.add_argument("--params-dir", default="", help="default: the params/ beside the notebooks")
     p.add_argument("--timeout", type=int, default=None, help="seconds a single cell may run")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads per notebook kernel (OMP_NUM_THREADS); 1 is often fastest "
                         "on a small or shared machine")
     _add_model_loss(p)
+    _add_common(p)
+
+
+def _add_notebooks(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("notebooks", help="copy the notebooks and params into DIR, preset")
+    p.add_argument("dir", metavar="DIR")
+    data = p.add_mutually_exclusive_group()
+    data.add_argument("--manifest", default="", help="preset manifest.csv")
+    data.add_argument("--dataset", default="", help="preset 'package.module:name' or a .pt")
+    p.add_argument("--config", default="", help="preset YAML config")
+    _add_model_loss(p)
+    p.add_argument("--force", action="store_true", help="overwrite files that exist in DIR")
     _add_common(p)
 
 
@@ -153,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Find out why a graph ranking model collapses to constant scores.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_eval, _add_check_data, _add_datasets, _add_suite, _add_doctor):
+    for add in (_add_train, _add_eval, _add_check_data, _add_datasets, _add_suite,
+                _add_notebooks, _add_doctor):
         add(sub)
     return parser
 
@@ -208,6 +223,11 @@ def _resume_config(args: argparse.Namespace) -> Config:
     from gatrank.config import load_config
     from gatrank.training import checkpoint_config
 
+    if args.resume == _RESUME_FROM_OUT:
+        if not args.out:
+            raise FileNotFoundError("--resume without a path resumes --out's last.pt: pass "
+                                    "--out RUN_DIR, or --resume RUN_DIR/last.pt")
+        args.resume = str(Path(args.out) / "last.pt")
     if not Path(args.resume).is_file():
         raise FileNotFoundError(f"--resume {args.resume}: no such file (pass a run's last.pt)")
     cfg, specs = checkpoint_config(args.resume)
@@ -376,6 +396,15 @@ def _cmd_suite(args: argparse.Namespace) -> int:
     return res.exit_code
 
 
+def _cmd_notebooks(args: argparse.Namespace) -> int:
+    from gatrank.project import PRESETS, write_notebooks
+
+    written = write_notebooks(args.dir, {k: getattr(args, k) for k in PRESETS}, force=args.force)
+    print(f"wrote {len(written)} files to {Path(args.dir).resolve()}; open them: jupyter lab "
+          f"{Path(args.dir) / 'notebooks'}; run them all: cd {args.dir} && gatrank suite")
+    return 0
+
+
 def _cmd_doctor(args: argparse.Namespace) -> int:
     # deferred like every command's imports: the doctor pulls in torch and PyG, which the
     # other commands (and --help) should not wait for
@@ -417,6 +446,7 @@ _COMMANDS = {
     "check-data": _cmd_check_data,
     "datasets": _cmd_datasets,
     "suite": _cmd_suite,
+    "notebooks": _cmd_notebooks,
     "doctor": _cmd_doctor,
 }
 

@@ -73,6 +73,25 @@ def test_cli_resume_continues_exactly(data):
     assert epochs == [1, 2, 3, 4]
 
 
+def test_cli_resume_without_a_path_continues_outs_last_pt(data, capsys):
+    assert _train(data, "straight", "--epochs", "3") == 0
+    assert _train(data, "run", "--epochs", "2") == 0
+    assert main(["train", "--resume", "--out", str(data / "run"), "--epochs", "3",
+                 "--no-progress", "--no-baseline", "-q"]) == 0
+    a, b = (safe_torch_load(data / d / "last.pt") for d in ("straight", "run"))
+    assert a["epoch"] == b["epoch"] == 3
+    for k, v in a["state_dict"].items():
+        assert torch.equal(v, b["state_dict"][k]), k
+    summary = json.loads((data / "run" / "summary.json").read_text())
+    assert summary["resumed_from"] == str(data / "run" / "last.pt")
+    capsys.readouterr()
+    assert main(["train", "--resume", "--epochs", "3"]) == 2
+    assert "--resume without a path resumes --out's last.pt: pass --out RUN_DIR" in (
+        capsys.readouterr().err)
+    assert main(["train", "--resume", "--out", str(data / "empty")]) == 2
+    assert f"--resume {data / 'empty' / 'last.pt'}: no such file" in capsys.readouterr().err
+
+
 def test_interrupted_run_exits_130_and_says_how_to_resume(data, capsys):
     interrupting_loss.calls, interrupting_loss.at = 0, 5  # 2 batches per epoch: during epoch 3
     code = _train(data, "run", "--epochs", "6", "--loss", "custom_plugins:interrupting_loss")
@@ -87,6 +106,24 @@ def test_interrupted_run_exits_130_and_says_how_to_resume(data, capsys):
     assert main(["train", "--resume", str(data / "run" / "last.pt"), "--loss",
                  "custom_plugins:interrupting_loss", "--no-progress", "--no-baseline", "-q"]) == 0
     assert json.loads((data / "run" / "summary.json").read_text())["epochs_run"] == 6
+
+
+def test_notebooks_command_presets_and_never_overwrites(data, capsys):
+    dest = data / "nb"
+    assert main(["notebooks", str(dest), "--manifest", str(data / "manifest.csv"), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote 11 files to {dest}" in out and f"cd {dest} && gatrank suite" in out
+    assert str(data / "manifest.csv") in (dest / "params" / "01_data_checks.yaml").read_text()
+    before = (dest / "params" / "01_data_checks.yaml").read_text()
+    assert main(["notebooks", str(dest), "--model", "linear"]) == 2
+    err = capsys.readouterr().err
+    assert "11 file(s) exist" in err and str(dest / "notebooks" / "05_eval.ipynb") in err
+    assert (dest / "params" / "01_data_checks.yaml").read_text() == before
+    assert main(["notebooks", str(dest), "--model", "linear", "--force", "-q"]) == 0
+    assert 'model: "linear"' in (dest / "params" / "01_data_checks.yaml").read_text()
+    with pytest.raises(SystemExit):
+        main(["notebooks", str(dest), "--manifest", "m.csv", "--dataset", "mod:ds"])
+    assert "not allowed with argument" in capsys.readouterr().err
 
 
 def test_check_data_on_error_skip_and_json_report(data, capsys):
@@ -131,3 +168,13 @@ def test_config_errors_do_not_wait_for_torch(tmp_path):
                          text=True, timeout=60, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.stdout.split() == ["2", "False"], res.stderr
     assert "training.batch_size" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_notebooks_command_does_not_wait_for_torch(tmp_path):
+    """Copying the notebooks imports neither torch nor nbformat (seconds each)."""
+    code = ("import sys; from gatrank.cli import main; rc = main(['notebooks', 'nb', '-q']); "
+            "print(rc, 'torch' in sys.modules, 'nbformat' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=60)
+    assert res.stdout.split()[-3:] == ["0", "False", "False"], res.stderr
+    assert len(list((tmp_path / "nb").rglob("*.ipynb"))) == 5

@@ -32,6 +32,7 @@ from gatrank.datasets import default_manifest
 from gatrank.io import write_json
 from gatrank.notebook.display import setup
 from gatrank.notebook.results import check_dicts
+from gatrank.project import project_root
 from gatrank.training import train
 
 __all__ = [
@@ -58,20 +59,6 @@ STEPS: dict[str, str] = {
 
 
 # --------------------------------------------------------------------------- paths and config
-
-
-def project_root(start: str | Path | None = None) -> Path | None:
-    """The project folder: the first of ``start`` (default: cwd) and its parents that holds
-    both ``notebooks/`` and ``params/``; else the folder above the installed package if it does;
-    else ``None``."""
-    here = Path(start or Path.cwd()).resolve()
-    for d in (here, *here.parents):
-        if (d / "notebooks").is_dir() and (d / "params").is_dir():
-            return d
-    pkg_parent = Path(__file__).resolve().parents[2]  # .../gatrank/notebook/session.py
-    if (pkg_parent / "notebooks").is_dir() and (pkg_parent / "params").is_dir():
-        return pkg_parent
-    return None
 
 
 def resolve_path(path: str | Path, *, what: str = "file") -> Path:

@@ -13,6 +13,9 @@ a fresh virtual environment works with no kernel registered by hand). Per run it
 
 A notebook that fails still gets its executed notebook and HTML (papermill puts the error at
 the top, the HTML adds a banner), the index marks it, and the suite goes on with the next one.
+
+Which notebooks: :func:`gatrank.project.notebook_folders` (the project's ``notebooks/`` and
+``params/``, else the copies an installed wheel bundles).
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ import yaml
 
 from gatrank import __version__
 from gatrank.io import atomic_write_text, write_json
-from gatrank.notebook.session import STEPS, project_root
+from gatrank.notebook.session import STEPS
+from gatrank.project import NOTEBOOKS, notebook_folders, project_root
 from gatrank.suite.export import export_html
 from gatrank.suite.index import render_index
 from gatrank.suite.kernel import environ, kernel_manager_class
@@ -46,16 +50,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-NOTEBOOKS: tuple[str, ...] = (
-    "01_data_checks",
-    "02_loss_tests",
-    "03_overfit",
-    "04_full_train",
-    "05_eval",
-)
-"""The notebooks in the order the suite runs them (each one step of the runbook)."""
-
 
 @dataclass
 class NotebookResult:
@@ -190,7 +184,8 @@ def run_suite(
         out_dir: the report folder; default :func:`default_out_dir` (and ``reports/latest``
             then points at it).
         notebooks: names (stems) to run, in :data:`NOTEBOOKS` order; default all five.
-        notebooks_dir, params_dir: default ``notebooks/`` and ``params/`` of the project.
+        notebooks_dir, params_dir: default :func:`gatrank.project.notebook_folders`; given
+            ``notebooks_dir``, ``params_dir`` defaults to the ``params/`` beside it.
         parameters: overrides for every notebook that declares them (e.g. ``config``,
             ``model``, ``loss``, ``seed``); applied after the params files.
         timeout: seconds a single cell may run (default: no limit).
@@ -228,17 +223,17 @@ def _notebooks_to_run(notebooks: Sequence[str] | None, notebooks_dir: str | Path
     """The notebook folder, the params folder and the names to run, each checked to exist.
 
     Raises:
-        FileNotFoundError: no notebook folder (none given and no project found).
+        FileNotFoundError: no notebook folder (the one given, or none found).
         ValueError: naming the notebooks that are not in the folder, and those that are.
     """
-    root = project_root()
-    nb_dir = Path(notebooks_dir) if notebooks_dir else (root / "notebooks" if root else None)
-    if nb_dir is None or not nb_dir.is_dir():
-        raise FileNotFoundError(
-            f"notebook folder {nb_dir or 'notebooks/'} not found; run from the gatrank project "
-            "(the folder with notebooks/ and params/) or pass notebooks_dir"
-        )
-    p_dir = Path(params_dir) if params_dir else nb_dir.parent / "params"
+    if notebooks_dir:
+        nb_dir = Path(notebooks_dir)
+        if not nb_dir.is_dir():
+            raise FileNotFoundError(f"notebook folder {nb_dir} not found (notebooks_dir)")
+        beside = nb_dir.parent / "params"
+    else:
+        nb_dir, beside = notebook_folders()
+    p_dir = Path(params_dir) if params_dir else beside
     names = list(notebooks) if notebooks else list(NOTEBOOKS)
     unknown = [n for n in names if not (nb_dir / f"{n}.ipynb").is_file()]
     if unknown:

@@ -20,11 +20,13 @@ from gatrank.cli import main
 from gatrank.datasets import write_dataset
 from gatrank.suite.run import run_suite
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 def test_unknown_notebook_is_named(tmp_path):
     with pytest.raises(ValueError, match="99_nope"):
         run_suite(out_dir=tmp_path / "out", notebooks=["99_nope"],
-                  notebooks_dir=Path(__file__).resolve().parents[2] / "notebooks")
+                  notebooks_dir=ROOT / "notebooks")
 
 
 def _write_nb(path: Path, params: str, body: str) -> None:
