@@ -31,6 +31,7 @@ from gatrank.data.graph_files import graph_problems
 from gatrank.data.problems import DataProblem
 from gatrank.losses import LN2, LossFn, valid_pair_mask
 from gatrank.metrics import layer_name
+from gatrank.model import score_batch
 
 __all__ = [
     "frozen_parameters",
@@ -93,7 +94,7 @@ def gradient_path(model: nn.Module, loss_fn: LossFn, batch) -> dict[str, Any]:
     """
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     with eval_mode(model):
-        scores = model(batch).reshape(-1)
+        scores = score_batch(model, batch)
         group = getattr(batch, "group", None)
         if group is not None and bool((group < 0).all()):
             group = None

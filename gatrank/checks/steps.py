@@ -37,7 +37,7 @@ from gatrank.checks.verdict import Check, runbook_check, summarize_checks
 from gatrank.config import Config
 from gatrank.data import CheckReport, GraphSet, check_manifest, split_indices
 from gatrank.losses import LN2, make_loss_fn
-from gatrank.model import build_model
+from gatrank.model import build_model, score_batch
 from gatrank.runtime import set_seed
 
 __all__ = [
@@ -361,7 +361,7 @@ def init_loss_per_batch(graphs: GraphSet, config: Config, *, model: str = "",
     cfg, gs = config, graphs
     set_seed(cfg.training.seed)
     idx = _train_indices(gs, cfg)
-    net = build_model(gs.num_features, cfg.model, model)
+    net = build_model(gs.num_features, cfg.model, model, edge_dim=gs.edge_dim)
     net.eval()
     fn = make_loss_fn(loss or None, cfg)
     loader = DataLoader([gs[i] for i in idx], batch_size=cfg.training.batch_size, shuffle=True,
@@ -370,7 +370,7 @@ def init_loss_per_batch(graphs: GraphSet, config: Config, *, model: str = "",
     for b, batch in enumerate(loader):
         if b >= max_batches:
             break
-        scores = net(batch).reshape(-1)
+        scores = score_batch(net, batch)
         group = batch.group if bool((batch.group >= 0).any()) else None
         out = fn(scores, batch.y.reshape(-1), group)
         rows.append({"batch": b, "loss": float(out.loss), "num_pairs": out.num_pairs,

@@ -48,8 +48,8 @@ def test_crash_while_saving_a_checkpoint_keeps_the_old_one(graphs, tmp_path, mon
 def test_the_layout_is_the_documented_one(reference):
     """The keys (and their order) old checkpoints were written with: old files keep loading."""
     _, out = reference
-    run_keys = ["config", "model_spec", "loss_spec", "model_name", "in_channels", "splits",
-                "data_fingerprint", "status"]
+    run_keys = ["config", "model_spec", "loss_spec", "model_name", "in_channels", "edge_dim",
+                "splits", "data_fingerprint", "status"]
     last, best = safe_torch_load(out / "last.pt"), safe_torch_load(out / "best.pt")
     assert list(last) == ["state_dict", "optimizer", "epoch", "metrics", "resume", *run_keys]
     assert list(last["resume"]) == ["best_epoch", "best_val_spearman", "best_state",
