@@ -37,7 +37,7 @@ from gatrank.checks.verdict import Check, runbook_check, summarize_checks
 from gatrank.config import Config
 from gatrank.data import CheckReport, GraphSet, check_manifest, split_indices
 from gatrank.losses import LN2, make_loss_fn
-from gatrank.model import build_model, score_batch
+from gatrank.model import build_model, reads_edge_attr, score_batch
 from gatrank.runtime import set_seed
 
 __all__ = [
@@ -73,15 +73,15 @@ def check(name: str, kind: str, rule: str, value: float | int | None, ok: bool,
 
 
 def duplicate_graphs(graphs: Sequence[Any], table: pd.DataFrame, *,
-                     tie_eps: float = 1e-6) -> pd.DataFrame:
+                     tie_eps: float = 1e-6, edge_features: bool = False) -> pd.DataFrame:
     """Groups of graphs the model cannot tell apart: equal node features and structure up to
     3 rounds of 1-WL (:func:`gatrank.checks.static.wl_signatures`; edge features, which
-    gatrank's GAT does not read, do not count).
+    gatrank's GAT does not read, count only with ``edge_features``).
 
     Returns one row per group of two or more: ids, y values, y_range, and ``conflicting``
     (targets differ by more than ``tie_eps``: no model can order such pairs).
     """
-    hashes = pd.Series(wl_signatures(graphs).numpy())
+    hashes = pd.Series(wl_signatures(graphs, edge_features=edge_features).numpy())
     rows = []
     for _, idx in hashes.groupby(hashes).groups.items():
         if len(idx) < 2:
@@ -168,8 +168,8 @@ def _data_rules(report: CheckReport, gs: GraphSet, feats: pd.DataFrame, pairs: n
     ]
 
 
-def data_checks(graphs: GraphSet, config: Config, report: CheckReport | None = None
-                ) -> DataChecks:
+def data_checks(graphs: GraphSet, config: Config, report: CheckReport | None = None, *,
+                model: str = "") -> DataChecks:
     """The runbook's Step 2B checks on loaded graphs and their manifest's check report.
 
     Args:
@@ -177,6 +177,8 @@ def data_checks(graphs: GraphSet, config: Config, report: CheckReport | None = N
             manifest with bad rows can still be inspected).
         config: batch size, eps and split settings come from here.
         report: a :class:`gatrank.data.CheckReport` of ``graphs.manifest`` (computed if None).
+        model: the model's import string; when its ``forward`` takes ``edge_attr``, graphs
+            that differ only in edge features are not duplicates.
     """
     gs, cfg = graphs, config
     if report is None:
@@ -186,7 +188,8 @@ def data_checks(graphs: GraphSet, config: Config, report: CheckReport | None = N
     cols = [c for c in ("id", "y", "split", "group", "num_nodes", "num_edges", "smiles", "path")
             if c in gs.table and gs.table[c].notna().any()]
     feats = feature_table(gs.graphs)
-    dups = duplicate_graphs(gs.graphs, gs.table, tie_eps=cfg.loss.tie_eps)
+    dups = duplicate_graphs(gs.graphs, gs.table, tie_eps=cfg.loss.tie_eps,
+                            edge_features=reads_edge_attr(model))
     y = gs.table["y"].to_numpy(dtype=float)
     groups = torch.cat([g.group for g in gs.graphs]).numpy()
     train_idx = _train_indices(gs, cfg)
