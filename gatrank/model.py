@@ -278,10 +278,10 @@ class ForwardByName:
 
     Each parameter of ``forward`` gets, by its name: ``x``, ``edge_index``, ``edge_attr``,
     ``batch`` (the node-to-graph vector) and any other attribute of the batch (``pos``,
-    ``edge_weight``...); ``num_graphs`` the number of graphs, ``num_nodes`` of nodes; ``batch_size`` the number of
-    graphs only where it is required, because an optional ``batch_size`` in PyG (``GCN``,
-    ``GAT``...) means the seed nodes of a sampled mini-batch. Optional parameters the batch
-    lacks keep their defaults.
+    ``edge_weight``...); ``num_graphs`` the number of graphs, ``num_nodes`` of nodes;
+    ``batch_size`` the number of graphs only where it is required, because an optional
+    ``batch_size`` in PyG (``GCN``, ``GAT``...) means the seed nodes of a sampled mini-batch.
+    Optional parameters the batch lacks keep their defaults.
     """
 
     def __init__(self, names: Mapping[str, bool], owner: str) -> None:
