@@ -33,10 +33,19 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
 
 
+def _add_model_kwargs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model-kwargs", default="", metavar="JSON",
+                   help="the --model constructor's other arguments as a JSON object, e.g. "
+                        "'{\"hidden_channels\": 64}' (config key model.kwargs)")
+
+
 def _add_model_loss(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="",
-                   help="'gat' (default), 'linear', or your own 'package.module:Name' taking "
-                        "in_channels and returning an nn.Module with forward(batch) -> [G] scores")
+                   help="'gat' (default), 'linear', or your own 'package.module:Name' (a class "
+                        "or factory; in_channels, out_channels=1, edge_dim filled in) whose "
+                        "forward takes the batch, or x, edge_index, edge_attr, batch by name, "
+                        "and returns [G] or [G, 1] scores")
+    _add_model_kwargs(p)
     p.add_argument("--loss", default="",
                    help="your own loss 'package.module:Name', a callable (scores, targets) "
                         "-> scalar")
@@ -77,6 +86,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="", help="write predictions.csv, metrics.json, scatter.html")
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument("--model", default="", help="import string of a custom model checkpoint")
+    _add_model_kwargs(p)
     p.add_argument("--device", default="", help="auto (CUDA when present), cpu or cuda "
                    "(default: the checkpoint's training.device)")
     _add_common(p)
@@ -209,6 +219,8 @@ def _train_config(args: argparse.Namespace) -> Config:
         overrides["training.seed"] = args.seed
     if args.device:
         overrides["training.device"] = args.device
+    if args.model_kwargs:
+        overrides["model.kwargs"] = _model_kwargs(args)
     if overrides:
         cfg = cfg.updated(overrides)
     if args.overfit_n:
@@ -216,6 +228,12 @@ def _train_config(args: argparse.Namespace) -> Config:
     if args.epochs is not None:
         cfg = cfg.updated({"training.epochs": args.epochs})
     return cfg
+
+
+def _model_kwargs(args: argparse.Namespace, *, need_model: bool = True) -> dict[str, Any]:
+    from gatrank.config import parse_model_kwargs  # eval: the checkpoint may name the model
+
+    return parse_model_kwargs(args.model_kwargs, model=args.model if need_model else None)
 
 
 def _resume_config(args: argparse.Namespace) -> Config:
@@ -324,6 +342,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         args.manifest or None,
         split=args.split,
         model=args.model,
+        model_kwargs=_model_kwargs(args, need_model=False) if args.model_kwargs else None,
         out_dir=args.out or None,
         k=args.k,
         baselines=not args.no_baselines,
@@ -378,8 +397,11 @@ def _cmd_suite(args: argparse.Namespace) -> int:
     if not args.debug:  # papermill logs four lines per notebook; the suite prints its own
         logging.getLogger("papermill").setLevel(logging.WARNING)
 
+    if args.model_kwargs:
+        _model_kwargs(args)  # checked here, not in every notebook
     overrides = {"config": args.config or None, "model": args.model or None,
-                 "loss": args.loss or None, "seed": args.seed}
+                 "model_kwargs": args.model_kwargs or None, "loss": args.loss or None,
+                 "seed": args.seed}
     res = run_suite(
         args.manifest or None,
         args.out or None,
@@ -408,6 +430,7 @@ def _cmd_notebooks(args: argparse.Namespace) -> int:
 def _cmd_doctor(args: argparse.Namespace) -> int:
     # deferred like every command's imports: the doctor pulls in torch and PyG, which the
     # other commands (and --help) should not wait for
+    from gatrank.config import load_config
     from gatrank.doctor import DoctorOptions, diagnose
     from gatrank.doctor.faults import list_faults
     from gatrank.doctor.zoo import ZooResult, run_zoo, write_zoo_page, zoo_graphs
@@ -430,7 +453,10 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
                                   else ""))
         print(f"wrote the confusion table to {args.zoo_table}")
         return 0 if all(r.ok for r in results) else EXIT_PROBLEMS
-    report = diagnose(manifest=args.manifest or None, config=args.config or None,
+    config: Any = args.config or None
+    if args.model_kwargs:
+        config = load_config(config).updated({"model.kwargs": _model_kwargs(args)})
+    report = diagnose(manifest=args.manifest or None, config=config,
                       model=args.model or None, loss=args.loss or None,
                       inject=args.inject or None, options=opts, seed=args.seed)
     print(report.format_text())
@@ -483,11 +509,13 @@ def main(argv: list[str] | None = None) -> int:
         DataError = _loaded("gatrank.data", "DataError")  # noqa: N806
         UnsafeFileError = _loaded("gatrank.data", "UnsafeFileError")  # noqa: N806
         NonFiniteError = _loaded("gatrank.training", "NonFiniteError")  # noqa: N806
+        ScoreShapeError = _loaded("gatrank.model", "ScoreShapeError")  # noqa: N806
         kind = (
             "data problems" if isinstance(exc, DataError)
             else "config error" if isinstance(exc, ConfigError)
             else "unsafe file refused" if isinstance(exc, UnsafeFileError)
             else "training stopped" if isinstance(exc, NonFiniteError)
+            else "scores are not one per graph" if isinstance(exc, ScoreShapeError)
             else type(exc).__name__
         )
         print(f"gatrank {args.command}: {kind}:\n{exc}", file=sys.stderr)
@@ -496,5 +524,5 @@ def main(argv: list[str] | None = None) -> int:
         ):
             print("to drop the bad rows and train on the rest: --on-error skip", file=sys.stderr)
         print("(run with --debug for the traceback)", file=sys.stderr)
-        found = isinstance(exc, (DataError, NonFiniteError, UnsafeFileError))
+        found = isinstance(exc, (DataError, NonFiniteError, UnsafeFileError, ScoreShapeError))
         return EXIT_PROBLEMS if found else EXIT_USAGE

@@ -21,8 +21,10 @@ what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,7 @@ __all__ = [
     "Config",
     "load_config",
     "overfit_config",
+    "parse_model_kwargs",
 ]
 
 logger = logging.getLogger(__name__)
@@ -98,8 +101,14 @@ class ModelConfig:
     head: str = "layernorm"
     """Score head: ``layernorm`` (the runbook's Linear→LayerNorm→ReLU→Linear), ``plain`` (no
     LayerNorm), or ``sigmoid``/``tanh`` (a bounded output, to show saturation)."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Constructor arguments of a model named by import string (``--model package.module:Name``;
+    ``--model-kwargs JSON``), besides ``in_channels``, ``out_channels`` and ``edge_dim``, which
+    gatrank fills in where the constructor names them. A JSON object, since checkpoints record
+    it; gatrank's own models ignore it."""
 
     def __post_init__(self) -> None:
+        self.kwargs = _json_object(self.kwargs, "config key 'model.kwargs'")
         _check(self.conv in ("gat", "gatv2"), "model.conv", self.conv, "'gat' or 'gatv2'")
         _check(self.hidden_dim >= 1, "model.hidden_dim", self.hidden_dim, ">= 1")
         _check(self.heads >= 1, "model.heads", self.heads, ">= 1")
@@ -254,6 +263,49 @@ class Config:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
+def _json_object(value: Any, what: str) -> dict[str, Any]:
+    """``value`` as a dict if it is a JSON object (string keys, JSON values), else ConfigError."""
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise ConfigError(
+            f"{what} = {value!r} must be a mapping of argument names to values (a JSON object), "
+            'e.g. {"hidden_channels": 64, "num_layers": 2}'
+        )
+    try:
+        json.dumps(dict(value), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{what} = {value!r} is not JSON-representable ({exc}); use numbers, "
+                          "strings, booleans, null, lists and mappings only") from exc
+    return dict(value)
+
+
+def parse_model_kwargs(text: str | Mapping[str, Any] | None, *, source: str = "--model-kwargs",
+                       model: str | None = None) -> dict[str, Any]:
+    """A model's constructor arguments from a JSON object (``--model-kwargs '{"a": 1}'``, the
+    notebooks' ``model_kwargs``) or a mapping; empty or ``None`` gives ``{}``.
+
+    Raises:
+        ConfigError: not valid JSON, or not an object, naming ``source``; or arguments given
+            while ``model`` (when not ``None``) is not an import string they could go to.
+    """
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return {}
+    raw = text
+    if isinstance(text, str):
+        try:
+            text = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"{source} {text!r} is not valid JSON ({exc}); pass an object, "
+                              "e.g. '{\"hidden_channels\": 64}'") from exc
+    kwargs = _json_object(text, source)
+    if kwargs and model is not None and ":" not in model:
+        raise ConfigError(
+            f"{source} {raw!r} needs --model package.module:Name, the constructor it is "
+            f"passed to (model is {model or 'gat'!r}); gatrank's own models take the model.* "
+            "config keys"
+        )
+    return kwargs
+
+
 def _coerce(key: str, value: Any, default: Any) -> Any:
     """Check ``value`` against the default's type (YAML reads ``1e-3`` as a string: accepted)."""
     kind = type(default)
@@ -274,6 +326,8 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     elif kind is str:
         if isinstance(value, str):
             return value
+    elif kind is dict:
+        return _json_object(value, f"config key '{key}'")
     raise ConfigError(
         f"config key '{key}' = {value!r} has type {type(value).__name__}; expected {kind.__name__}"
     )

@@ -45,18 +45,22 @@ class EvalResult:
         return pd.DataFrame.from_dict(rows, orient="index")
 
 
-def load_checkpoint(path: str | Path, *, model: str = "") -> tuple[nn.Module, Config, dict]:
+def load_checkpoint(path: str | Path, *, model: str = "",
+                    model_kwargs: dict[str, Any] | None = None
+                    ) -> tuple[nn.Module, Config, dict]:
     """Rebuild the model saved in a checkpoint (loaded with ``weights_only=True``).
 
     Args:
         path: a ``best.pt``/``last.pt`` written by :func:`gatrank.training.train`.
         model: the import string of a user model when the checkpoint holds one.
+        model_kwargs: its constructor arguments, in place of the checkpoint's
+            ``model.kwargs``.
 
     Returns:
         The model in eval mode on the CPU, the run's config, and the checkpoint's entries (see
         :mod:`gatrank.training.checkpoint` for the format).
     """
-    return load_model(path, model=model)
+    return load_model(path, model=model, model_kwargs=model_kwargs)
 
 
 def _residuals(scores: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -100,6 +104,7 @@ def evaluate_checkpoint(
     *,
     split: str = "test",
     model: str = "",
+    model_kwargs: dict[str, Any] | None = None,
     out_dir: str | Path | None = None,
     k: int = 10,
     baselines: bool = True,
@@ -113,7 +118,7 @@ def evaluate_checkpoint(
     With ``out_dir``: ``predictions.csv``, ``metrics.json`` and ``scatter.html`` (plotly.js
     embedded, opens offline).
     """
-    net, config, _ = load_checkpoint(checkpoint, model=model)
+    net, config, _ = load_checkpoint(checkpoint, model=model, model_kwargs=model_kwargs)
     if device:
         config = config.updated({"training.device": device})
     manifest = manifest_or_default(manifest, config.data.manifest)

@@ -1,12 +1,24 @@
-"""Graph ranking models: the GAT ranker and a linear baseline.
+"""Graph ranking models: the GAT ranker, a linear baseline, and a user's own model.
 
-Both map a PyG batch of graphs to one score per graph (``[num_graphs]``).
+Every model maps a PyG batch of graphs to one score per graph (``[num_graphs]``). A user's
+model named by import string is built by :func:`build_model`: constructor arguments gatrank
+knows (``in_channels``, ``out_channels``, ``edge_dim``) are filled in, the rest come from
+``model.kwargs``; a ``forward`` written the PyG way (``forward(x, edge_index, edge_attr,
+batch)``) is called with the batch's tensors by name (:func:`adapt_forward`). Scores come out
+of a model through :func:`score_batch`, which names a wrong shape and what it means
+(:class:`ScoreShapeError`).
 """
 
 from __future__ import annotations
 
+import inspect
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
 import torch
 from torch import Tensor, nn
+from torch_geometric.data.data import BaseData
 from torch_geometric.nn import (
     GATConv,
     GATv2Conv,
@@ -15,10 +27,21 @@ from torch_geometric.nn import (
     global_mean_pool,
 )
 
-from gatrank.config import ModelConfig
+from gatrank.config import ConfigError, ModelConfig
 from gatrank.plugins import load_object
 
-__all__ = ["GATRanker", "LinearBaseline", "pool", "build_model"]
+__all__ = [
+    "GATRanker",
+    "LinearBaseline",
+    "ForwardByName",
+    "ScoreShapeError",
+    "adapt_forward",
+    "build_model",
+    "check_scores",
+    "pool",
+    "reads_edge_attr",
+    "score_batch",
+]
 
 _POOLS = {"mean": global_mean_pool, "max": global_max_pool, "add": global_add_pool}
 
@@ -114,19 +137,306 @@ class LinearBaseline(nn.Module):
         return self.linear(self.embed(batch)).squeeze(-1)
 
 
-def build_model(in_channels: int, config: ModelConfig | None = None, spec: str = "") -> nn.Module:
+# --------------------------------------------------------------------------- a user's model
+
+
+def build_model(in_channels: int, config: ModelConfig | None = None, spec: str = "", *,
+                edge_dim: int | None = None) -> nn.Module:
     """Build the model named by ``spec``: empty or ``gat`` → :class:`GATRanker`, ``linear`` →
-    :class:`LinearBaseline`, otherwise an import string ``package.module:Name`` of a callable
-    taking ``in_channels`` and returning an ``nn.Module`` with ``forward(batch) -> [G]``."""
+    :class:`LinearBaseline`, otherwise an import string ``package.module:Name`` of a class or
+    factory returning an ``nn.Module``.
+
+    A user's constructor gets, where its signature names them and ``config.kwargs`` does not,
+    ``in_channels`` (the node-feature width), ``out_channels=1`` (one score per graph) and
+    ``edge_dim`` (the edge-feature width; left out when the graphs have no ``edge_attr``);
+    the rest come from ``config.kwargs`` (``--model-kwargs``). A factory naming none of these
+    is called as ``factory(in_channels, **kwargs)``. The model is passed through
+    :func:`adapt_forward`, so ``forward(x, edge_index, edge_attr, batch)`` models work as
+    written. gatrank's own models ignore ``config.kwargs``.
+
+    Raises:
+        ValueError: a malformed or unimportable ``spec``.
+        ConfigError: required constructor arguments missing (named, with the fix), or
+            ``model.kwargs`` naming arguments the constructor does not take.
+        TypeError: the factory returned something that is not an ``nn.Module``.
+    """
     if spec in ("", "gat"):
         return GATRanker(in_channels, config)
     if spec == "linear":
         return LinearBaseline(in_channels)
     factory = load_object(spec, what="model")
-    model = factory(in_channels)
+    kwargs = dict(config.kwargs) if config is not None else {}
+    args, kwargs = _constructor_arguments(factory, spec, in_channels, edge_dim, kwargs)
+    model = factory(*args, **kwargs)
     if not isinstance(model, nn.Module):
         raise TypeError(
             f"--model {spec}: calling it with in_channels={in_channels} returned "
             f"{type(model).__name__}, not a torch.nn.Module"
         )
+    return adapt_forward(model)
+
+
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+_VARIADIC = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+
+
+def _constructor_arguments(factory: Callable, spec: str, in_channels: int, edge_dim: int | None,
+                           kwargs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+    """``(args, kwargs)`` to call ``factory`` with: the user's kwargs, gatrank's known
+    arguments where the signature names them, ``in_channels`` positionally where it names none.
+    """
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):  # a builtin without a signature: today's convention
+        return [in_channels], kwargs
+    params = sig.parameters
+    named = {n for n, p in params.items() if p.kind not in _VARIADIC
+             and p.kind is not inspect.Parameter.POSITIONAL_ONLY}
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(kwargs) - named)
+        if unknown:
+            raise ConfigError(
+                f"--model {spec}: model.kwargs (--model-kwargs) names {', '.join(unknown)}, "
+                f"which {_name(factory)} does not take; its arguments: {', '.join(params)}"
+            )
+    known = {"in_channels": in_channels, "out_channels": 1}
+    if edge_dim is not None:  # without edge features the constructor's default applies
+        known["edge_dim"] = edge_dim
+    for key, value in known.items():
+        if key in named and key not in kwargs:
+            kwargs[key] = value
+    args: list[Any] = []
+    first = next(iter(params.values()), None)
+    if "in_channels" not in named and first is not None and first.name not in kwargs and (
+            first.kind in _POSITIONAL or first.kind is inspect.Parameter.VAR_POSITIONAL):
+        args = [in_channels]  # factory(in_channels): the convention before named arguments
+    bound = sig.bind_partial(*args, **kwargs).arguments
+    missing = [n for n, p in params.items() if p.default is inspect.Parameter.empty
+               and p.kind not in _VARIADIC and n not in bound]
+    if missing:
+        raise ConfigError(_missing_message(factory, spec, sig, missing, in_channels, edge_dim))
+    return args, kwargs
+
+
+def _missing_message(factory: Callable, spec: str, sig: inspect.Signature, missing: list[str],
+                     in_channels: int, edge_dim: int | None) -> str:
+    """Which required constructor arguments are missing, and where each comes from."""
+    sig = sig.replace(return_annotation=inspect.Signature.empty)
+    user = [n for n in missing if n != "edge_dim"]
+    parts = [f"--model {spec}: {_name(factory)}{sig} needs {', '.join(missing)}."]
+    if user:
+        example = ", ".join(f'"{n}": ...' for n in user)
+        parts.append(f"Pass {', '.join(user)} in --model-kwargs (config key model.kwargs), "
+                     f"e.g. --model-kwargs '{{{example}}}'.")
+    if "edge_dim" in missing:
+        parts.append("edge_dim is the edge-feature width, which gatrank fills in from the "
+                     "graphs' edge_attr, but these graphs have no edge features: give them "
+                     "edge_attr (molecules from SMILES get bond features) or pass edge_dim in "
+                     "--model-kwargs if the model can do without.")
+    parts.append(f"gatrank fills in in_channels={in_channels}, out_channels=1 and edge_dim "
+                 f"(here {edge_dim}) where the constructor names them.")
+    return " ".join(parts)
+
+
+def _name(obj: Any) -> str:
+    return getattr(obj, "__qualname__", None) or type(obj).__name__
+
+
+def _forward_of(model: Any) -> Callable | None:
+    """The ``forward`` a model, model class or import string would be called through."""
+    if isinstance(model, str):
+        if model in ("", "gat", "linear"):
+            return None
+        model = load_object(model, what="model")
+    if isinstance(model, nn.Module) or (isinstance(model, type) and issubclass(model, nn.Module)):
+        return model.forward
+    return None
+
+
+def reads_edge_attr(model: Any) -> bool:
+    """Whether a model (a module, a module class or an import string) takes ``edge_attr``: its
+    ``forward`` has a parameter of that name. A factory function or a ``forward(batch)`` model
+    may still read ``batch.edge_attr``; that is not visible without running it (``False``)."""
+    forward = _forward_of(model)
+    if forward is None:
+        return False
+    try:
+        return "edge_attr" in inspect.signature(forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+# --------------------------------------------------------------------------- forward by name
+
+_TENSOR_NAMES = ("x", "edge_index")
+"""A ``forward`` naming either of these takes tensors (the PyG way), not a batch."""
+
+
+class ForwardByName:
+    """A forward pre-hook that turns ``model(batch)`` into ``model(x=batch.x, edge_index=...,
+    ...)`` for a ``forward`` written the PyG way (see :func:`adapt_forward`).
+
+    Each parameter of ``forward`` gets, by its name: ``x``, ``edge_index``, ``edge_attr``,
+    ``batch`` (the node-to-graph vector) and any other attribute of the batch (``pos``,
+    ``edge_weight``...); ``num_graphs`` the number of graphs, ``num_nodes`` of nodes;
+    ``batch_size`` the number of graphs only where it is required, because an optional
+    ``batch_size`` in PyG (``GCN``, ``GAT``...) means the seed nodes of a sampled mini-batch.
+    Optional parameters the batch lacks keep their defaults.
+    """
+
+    def __init__(self, names: Mapping[str, bool], owner: str) -> None:
+        self.names = dict(names)
+        """Parameter name -> required."""
+        self.owner = owner
+
+    def arguments(self, batch: BaseData) -> dict[str, Any]:
+        """The keyword arguments of ``forward`` for ``batch``."""
+        out: dict[str, Any] = {}
+        for name, required in self.names.items():
+            if name == "num_graphs" or (name == "batch_size" and required):
+                out[name] = batch.num_graphs
+            elif name == "num_nodes":
+                out[name] = batch.num_nodes
+            elif name in ("x", "edge_index", "edge_attr", "batch") or name in batch:
+                value = getattr(batch, name, None)
+                if value is None and required:
+                    raise ValueError(self._missing(name, batch))
+                if value is not None:
+                    out[name] = value
+            elif required:
+                raise ValueError(self._missing(name, batch))
+        return out
+
+    def _missing(self, name: str, batch: BaseData) -> str:
+        what = ("the graphs have no edge features (edge_attr)" if name == "edge_attr"
+                else f"the batch has no attribute {name!r} (it has {', '.join(batch.keys())})")
+        return (f"{self.owner}.forward requires {name!r} but {what}. gatrank passes x, "
+                "edge_index, edge_attr, batch, num_graphs, batch_size and the batch's other "
+                "attributes by name: give the parameter a default, or give the graphs that "
+                "attribute")
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict
+                 ) -> tuple[tuple, dict[str, Any]] | None:
+        # only gatrank's call model(batch) is rewritten: the user's own model(x, edge_index, ...)
+        # calls go through unchanged
+        if len(args) == 1 and not kwargs and isinstance(args[0], BaseData):
+            return (), self.arguments(args[0])
+        return None
+
+
+def _adapter(model: nn.Module) -> ForwardByName | None:
+    return next((h for h in model._forward_pre_hooks.values()
+                 if isinstance(h, ForwardByName)), None)
+
+
+def adapt_forward(model: nn.Module) -> nn.Module:
+    """Let gatrank call ``model(batch)`` on a model whose ``forward`` takes tensors by name
+    (``forward(x, edge_index, edge_attr, batch)``, as PyG's models do); returns ``model``.
+
+    A ``forward`` naming ``x`` or ``edge_index`` gets a :class:`ForwardByName` forward
+    pre-hook (idempotent); any other (``forward(batch)``, ``forward(data)``) is left as it is.
+    The module itself is not wrapped, so its parameter names, ``state_dict`` keys (a
+    checkpoint loads into the user's own class as it is) and submodules (hooks, per-layer
+    gradient norms) stay the user's, and ``model(x, edge_index, ...)`` still works.
+
+    Raises:
+        TypeError: ``forward`` has positional-only parameters (they cannot be passed by name).
+    """
+    if _adapter(model) is not None:
+        return model
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return model
+    if not any(n in params for n in _TENSOR_NAMES):
+        return model
+    owner = type(model).__name__
+    if any(p.kind is inspect.Parameter.POSITIONAL_ONLY for p in params.values()):
+        raise TypeError(f"{owner}.forward has positional-only parameters: gatrank passes "
+                        "x, edge_index, edge_attr and batch by name; drop the '/'")
+    names = {n: p.default is inspect.Parameter.empty for n, p in params.items()
+             if p.kind not in _VARIADIC}
+    model.register_forward_pre_hook(ForwardByName(names, owner), with_kwargs=True, prepend=True)
     return model
+
+
+# --------------------------------------------------------------------------- score shapes
+
+
+class ScoreShapeError(ValueError):
+    """A model's scores are not one per graph (``[G]`` or ``[G, 1]``); the message says what
+    the shape it returned means and how to fix the model."""
+
+    def __init__(self, message: str, shape: list[int] | None, num_graphs: int,
+                 num_nodes: int) -> None:
+        super().__init__(message)
+        self.shape = shape
+        """The shape returned (``None``: not a tensor)."""
+        self.num_graphs = num_graphs
+        self.num_nodes = num_nodes
+
+
+def score_batch(model: nn.Module, batch: BaseData) -> Tensor:
+    """``model(batch)`` as one score per graph, ``[G]``: the one way scores come out of a model
+    (training steps, scoring, the checks, the doctor).
+
+    Raises:
+        ScoreShapeError: the output is not ``[G]`` or ``[G, 1]`` (see :func:`check_scores`).
+    """
+    return check_scores(model(batch), batch, model=model)
+
+
+def check_scores(scores: Any, batch: BaseData, *, model: nn.Module | None = None) -> Tensor:
+    """``scores`` reshaped to ``[G]`` when they are ``[G]`` or ``[G, 1]`` for a batch of ``G``
+    graphs (a scalar too when ``G`` is 1).
+
+    Raises:
+        ScoreShapeError: any other shape, saying what it means: one score for the whole batch
+            (pooling without the ``batch`` vector), one per node (no readout), ``[G, G]`` (a
+            broadcast), ``[G, k]`` (several outputs); or not a tensor.
+    """
+    g = int(batch.num_graphs)
+    if isinstance(scores, Tensor) and (tuple(scores.shape) in ((g,), (g, 1))
+                                       or (g == 1 and scores.dim() == 0)):
+        return scores.reshape(-1)
+    base = getattr(model, "module", model)  # DDP's wrapper holds the model as .module
+    who = f"model {type(base).__name__}" if base is not None else "the model"
+    n = int(batch.num_nodes)
+    if not isinstance(scores, Tensor):
+        raise ScoreShapeError(
+            f"{who} returned {type(scores).__name__}, not a tensor of scores: return one "
+            "score per graph, a [G] or [G, 1] tensor (a model returning (scores, extras) "
+            "needs a forward that returns only the scores)", None, g, n)
+    shape = list(scores.shape)
+    raise ScoreShapeError(f"{who} returned scores of shape {shape} for a batch of {g} graphs "
+                          f"with {n} nodes (G = {g}, N = {n}); gatrank needs one score per "
+                          f"graph, [G] or [G, 1]. {_shape_meaning(shape, g, n)}", shape, g, n)
+
+
+def _shape_meaning(shape: list[int], g: int, n: int) -> str:
+    """What a wrong score shape means and the fix."""
+    if math.prod(shape) == 1:
+        return ("One score for the whole batch: the model pools over all nodes of the batch at "
+                "once, which is what pooling without the batch vector does (x.mean(0), "
+                "x.sum(0), global_mean_pool(x) or global_mean_pool(x, None)); every graph then "
+                "gets the same score. Fix: pool per graph with the batch vector, "
+                "global_mean_pool(x, batch) (batch = data.batch).")
+    if shape == [g, g]:
+        return ("[G, G] is a broadcast: a [G] tensor combined with a [G, 1] one (e.g. a [G, 1] "
+                "head output plus a [G] term, or scores[:, None] - scores[None, :]). Fix: "
+                "squeeze(-1) the head's [G, 1] output before combining it with [G] tensors, and "
+                "return [G] or [G, 1].")
+    if shape[:1] == [n] and (len(shape) == 1 or shape[1:] == [1]):
+        return ("One score per node (N = the number of nodes): the model has no readout. Fix: "
+                "pool node outputs to one per graph before returning them, e.g. "
+                "global_mean_pool(h, batch) or global_add_pool(h, batch) (batch = data.batch).")
+    if shape[:1] == [n] and len(shape) == 2:
+        return (f"{shape[1]} outputs per node: no readout, and several output channels. Fix: "
+                "pool node outputs per graph with global_mean_pool(h, batch) and end in one "
+                "output (out_channels=1, or Linear(hidden, 1)).")
+    if len(shape) == 2 and shape[0] == g:
+        return (f"{shape[1]} outputs per graph: the model's last layer has {shape[1]} output "
+                "channels. Fix: end in one output, out_channels=1 (gatrank fills it in where "
+                "the constructor names out_channels) or Linear(hidden, 1); or return the one "
+                "column to rank by.")
+    return "Fix: return one score per graph, shaped [G] or [G, 1]."

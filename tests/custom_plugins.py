@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch_geometric.nn import global_add_pool, global_mean_pool
+from torch_geometric.nn import GATConv, GCNConv, global_add_pool, global_mean_pool
 
 from gatrank.losses import pairwise_rank_loss
 
@@ -19,6 +19,11 @@ class SumModel(nn.Module):
 
     def forward(self, batch) -> torch.Tensor:
         return self.mlp(global_add_pool(batch.x, batch.batch, batch.num_graphs)).squeeze(-1)
+
+
+def make_sum_model(width: int) -> nn.Module:
+    """A factory whose one argument is not called in_channels: called as factory(in_channels)."""
+    return SumModel(width)
 
 
 def hinge_loss(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -73,3 +78,65 @@ class InterruptOnCall:
 
 
 interrupting_loss = InterruptOnCall()
+
+
+# --------------------------------------------------------------------------- models the PyG way
+# forward(x, edge_index, ..., batch) with tensors by name, constructors with required arguments
+
+
+class PyGGCN(nn.Module):
+    """A GCN written as PyG's examples write one: required constructor arguments (in_channels,
+    hidden_channels, out_channels) and ``forward(x, edge_index, batch)``."""
+
+    def __init__(self, in_channels: int, hidden_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv1 = GCNConv(in_channels, hidden_channels)
+        self.conv2 = GCNConv(hidden_channels, hidden_channels)
+        self.lin = nn.Linear(hidden_channels, out_channels)
+
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor,
+                batch: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(x, edge_index).relu()
+        h = self.conv2(h, edge_index).relu()
+        return self.lin(global_add_pool(h, batch))  # (G, out_channels)
+
+
+class NoBatchPool(nn.Module):
+    """The classic bug: pooling without the ``batch`` vector, one score for the whole batch."""
+
+    def __init__(self, in_channels: int, hidden_channels: int = 16) -> None:
+        super().__init__()
+        self.conv = GCNConv(in_channels, hidden_channels)
+        self.lin = nn.Linear(hidden_channels, 1)
+
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor,
+                batch: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.conv(x, edge_index).relu()
+        return self.lin(global_mean_pool(h, None)).squeeze(-1)  # (1,): batch left out
+
+
+class PerNode(nn.Module):
+    """A node-level model used for a graph-level task: no readout, one score per node."""
+
+    def __init__(self, in_channels: int) -> None:
+        super().__init__()
+        self.conv = GCNConv(in_channels, 8)
+        self.lin = nn.Linear(8, 1)
+
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        return self.lin(self.conv(x, edge_index).relu())  # (N, 1)
+
+
+class EdgeAware(nn.Module):
+    """A model that reads edge features: ``edge_dim`` required, ``forward`` takes ``edge_attr``
+    and asks for ``num_graphs``."""
+
+    def __init__(self, in_channels: int, edge_dim: int, hidden_channels: int = 8) -> None:
+        super().__init__()
+        self.edge_dim = edge_dim
+        self.conv = GATConv(in_channels, hidden_channels, edge_dim=edge_dim)
+        self.lin = nn.Linear(hidden_channels, 1)
+
+    def forward(self, x, edge_index, edge_attr, batch, num_graphs: int) -> torch.Tensor:
+        h = self.conv(x, edge_index, edge_attr).relu()
+        return self.lin(global_mean_pool(h, batch, num_graphs)).squeeze(-1)

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from gatrank.config import Config, ConfigError, load_config, overfit_config
+from gatrank.config import (
+    Config,
+    ConfigError,
+    load_config,
+    overfit_config,
+    parse_model_kwargs,
+)
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "params" / "config_example.yaml"
 
@@ -56,6 +62,10 @@ def test_round_trip_through_yaml(tmp_path):
         ("model:\n  hidden_dim: 30\n  heads: 4\n", ["model.hidden_dim", "multiple"]),
         ("training:\n  overfit_n: 1\n", ["training.overfit_n", ">= 2"]),
         ("- just\n- a list\n", ["mapping"]),
+        ("model:\n  kwargs: [64, 2]\n", ["model.kwargs", "JSON object"]),
+        ("model:\n  kwargs: 64\n", ["model.kwargs", "mapping"]),
+        ("model:\n  kwargs: {1: 64}\n", ["model.kwargs", "mapping"]),
+        ("model:\n  kwargs: {when: 2024-01-01}\n", ["model.kwargs", "JSON-representable"]),
     ],
 )
 def test_bad_values_name_the_key(tmp_path, text, names):
@@ -95,3 +105,28 @@ def test_overfit_config_applies_the_runbook_settings():
 def test_overrides_reject_unknown_sections():
     with pytest.raises(ConfigError, match="section.key"):
         Config().updated({"lr": 1.0})
+
+
+def test_model_kwargs_from_yaml_round_trip(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("model:\n  kwargs:\n    hidden_channels: 64\n    act: relu\n"
+                 "    channels: [8, 16]\n")
+    cfg = load_config(p)
+    assert cfg.model.kwargs == {"hidden_channels": 64, "act": "relu", "channels": [8, 16]}
+    assert Config().model.kwargs == {} and Config().model.kwargs is not cfg.model.kwargs
+    cfg.save(tmp_path / "again.yaml")
+    assert load_config(tmp_path / "again.yaml") == cfg
+    assert cfg.updated({"model.kwargs": {"a": 1}}).model.kwargs == {"a": 1}
+
+
+def test_parse_model_kwargs_reads_a_json_object():
+    assert parse_model_kwargs('{"hidden_channels": 64, "num_layers": 2}') == {
+        "hidden_channels": 64, "num_layers": 2}
+    assert parse_model_kwargs("") == {} and parse_model_kwargs(None) == {}
+    assert parse_model_kwargs({"a": 1}, model="pkg.mod:Net") == {"a": 1}
+    with pytest.raises(ConfigError, match=r"--model-kwargs .* is not valid JSON"):
+        parse_model_kwargs("{hidden_channels: 64}")
+    with pytest.raises(ConfigError, match=r"--model-kwargs = \[64\] must be a mapping"):
+        parse_model_kwargs("[64]")
+    with pytest.raises(ConfigError, match=r"needs --model package.module:Name.*'gat'"):
+        parse_model_kwargs('{"a": 1}', model="")

@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 NB_DIR = ROOT / "notebooks"
 PARAMS_DIR = ROOT / "params"
 SANITIZE = Path(__file__).with_name("nbval_sanitize.cfg")
-COMMON = {"manifest": "str", "config": "str", "model": "str", "loss": "str", "seed": "int",
-          "run_dir": "str"}
+COMMON = {"manifest": "str", "config": "str", "model": "str", "model_kwargs": "str", "loss": "str",
+          "seed": "int", "run_dir": "str"}
 RUNBOOK_CRITERIA = {"pairwise_accuracy", "spearman", "score_std", "grad_norm", "loss_decreasing"}
 RUNBOOK_RED_FLAGS = {"pairwise_accuracy_random", "spearman_none", "score_collapsed",
                      "no_gradients", "loss_flat"}
@@ -186,6 +186,24 @@ def test_overfit_notebook_that_fails_shows_and_records_the_doctors_causes(tmp_pa
     cell = next(c for c in nb.cells if "nb.show_causes(" in c.source)
     shown = "".join(o.get("data", {}).get("text/html", "") for o in cell.outputs)
     assert "learning_rate_too_low" in shown and "gatrank doctor --manifest" in shown
+
+
+@pytest.mark.slow
+def test_overfit_notebook_shows_a_model_pooling_without_batch(tmp_path, tiny_manifest,
+                                                              monkeypatch):
+    """The notebook stops at training with the error that names the shape and the fix, not a
+    loss shape crash."""
+    tests_dir = str(Path(__file__).parent)  # the kernel imports custom_plugins from here
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        p for p in (tests_dir, os.environ.get("PYTHONPATH", "")) if p))
+    with pytest.raises(papermill.PapermillExecutionError) as err:
+        _run_overfit(tmp_path, tiny_manifest, n=8, epochs=2, model="custom_plugins:NoBatchPool")
+    assert err.value.ename == "ScoreShapeError"
+    assert "pooling without the batch vector" in err.value.evalue
+    nb = nbformat.read(str(tmp_path / "03_overfit.ipynb"), as_version=4)
+    cell = next(c for c in nb.cells if "nb.train(" in c.source)
+    shown = [o for o in cell.outputs if o.get("output_type") == "error"]
+    assert shown and shown[0]["ename"] == "ScoreShapeError"
 
 
 def _with_verdict_oracle(name: str, folder: Path, expected: str = "") -> Path:

@@ -235,7 +235,7 @@ def layer_stats(model: nn.Module, batch) -> dict[str, dict[str, float]]:
     Layers are the input features (``input``) followed by the model's node embeddings after
     each GAT layer: ``model.node_embeddings(batch)`` when the model has it (gatrank's
     :class:`~gatrank.model.GATRanker`: after residual and activation), else the outputs of
-    every ``GATConv``/``GATv2Conv``.
+    every ``GATConv``/``GATv2Conv`` that outputs one row per node.
 
     Returns:
         ``{layer: {"mad", "dirichlet", "graph_spread", "distinct_graphs"}}`` where
@@ -252,8 +252,11 @@ def layer_stats(model: nn.Module, batch) -> dict[str, dict[str, float]]:
         else:
             with _captured(model, ATTENTION_TYPES) as seen:
                 model(batch)
-            names = list(seen)
-            embs = [out[0] if isinstance(out, tuple) else out for _, _, out in seen.values()]
+            outs = {k: out[0] if isinstance(out, tuple) else out for k, (_, _, out) in seen.items()}
+            # node embeddings only: a layer attending from nodes to graphs (AttentiveFP's
+            # mol_conv) outputs one row per graph
+            outs = {k: h for k, h in outs.items() if h.shape[0] == batch.num_nodes}
+            names, embs = list(outs), list(outs.values())
     out: dict[str, dict[str, float]] = {}
     num_graphs = int(batch.num_graphs)
     for name, h in [("input", batch.x), *zip(names, embs, strict=True)]:

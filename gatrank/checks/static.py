@@ -31,6 +31,7 @@ from gatrank.data.graph_files import graph_problems
 from gatrank.data.problems import DataProblem
 from gatrank.losses import LN2, LossFn, valid_pair_mask
 from gatrank.metrics import layer_name
+from gatrank.model import score_batch
 
 __all__ = [
     "frozen_parameters",
@@ -93,7 +94,7 @@ def gradient_path(model: nn.Module, loss_fn: LossFn, batch) -> dict[str, Any]:
     """
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     with eval_mode(model):
-        scores = model(batch).reshape(-1)
+        scores = score_batch(model, batch)
         group = getattr(batch, "group", None)
         if group is not None and bool((group < 0).all()):
             group = None
@@ -332,14 +333,27 @@ def feature_table(graphs: Sequence) -> pd.DataFrame:
     })
 
 
+def _edge_colors(graphs: Sequence) -> Tensor | None:
+    """``(E,)`` int64: equal for edges with equal ``edge_attr`` over all graphs (exact); None
+    when some graph has no edge features."""
+    attrs = [getattr(g, "edge_attr", None) for g in graphs]
+    if any(a is None for a in attrs):
+        return None
+    ea = torch.cat([a.reshape(a.shape[0], -1) for a in attrs]).double()  # (E, D)
+    return torch.unique(ea, dim=0, return_inverse=True)[1]
+
+
 @torch.no_grad()
-def wl_signatures(graphs: Sequence, rounds: int = 3, seed: int = 0) -> Tensor:
+def wl_signatures(graphs: Sequence, rounds: int = 3, seed: int = 0, *,
+                  edge_features: bool = False) -> Tensor:
     """``(G,)`` int64, one per graph: equal for graphs that ``rounds`` of 1-WL colour
     refinement on node features and structure cannot tell apart, the limit of any
-    message-passing GNN. Edge features are left out on purpose: gatrank's GAT (and the
-    linear baseline) never read ``edge_attr``, so graphs differing only there get the same
-    score. Messages flow along ``edge_index`` from source to target, as in PyG. Every graph
-    needs at least one node; hash collisions are ~2^-60.
+    message-passing GNN. Edge features count only with ``edge_features`` (for a model whose
+    ``forward`` takes ``edge_attr``; see :func:`gatrank.model.reads_edge_attr`): gatrank's GAT
+    and the linear baseline never read them, so graphs differing only there get the same
+    score. Messages flow along ``edge_index`` from source to target, as in PyG, and carry the
+    edge's features when they count. Every graph needs at least one node; hash collisions are
+    ~2^-60.
     """
     gen = torch.Generator().manual_seed(seed)
     sizes = torch.tensor([g.x.shape[0] for g in graphs])
@@ -347,16 +361,22 @@ def wl_signatures(graphs: Sequence, rounds: int = 3, seed: int = 0) -> Tensor:
     ei = torch.cat([g.edge_index + o for g, o in zip(graphs, offsets.tolist(), strict=True)], 1)
     batch = torch.repeat_interleave(torch.arange(len(graphs)), sizes)
     _, color = torch.unique(_node_features(graphs), dim=0, return_inverse=True)  # (N,) exact
+    edge_color = _edge_colors(graphs) if edge_features else None
     for _ in range(rounds):
-        r = torch.randint(-(2**62), 2**62, (int(color.max()) + 1,), generator=gen)
-        neigh = torch.zeros_like(color).index_add_(0, ei[1], r[color[ei[0]]])  # multiset hash
+        msg = color[ei[0]]  # (E,) the source's colour, paired with the edge's when it counts
+        if edge_color is not None and msg.numel():
+            msg = torch.unique(torch.stack([msg, edge_color], 1), dim=0, return_inverse=True)[1]
+        size = int(torch.cat([color, msg]).max()) + 1  # without edge colours: color's range
+        r = torch.randint(-(2**62), 2**62, (size,), generator=gen)
+        neigh = torch.zeros_like(color).index_add_(0, ei[1], r[msg])  # multiset hash
         _, color = torch.unique(torch.stack([color, neigh], 1), dim=0, return_inverse=True)
     r = torch.randint(-(2**62), 2**62, (int(color.max()) + 1,), generator=gen)
     return torch.zeros(len(graphs), dtype=torch.long).index_add_(0, batch, r[color])
 
 
 @torch.no_grad()
-def feature_stats(graphs: Sequence, *, wl_rounds: int = 3) -> dict[str, Any]:
+def feature_stats(graphs: Sequence, *, wl_rounds: int = 3,
+                  edge_features: bool = False) -> dict[str, Any]:
     """Whether node features and structure can tell graphs apart, before any model sees them.
 
     Returns:
@@ -365,15 +385,17 @@ def feature_stats(graphs: Sequence, *, wl_rounds: int = 3) -> dict[str, Any]:
         then gives every graph the same embedding: attention averages identical messages),
         "indistinguishable": fraction of graphs that ``wl_rounds`` of 1-WL colour refinement
         (:func:`wl_signatures`) cannot tell from another graph with a different target (no
-        message-passing GNN can rank those), "distinct_signatures": number of distinct WL
-        signatures}``. Graphs without nodes are skipped.
+        message-passing GNN can rank those; edge features count with ``edge_features``),
+        "distinct_signatures": number of distinct WL signatures}``. Graphs without nodes are
+        skipped.
     """
     usable = [g for g in graphs if getattr(g, "x", None) is not None and g.x.shape[0] > 0]
     if not usable:
         return {"num_features": 0, "constant_columns": 0, "identical_nodes": True,
                 "indistinguishable": 1.0, "distinct_signatures": 0}
     constant = _constant_columns(_node_features(usable))  # (F,)
-    _, sig = torch.unique(wl_signatures(usable, wl_rounds), return_inverse=True)
+    _, sig = torch.unique(wl_signatures(usable, wl_rounds, edge_features=edge_features),
+                          return_inverse=True)
     targets: dict[int, set[float]] = defaultdict(set)
     for s, g in zip(sig.tolist(), usable, strict=True):
         targets[s].add(round(float(g.y.reshape(-1)[0]), 9))

@@ -37,7 +37,7 @@ from gatrank.checks.verdict import Check, runbook_check, summarize_checks
 from gatrank.config import Config
 from gatrank.data import CheckReport, GraphSet, check_manifest, split_indices
 from gatrank.losses import LN2, make_loss_fn
-from gatrank.model import build_model
+from gatrank.model import build_model, reads_edge_attr, score_batch
 from gatrank.runtime import set_seed
 
 __all__ = [
@@ -73,15 +73,15 @@ def check(name: str, kind: str, rule: str, value: float | int | None, ok: bool,
 
 
 def duplicate_graphs(graphs: Sequence[Any], table: pd.DataFrame, *,
-                     tie_eps: float = 1e-6) -> pd.DataFrame:
+                     tie_eps: float = 1e-6, edge_features: bool = False) -> pd.DataFrame:
     """Groups of graphs the model cannot tell apart: equal node features and structure up to
     3 rounds of 1-WL (:func:`gatrank.checks.static.wl_signatures`; edge features, which
-    gatrank's GAT does not read, do not count).
+    gatrank's GAT does not read, count only with ``edge_features``).
 
     Returns one row per group of two or more: ids, y values, y_range, and ``conflicting``
     (targets differ by more than ``tie_eps``: no model can order such pairs).
     """
-    hashes = pd.Series(wl_signatures(graphs).numpy())
+    hashes = pd.Series(wl_signatures(graphs, edge_features=edge_features).numpy())
     rows = []
     for _, idx in hashes.groupby(hashes).groups.items():
         if len(idx) < 2:
@@ -168,8 +168,8 @@ def _data_rules(report: CheckReport, gs: GraphSet, feats: pd.DataFrame, pairs: n
     ]
 
 
-def data_checks(graphs: GraphSet, config: Config, report: CheckReport | None = None
-                ) -> DataChecks:
+def data_checks(graphs: GraphSet, config: Config, report: CheckReport | None = None, *,
+                model: str = "") -> DataChecks:
     """The runbook's Step 2B checks on loaded graphs and their manifest's check report.
 
     Args:
@@ -177,6 +177,8 @@ def data_checks(graphs: GraphSet, config: Config, report: CheckReport | None = N
             manifest with bad rows can still be inspected).
         config: batch size, eps and split settings come from here.
         report: a :class:`gatrank.data.CheckReport` of ``graphs.manifest`` (computed if None).
+        model: the model's import string; when its ``forward`` takes ``edge_attr``, graphs
+            that differ only in edge features are not duplicates.
     """
     gs, cfg = graphs, config
     if report is None:
@@ -186,7 +188,8 @@ def data_checks(graphs: GraphSet, config: Config, report: CheckReport | None = N
     cols = [c for c in ("id", "y", "split", "group", "num_nodes", "num_edges", "smiles", "path")
             if c in gs.table and gs.table[c].notna().any()]
     feats = feature_table(gs.graphs)
-    dups = duplicate_graphs(gs.graphs, gs.table, tie_eps=cfg.loss.tie_eps)
+    dups = duplicate_graphs(gs.graphs, gs.table, tie_eps=cfg.loss.tie_eps,
+                            edge_features=reads_edge_attr(model))
     y = gs.table["y"].to_numpy(dtype=float)
     groups = torch.cat([g.group for g in gs.graphs]).numpy()
     train_idx = _train_indices(gs, cfg)
@@ -361,7 +364,7 @@ def init_loss_per_batch(graphs: GraphSet, config: Config, *, model: str = "",
     cfg, gs = config, graphs
     set_seed(cfg.training.seed)
     idx = _train_indices(gs, cfg)
-    net = build_model(gs.num_features, cfg.model, model)
+    net = build_model(gs.num_features, cfg.model, model, edge_dim=gs.edge_dim)
     net.eval()
     fn = make_loss_fn(loss or None, cfg)
     loader = DataLoader([gs[i] for i in idx], batch_size=cfg.training.batch_size, shuffle=True,
@@ -370,7 +373,7 @@ def init_loss_per_batch(graphs: GraphSet, config: Config, *, model: str = "",
     for b, batch in enumerate(loader):
         if b >= max_batches:
             break
-        scores = net(batch).reshape(-1)
+        scores = score_batch(net, batch)
         group = batch.group if bool((batch.group >= 0).any()) else None
         out = fn(scores, batch.y.reshape(-1), group)
         rows.append({"batch": b, "loss": float(out.loss), "num_pairs": out.num_pairs,

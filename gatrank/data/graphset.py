@@ -52,6 +52,16 @@ class GraphSet:
     def __getitem__(self, i: int) -> Data:
         return self.graphs[i]
 
+    @property
+    def edge_dim(self) -> int | None:
+        """The edge-feature width ``D`` of ``edge_attr`` ``[E, D]`` (``1`` for a 1-D
+        ``edge_attr``), ``None`` when the graphs have no edge features. Loading checks every
+        graph has the same width, so the first graph's is everyone's."""
+        ea = getattr(self.graphs[0], "edge_attr", None) if self.graphs else None
+        if ea is None:
+            return None
+        return int(ea.shape[1]) if ea.dim() > 1 else 1
+
     def subset(self, indices: Sequence[int] | Tensor | np.ndarray) -> GraphSet:
         """A GraphSet of the given positions; ``idx`` is renumbered to positions in the subset."""
         idx = [int(i) for i in (indices.tolist() if hasattr(indices, "tolist") else indices)]

@@ -253,6 +253,8 @@ class DoctorReport:
             for k, c in enumerate(self.causes, 1):
                 lines += [f" {k}. {c.id}  (likelihood {c.score:.2f}, from the {c.stage} stage)",
                           f"    evidence: {c.evidence}", f"    fix: {c.fix}"]
+        elif self.verdict != "healthy" and self.notes:  # e.g. scores not one per graph
+            lines.append("no cause id matched: see the notes below")
         else:
             lines.append("no cause of collapse found")
         lines.append("stages:")

@@ -52,6 +52,7 @@ from gatrank.doctor.runs import train_run
 from gatrank.doctor.stages import data_stage, heldout_stage, loss_stage, model_stage
 from gatrank.doctor.state import Diagnosis
 from gatrank.doctor.symptoms import Run, failure_verdict, lr_symptom, median_grad, symptoms
+from gatrank.model import ScoreShapeError
 from gatrank.runtime import torch_threads
 
 __all__ = [
@@ -101,6 +102,19 @@ def _run_stages(doc: Diagnosis, problems: Sequence, dropped: Sequence) -> str:
     if doc.opts.heldout:
         return heldout_stage(doc)
     return "healthy"
+
+
+def _run_reported(doc: Diagnosis, problems: Sequence, dropped: Sequence) -> str:
+    """:func:`_run_stages`; a model whose scores are not one per graph ends the diagnosis as a
+    failed stage with the error's message (what the shape means and the fix), not a crash."""
+    try:
+        return _run_stages(doc, problems, dropped)
+    except ScoreShapeError as exc:
+        doc.add_stage("model output", "failed",
+                      {"score_shape": str(exc.shape), "graphs": exc.num_graphs,
+                       "nodes": exc.num_nodes}, time.perf_counter())
+        doc.notes.insert(0, f"the model cannot be trained as it is: {exc}")
+        return "cannot_fit"
 
 
 def _config_diff(user: Config, runbook: Config) -> list[dict[str, Any]]:
@@ -186,7 +200,7 @@ def diagnose(
                                                 inj.model_edit, inj.fault)
             problems = check_graphs(gs.graphs)
         doc = Diagnosis(gs, cfg, model, loss, model_edit, opts, seed)
-        verdict = _run_stages(doc, problems, dropped)
+        verdict = _run_reported(doc, problems, dropped)
         causes = doc.ranked()
         if verdict == "healthy" and causes:
             doc.notes += [f"possible issue that did not stop training here: {c.id}: {c.evidence}"

@@ -16,7 +16,7 @@ from gatrank.checks.verdict import evaluate_verdict
 from gatrank.config import Config
 from gatrank.doctor.state import Diagnosis
 from gatrank.doctor.symptoms import Run, plateau
-from gatrank.model import build_model
+from gatrank.model import adapt_forward, build_model
 from gatrank.training import NonFiniteError, train
 
 __all__ = [
@@ -48,8 +48,8 @@ def model_factory(doc: Diagnosis,
         elif callable(spec):
             net = spec(in_channels)
         else:
-            net = build_model(in_channels, cfg.model, spec or "")
-        return edit(net) if edit is not None else net
+            net = build_model(in_channels, cfg.model, spec or "", edge_dim=doc.gs.edge_dim)
+        return adapt_forward(edit(net) if edit is not None else net)
 
     return make
 

@@ -26,6 +26,7 @@ from gatrank.doctor.runs import model_factory, train_run
 from gatrank.doctor.state import Diagnosis
 from gatrank.losses import make_loss_fn
 from gatrank.metrics import pairwise_accuracy
+from gatrank.model import reads_edge_attr
 from gatrank.runtime import resolve_device, set_seed
 from gatrank.training import predict
 
@@ -143,11 +144,12 @@ def _feature_causes(doc: Diagnosis, summary: dict[str, Any]) -> bool:
     """Graphs their node features and structure cannot tell apart; True when every node has
     the same features (definitive)."""
     gs = doc.gs
-    feats = feature_stats(gs.graphs)
+    with_edges = reads_edge_attr(doc.model)  # its forward takes edge_attr: edges count
+    feats = feature_stats(gs.graphs, edge_features=with_edges)
     summary.update(indistinguishable=round(feats["indistinguishable"], 4),
                    constant_feature_columns=f"{feats['constant_columns']}/"
                                             f"{feats['num_features']}")
-    if feats["identical_nodes"]:
+    if feats["identical_nodes"] and not with_edges:  # else edge features may tell them apart
         doc.cause("uninformative_features",
                   f"every node of all {len(gs)} graphs has the same feature vector (all "
                   f"{feats['num_features']} columns constant): a GAT with mean/max pooling "
@@ -158,7 +160,8 @@ def _feature_causes(doc: Diagnosis, summary: dict[str, Any]) -> bool:
         doc.cause("uninformative_features",
                   f"{feats['indistinguishable']:.0%} of graphs cannot be told from another "
                   "graph with a different target by features and structure (3 rounds of "
-                  "1-WL, the limit of message passing; "
+                  f"1-WL{' with edge features' if with_edges else ''}, the limit of message "
+                  "passing; "
                   f"{feats['distinct_signatures']} distinct of {len(gs)})",
                   0.6 + 0.3 * feats["indistinguishable"], "data",
                   indistinguishable=feats["indistinguishable"])

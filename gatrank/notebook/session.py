@@ -26,7 +26,7 @@ import torch
 
 from gatrank.checks.steps import summarize_checks
 from gatrank.checks.verdict import Check
-from gatrank.config import Config, load_config
+from gatrank.config import Config, load_config, parse_model_kwargs
 from gatrank.data import load_graphs
 from gatrank.datasets import default_manifest
 from gatrank.io import write_json
@@ -199,6 +199,7 @@ def start(
     run_dir: str = "",
     default_config: str = "",
     on_error: str = "skip",
+    model_kwargs: str | Mapping[str, Any] = "",
 ) -> NotebookRun:
     """Set up a notebook: plotly renderer, run folder, config (with ``seed``) and graphs.
 
@@ -207,6 +208,8 @@ def start(
         manifest: a manifest.csv; empty = the embedded default (chembl-activity).
         config: a YAML config; empty = ``default_config`` if it exists, else the defaults.
         model, loss: import strings ``package.module:Name`` (empty: gatrank's own).
+        model_kwargs: the model's other constructor arguments, a JSON object (or a mapping);
+            sets ``model.kwargs`` of the config (empty: the config's).
         on_error: ``skip`` drops bad rows (listed in ``graphs.dropped``) so later steps can still
             run; 01_data_checks reports them.
     """
@@ -214,6 +217,9 @@ def start(
     cfg = resolve_config(config, default=default_config, seed=seed)
     path = resolve_path(manifest, what="manifest") if manifest else default_manifest()
     cfg = cfg.updated({"data.manifest": str(path), "data.on_error": on_error})
+    kwargs = parse_model_kwargs(model_kwargs, source="model_kwargs")
+    if kwargs:
+        cfg = cfg.updated({"model.kwargs": kwargs})
     gs = load_graphs(path, on_error=on_error, allow_outside_root=cfg.data.allow_outside_root)
     return NotebookRun(name=name, run_dir=resolve_run_dir(run_dir), config=cfg, graphs=gs,
                        manifest=path, model=model, loss=loss, seed=int(seed))

@@ -18,7 +18,7 @@ entries:
   :class:`Progress`), plus ``elapsed_s`` (training seconds so far) and ``rng`` (every random
   state the loop draws from);
 - the run it belongs to (see :class:`RunInfo`): ``config``, ``model_spec``, ``loss_spec``,
-  ``model_name``, ``in_channels``, ``splits``, ``data_fingerprint``;
+  ``model_name``, ``in_channels``, ``edge_dim``, ``splits``, ``data_fingerprint``;
 - ``status``: ``best`` for ``best.pt``; ``running``, ``completed``, ``interrupted`` or
   ``nonfinite`` for ``last.pt``.
 
@@ -96,6 +96,9 @@ class RunInfo:
     splits: dict[str, list[int]]
     data_fingerprint: str
     """A hash of the ids and targets of the graphs it trained on."""
+    edge_dim: int | None = None
+    """The graphs' edge-feature width (``None``: no ``edge_attr``), for a model whose
+    constructor takes ``edge_dim``."""
 
     @classmethod
     def of(
@@ -111,6 +114,7 @@ class RunInfo:
             in_channels=graphs.num_features,
             splits=splits,
             data_fingerprint=_data_fingerprint(graphs),
+            edge_dim=graphs.edge_dim,
         )
 
 
@@ -249,6 +253,7 @@ def write_checkpoint(path: Path, entries: dict[str, Any], run: RunInfo, status: 
         "loss_spec": run.loss_spec,
         "model_name": run.model_name,
         "in_channels": run.in_channels,
+        "edge_dim": run.edge_dim,
         "splits": run.splits,
         "data_fingerprint": run.data_fingerprint,
         "status": status,
@@ -394,18 +399,22 @@ def checkpoint_config(path: str | Path) -> tuple[Config, dict[str, str]]:
     return _config(ckpt, path), specs
 
 
-def load_model(path: str | Path, *, model: str = "") -> tuple[nn.Module, Config, dict]:
+def load_model(path: str | Path, *, model: str = "", model_kwargs: dict[str, Any] | None = None
+               ) -> tuple[nn.Module, Config, dict]:
     """The model saved in a checkpoint, rebuilt in eval mode, with its config and the raw
     checkpoint dict (see :func:`gatrank.evaluate.load_checkpoint`)."""
     ckpt = _read(path, "state_dict")
     config = _config(ckpt, path)
+    if model_kwargs is not None:
+        config = config.updated({"model.kwargs": model_kwargs})
     spec = model or ckpt.get("model_spec", "") or "gat"
     if spec not in ("gat", "linear") and ":" not in spec:
         raise ValueError(
             f"{path} was trained with a custom model ({spec!r}); pass its import string with "
             "--model"
         )
-    net = build_model(int(ckpt["in_channels"]), config.model, spec)
+    net = build_model(int(ckpt["in_channels"]), config.model, spec,
+                      edge_dim=ckpt.get("edge_dim"))
     net.load_state_dict(ckpt["state_dict"])
     net.eval()
     return net, config, ckpt

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 import gatrank.training.distributed as dist_
 from gatrank.metrics import grad_norms
+from gatrank.model import score_batch
 from gatrank.training.checkpoint import all_finite
 from gatrank.training.scoring import split_metrics
 from gatrank.training.setup import Setup
@@ -102,7 +103,7 @@ def _step(s: Setup, st: LoopState, stats: EpochStats, b_idx: int, batch, *, last
     # forward backward
     batch = batch.to(s.device)
     s.optimizer.zero_grad(set_to_none=True)
-    scores = s.train_net(batch).reshape(-1)
+    scores = score_batch(s.train_net, batch)  # (G,), or ScoreShapeError naming the shape
     lo = s.loss_fn(scores, batch.y.reshape(-1), _batch_group(batch))
     loss_val = float(lo.loss.detach())
     if lo.loss.requires_grad:

@@ -10,7 +10,7 @@ from torch import nn
 from torch_geometric.loader import DataLoader
 
 from gatrank.metrics import embedding_stats, ranking_metrics
-from gatrank.model import GATRanker, LinearBaseline
+from gatrank.model import GATRanker, LinearBaseline, check_scores, score_batch
 
 __all__ = ["COLLATE_ONCE_MAX", "Collated", "collate", "predict", "split_metrics"]
 
@@ -38,6 +38,8 @@ def predict(
     model: nn.Module, graphs: Sequence, device: torch.device, batch_size: int = 256
 ) -> dict:
     """Scores for ``graphs`` in eval mode: ``{"scores", "targets", "embeddings"}`` as tensors.
+    Raises :class:`~gatrank.model.ScoreShapeError` when the model's scores are not one per
+    graph.
 
     ``embeddings`` is the pooled graph embedding when the model has an ``embed`` method (the
     runbook's Step 2C hook), else ``None``.
@@ -54,11 +56,12 @@ def predict(
         batch = batch.to(device)
         if has_embed:
             emb = model.embed(batch)
-            s = head(emb).squeeze(-1) if head is not None else model(batch)
+            s = (check_scores(head(emb), batch, model=model) if head is not None
+                 else score_batch(model, batch))
             embs.append(emb.float().cpu())
         else:
-            s = model(batch)
-        scores.append(s.reshape(-1).float().cpu())
+            s = score_batch(model, batch)
+        scores.append(s.float().cpu())
         targets.append(batch.y.reshape(-1).float().cpu())
     return {
         "scores": torch.cat(scores) if scores else torch.zeros(0),

@@ -24,7 +24,7 @@ from gatrank.config import Config, TrainingConfig
 from gatrank.data import GraphSet, load_graphs, split_indices
 from gatrank.datasets import manifest_or_default
 from gatrank.losses import LossFn, make_loss_fn
-from gatrank.model import GATRanker, LinearBaseline, build_model
+from gatrank.model import GATRanker, LinearBaseline, adapt_forward, build_model
 from gatrank.runtime import resolve_device, set_seed
 from gatrank.training.checkpoint import RunInfo, write_checkpoint
 from gatrank.training.scoring import COLLATE_ONCE_MAX, Collated, collate
@@ -117,7 +117,7 @@ def set_up(
             "check the manifest's split column or training.overfit_n"
         )
     set_seed(tc.seed)  # model init independent of how many random draws loading took
-    net, model_name = _resolve_model(model, gs.num_features, config)
+    net, model_name = _resolve_model(model, gs, config)
     net = net.to(device)
     loss_fn = make_loss_fn(loss, config)
     optimizer = torch.optim.Adam(
@@ -174,13 +174,16 @@ def _splits(config: Config, gs: GraphSet) -> dict[str, list[int]]:
     )
 
 
-def _resolve_model(model, in_channels: int, config: Config) -> tuple[nn.Module, str]:
+def _resolve_model(model, gs: GraphSet, config: Config) -> tuple[nn.Module, str]:
+    """The model and its name; a PyG-style ``forward(x, edge_index, ...)`` is called by name
+    (:func:`gatrank.model.adapt_forward`). A callable is called as ``model(in_channels)``."""
     if isinstance(model, nn.Module):
-        return model, type(model).__name__
+        return adapt_forward(model), type(model).__name__
     if callable(model) and not isinstance(model, str):
-        return model(in_channels), getattr(model, "__name__", type(model).__name__)
+        return (adapt_forward(model(gs.num_features)),
+                getattr(model, "__name__", type(model).__name__))
     spec = model or ""
-    return build_model(in_channels, config.model, spec), spec or "gat"
+    return build_model(gs.num_features, config.model, spec, edge_dim=gs.edge_dim), spec or "gat"
 
 
 def _training_batches(

@@ -22,7 +22,7 @@ from gatrank.checks.probes import (
     update_ratios,
 )
 from gatrank.config import Config, ModelConfig
-from gatrank.model import GATRanker
+from gatrank.model import GATRanker, build_model
 from gatrank.training import train
 
 # --------------------------------------------------------------------------- existing API
@@ -127,6 +127,21 @@ def test_layer_stats_sees_identical_graphs_as_one(make_graphs):
 
 
 # --------------------------------------------------------------------------- activations
+
+
+def test_layer_stats_of_a_pyg_model_keep_node_level_attention_layers(make_graphs):
+    """AttentiveFP's mol_conv attends from atoms to molecules: one row per graph, not a node
+    embedding (it broke the oversmoothing measurements)."""
+    graphs = make_graphs(4)
+    for g in graphs:
+        g.edge_attr = torch.rand(g.edge_index.shape[1], 2, generator=torch.Generator())
+    model = build_model(4, ModelConfig(kwargs={"hidden_channels": 8, "num_layers": 2,
+                                               "num_timesteps": 2}),
+                        "torch_geometric.nn.models:AttentiveFP", edge_dim=2)
+    stats = layer_stats(model, Batch.from_data_list(graphs))
+    assert list(stats) == ["input", "atom_convs.0"]  # mol_conv: one row per graph
+    record = ModelProbe()(model, graphs, torch.device("cpu"))
+    assert "atom_convs.0" in record["attention_entropy"] and record["layers"]
 
 
 def test_dead_units_and_saturation(make_graphs):

@@ -198,6 +198,30 @@ def test_wl_signatures_ignore_edge_features_and_follow_edge_direction(make_graph
     assert s[0] != s[1] and s[0] == s[2]
 
 
+def test_wl_signatures_count_edge_features_for_a_model_that_reads_them(make_graphs):
+    g = make_graphs(1, n=5)[0]
+    e = g.edge_index.shape[1]
+    a, b, c = g.clone(), g.clone(), g.clone()
+    a.edge_attr = torch.zeros(e, 2)
+    b.edge_attr = torch.zeros(e, 2)
+    b.edge_attr[0, 1] = 1.0  # one bond of another type
+    c.edge_attr = torch.zeros(e, 2)
+    perm = torch.tensor([3, 0, 4, 1, 2])  # the same graph as a, nodes and edges relabelled
+    inv = torch.argsort(perm)
+    order = torch.randperm(e, generator=torch.Generator().manual_seed(0))
+    relabelled = Data(x=g.x[perm], edge_index=inv[g.edge_index][:, order],
+                      edge_attr=b.edge_attr[order])
+    sig = wl_signatures([a, b, c, relabelled], edge_features=True)
+    assert sig[0] != sig[1] and sig[0] == sig[2] and sig[1] == sig[3]
+    plain = wl_signatures([a, b, c, relabelled])
+    assert len(set(plain.tolist())) == 1
+    assert torch.equal(plain, wl_signatures([g, g, g, relabelled]))  # unchanged without them
+    for gr, y in zip((a, b), (0.0, 1.0), strict=True):
+        gr.y = torch.tensor([y])
+    assert feature_stats([a, b])["indistinguishable"] == 1.0
+    assert feature_stats([a, b], edge_features=True)["indistinguishable"] == 0.0
+
+
 def test_feature_table_oracle_and_exact_constant_columns():
     g1 = Data(x=torch.tensor([[0.1, 0.0], [0.1, 2.0]]))
     g2 = Data(x=torch.tensor([[0.1, 4.0]]))

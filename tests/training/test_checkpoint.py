@@ -70,8 +70,8 @@ def test_crash_while_saving_a_checkpoint_keeps_the_old_one(graphs, tmp_path, mon
 def test_the_layout_is_the_documented_one(reference):
     """The keys (and their order) old checkpoints were written with: old files keep loading."""
     _, out = reference
-    run_keys = ["config", "model_spec", "loss_spec", "model_name", "in_channels", "splits",
-                "data_fingerprint", "status"]
+    run_keys = ["config", "model_spec", "loss_spec", "model_name", "in_channels", "edge_dim",
+                "splits", "data_fingerprint", "status"]
     last, best = read_checkpoint(out / "last.pt"), read_checkpoint(out / "best.pt")
     assert list(last) == ["state_dict", "optimizer", "epoch", "metrics", "resume", *run_keys]
     assert list(last["resume"]) == ["best_epoch", "best_val_spearman", "best_state",
@@ -168,7 +168,7 @@ def test_every_part_round_trips_exactly(tmp_path):
     write_checkpoint(tmp_path / "last.pt", snap.entries, _run_info(), "running")
     got = read_checkpoint(tmp_path / "last.pt")
     run_entries = {"config": tiny().to_dict(), "model_spec": "gat", "loss_spec": "",
-                   "model_name": "gat", "in_channels": 3,
+                   "model_name": "gat", "in_channels": 3, "edge_dim": None,
                    "splits": {"train": [0, 2], "val": [1], "test": []},
                    "data_fingerprint": "f" * 16, "status": "running"}
     _assert_same(got, {**snap.entries, **run_entries})
