@@ -51,10 +51,20 @@ def _add_model_loss(p: argparse.ArgumentParser) -> None:
                         "-> scalar")
 
 
+def _add_source(p: argparse.ArgumentParser, manifest_help: str) -> None:
+    """``--manifest`` and ``--dataset``, exclusive: the data a command reads."""
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--manifest", default="", help=manifest_help)
+    src.add_argument("--dataset", default="", metavar="SPEC",
+                     help="your PyG dataset instead of a manifest: 'package.module:name' (a "
+                          "Dataset, a list of Data, or a class/function returning one when "
+                          "called with no arguments) or a .pt file of a list of Data or an "
+                          "InMemoryDataset's processed file")
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="overfit test (--overfit-n) or full training")
-    p.add_argument("--manifest", default="",
-                   help="manifest.csv (default: embedded chembl-activity)")
+    _add_source(p, "manifest.csv (default: embedded chembl-activity)")
     p.add_argument("--config", default="", help="YAML config; keys it omits keep their defaults")
     p.add_argument("--overfit-n", type=int, default=0,
                    help="runbook overfit test: first N graphs, 500 epochs, lr 5e-3, no dropout")
@@ -80,7 +90,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="score a checkpoint on a split with baselines beside it")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--manifest", default="", help="default: the manifest the checkpoint trained on")
+    _add_source(p, "default: the data the checkpoint trained on")
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     p.add_argument("--k", type=int, default=10, help="k of NDCG@k")
     p.add_argument("--out", default="", help="write predictions.csv, metrics.json, scatter.html")
@@ -93,8 +103,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_check_data(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("check-data", help="validate a manifest and list every problem")
-    p.add_argument("--manifest", default="", help="default: the embedded chembl-activity")
+    p = sub.add_parser("check-data", help="validate a manifest (or a dataset) and list every "
+                                          "problem")
+    _add_source(p, "default: the embedded chembl-activity")
     p.add_argument("--json", default="", help="also write the report as JSON here")
     p.add_argument("--allow-outside-root", action="store_true")
     p.add_argument("--on-error", choices=["raise", "skip"], default="raise",
@@ -119,8 +130,7 @@ def _add_datasets(sub: argparse._SubParsersAction) -> None:
 def _add_suite(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("suite", help="run the five notebooks headlessly and write a report "
                                      "(executed notebooks, offline HTML, summary.json, index.html)")
-    p.add_argument("--manifest", default="",
-                   help="manifest.csv (default: embedded chembl-activity)")
+    _add_source(p, "manifest.csv (default: embedded chembl-activity)")
     p.add_argument("--out", default="",
                    help="report folder (default: reports/<timestamp>, linked as reports/latest)")
     p.add_argument("--config", default="", help="YAML config passed to every notebook")
@@ -152,8 +162,7 @@ def _add_notebooks(sub: argparse._SubParsersAction) -> None:
 def _add_doctor(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("doctor", help="find out why the model collapses: data and loss checks, "
                                       "an overfit test and ablations; ranked causes with fixes")
-    p.add_argument("--manifest", default="",
-                   help="manifest.csv (default: embedded chembl-activity)")
+    _add_source(p, "manifest.csv (default: embedded chembl-activity)")
     p.add_argument("--config", default="", help="your YAML config (run beside the runbook's)")
     p.add_argument("--json", default="", help="also write the report as JSON here")
     p.add_argument("--inject", default="", metavar="FAULT",
@@ -209,8 +218,8 @@ def _train_config(args: argparse.Namespace) -> Config:
         )
     cfg = _resume_config(args) if args.resume else load_config(args.config or None)
     overrides = {}
-    if args.manifest:
-        overrides["data.manifest"] = args.manifest
+    if args.manifest or args.dataset:  # a flag replaces the config's source, whichever it was
+        overrides["data.manifest"], overrides["data.dataset"] = args.manifest, args.dataset
     if args.on_error:
         overrides["data.on_error"] = args.on_error
     if args.allow_outside_root:
@@ -249,8 +258,9 @@ def _resume_config(args: argparse.Namespace) -> Config:
     if not Path(args.resume).is_file():
         raise FileNotFoundError(f"--resume {args.resume}: no such file (pass a run's last.pt)")
     cfg, specs = checkpoint_config(args.resume)
-    if args.config:  # the run's data stays the checkpoint's unless --manifest says otherwise
-        cfg = load_config(args.config, data__manifest=cfg.data.manifest)
+    if args.config:  # the run's data stays the checkpoint's unless a flag says otherwise
+        cfg = load_config(args.config, data__manifest=cfg.data.manifest,
+                          data__dataset=cfg.data.dataset)
     args.model = args.model or specs["model"]
     args.loss = args.loss or (specs["loss"] if specs["loss"] != "custom" else "")
     args.out = args.out or str(Path(args.resume).parent)
@@ -290,9 +300,11 @@ def _print_training(args: argparse.Namespace, res: TrainResult) -> None:
         print(f"distributed: {d['world_size']} processes ({d['backend']}), "
               f"{d['batch_size_per_process']} graphs per process and step")
     if s.get("dropped_rows"):
-        print(f"\ndropped {s['num_dropped_rows']} manifest row(s) with problems (--on-error skip):")
+        what = "graph(s)" if s["config"]["data"].get("dataset") else "manifest row(s)"
+        print(f"\ndropped {s['num_dropped_rows']} {what} with problems (--on-error skip):")
         for p in s["dropped_rows"]:
-            print(f"  line {p['line']}  id {p['id']}  {p['file']}: {p['problem']} [{p['code']}]")
+            where = f"line {p['line']}" if p.get("index") is None else f"index {p['index']}"
+            print(f"  {where}  id {p['id']}  {p['file']}: {p['problem']} [{p['code']}]")
     final = s["final"]
     print(
         f"\n{s['mode']} run {s['status']} after {s['epochs_run']} epochs in "
@@ -340,6 +352,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     res = evaluate_checkpoint(
         args.checkpoint,
         args.manifest or None,
+        dataset=args.dataset or None,
         split=args.split,
         model=args.model,
         model_kwargs=_model_kwargs(args, need_model=False) if args.model_kwargs else None,
@@ -359,22 +372,24 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_data(args: argparse.Namespace) -> int:
-    from gatrank.data import check_manifest
-    from gatrank.datasets import manifest_or_default
+    from gatrank.config import DataConfig
+    from gatrank.datasets import check_data
     from gatrank.io import write_json
 
-    manifest = manifest_or_default(args.manifest)
-    report = check_manifest(manifest, allow_outside_root=args.allow_outside_root)
+    report = check_data(DataConfig(manifest=args.manifest, dataset=args.dataset,
+                                   allow_outside_root=args.allow_outside_root))
     print(report.format_table())
     if args.json:
         write_json(args.json, report.to_dict())
     if report.ok:
         return 0
-    bad_lines = sorted({p.line for p in report.errors if p.line is not None})
-    skippable = report.summary["num_graphs"] > 0 and all(p.line for p in report.errors)
+    bad = sorted({p.line if p.line is not None else p.index for p in report.errors
+                  if p.per_graph})
+    skippable = report.summary["num_graphs"] > 0 and all(p.per_graph for p in report.errors)
     if args.on_error == "skip" and skippable:
-        print(f"\n--on-error skip: training would drop {len(bad_lines)} row(s) (lines "
-              f"{', '.join(map(str, bad_lines))}) and keep {report.summary['num_graphs']} graphs")
+        what = "graph(s) (indices" if args.dataset else "row(s) (lines"
+        print(f"\n--on-error skip: training would drop {len(bad)} {what} "
+              f"{', '.join(map(str, bad))}) and keep {report.summary['num_graphs']} graphs")
         return 0
     return EXIT_PROBLEMS
 
@@ -405,6 +420,7 @@ def _cmd_suite(args: argparse.Namespace) -> int:
     res = run_suite(
         args.manifest or None,
         args.out or None,
+        dataset=args.dataset or None,
         notebooks=[n.strip() for n in args.notebooks.split(",") if n.strip()] or None,
         notebooks_dir=args.notebooks_dir or None,
         params_dir=args.params_dir or None,
@@ -456,7 +472,8 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     config: Any = args.config or None
     if args.model_kwargs:
         config = load_config(config).updated({"model.kwargs": _model_kwargs(args)})
-    report = diagnose(manifest=args.manifest or None, config=config,
+    report = diagnose(manifest=args.manifest or None, dataset=args.dataset or None,
+                      config=config,
                       model=args.model or None, loss=args.loss or None,
                       inject=args.inject or None, options=opts, seed=args.seed)
     print(report.format_text())
@@ -520,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"gatrank {args.command}: {kind}:\n{exc}", file=sys.stderr)
         if args.command == "train" and isinstance(exc, DataError) and any(
-            p.line for p in exc.problems
+            p.per_graph for p in exc.problems
         ):
             print("to drop the bad rows and train on the rest: --on-error skip", file=sys.stderr)
         print("(run with --debug for the traceback)", file=sys.stderr)

@@ -58,7 +58,11 @@ def _check(cond: bool, key: str, value: Any, allowed: str) -> None:
 @dataclass
 class DataConfig:
     manifest: str = ""
-    """Path to manifest.csv; empty means the embedded default (chembl-activity)."""
+    """Path to manifest.csv; empty (and no ``dataset``) means the embedded default
+    (chembl-activity)."""
+    dataset: str = ""
+    """A PyG dataset instead of a manifest: ``package.module:name`` (a Dataset, a list of Data,
+    or a callable returning one) or a ``.pt`` file of them; exclusive with ``manifest``."""
     val_fraction: float = 0.1
     """Fraction of graphs held out for validation when the manifest has no ``split`` column."""
     test_fraction: float = 0.1
@@ -69,6 +73,11 @@ class DataConfig:
     """Allow ``path`` entries that leave the manifest's folder."""
 
     def __post_init__(self) -> None:
+        if self.manifest and self.dataset:
+            raise ConfigError(
+                f"config keys 'data.manifest' = {self.manifest!r} and 'data.dataset' = "
+                f"{self.dataset!r} are both set: give one source, a manifest.csv or a PyG "
+                "dataset (a --manifest or --dataset flag replaces the config's source)")
         _check(0.0 <= self.val_fraction < 1.0, "data.val_fraction", self.val_fraction, "[0, 1)")
         _check(0.0 <= self.test_fraction < 1.0, "data.test_fraction", self.test_fraction, "[0, 1)")
         _check(

@@ -1,4 +1,6 @@
-"""Embedded data sets that need no network, each written out as an ordinary manifest.
+"""Embedded data sets that need no network, each written out as an ordinary manifest; and the
+one place that turns a config's data source (a manifest, a PyG dataset, or neither: the
+embedded default) into graphs.
 
 The real sets come from files shipped inside RDKit's wheel; ``synthetic`` is generated with a
 planted, known signal. Writing them as ``manifest.csv`` means the embedded default goes through
@@ -7,6 +9,7 @@ exactly the loading path a user's own data takes.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -18,6 +21,9 @@ import pandas as pd
 import torch
 from torch_geometric.data import Data
 
+from gatrank.config import ConfigError, DataConfig
+from gatrank.data import CheckReport, GraphSet, check_dataset, check_manifest, load_dataset, \
+    load_graphs
 from gatrank.data.featurize import default_cache_dir
 
 # RDKit is imported inside the functions that read its files, on purpose: it is a heavy import
@@ -31,6 +37,9 @@ __all__ = [
     "write_dataset",
     "default_manifest",
     "manifest_or_default",
+    "with_source",
+    "load_data",
+    "check_data",
     "DEFAULT_DATASET",
 ]
 
@@ -221,3 +230,43 @@ def manifest_or_default(*candidates: str | Path | None) -> Path:
         if candidate:
             return Path(candidate)
     return default_manifest()
+
+
+def with_source(data: DataConfig, manifest: str | Path | None = None,
+                dataset: str | None = None) -> DataConfig:
+    """``data`` with its source replaced by ``manifest`` or ``dataset`` when one is given (a
+    ``--manifest`` / ``--dataset`` flag overrides the config's source, whichever it was).
+
+    Raises:
+        ConfigError: both are given.
+    """
+    if manifest and dataset:
+        raise ConfigError(f"give a manifest or a dataset, not both (manifest={str(manifest)!r}, "
+                          f"dataset={dataset!r})")
+    if manifest:
+        return dataclasses.replace(data, manifest=str(manifest), dataset="")
+    if dataset:
+        return dataclasses.replace(data, manifest="", dataset=str(dataset))
+    return data
+
+
+def load_data(data: DataConfig) -> GraphSet:
+    """The graphs ``data`` names: ``data.dataset`` (a PyG dataset), else ``data.manifest``, else
+    the embedded default; validated, with ``data.on_error`` and ``data.allow_outside_root``.
+
+    Raises:
+        DataError: every problem of the data (see :func:`gatrank.data.load_graphs`).
+    """
+    if data.dataset:
+        return load_dataset(data.dataset, on_error=data.on_error)
+    return load_graphs(manifest_or_default(data.manifest), on_error=data.on_error,
+                       allow_outside_root=data.allow_outside_root)
+
+
+def check_data(data: DataConfig) -> CheckReport:
+    """Every problem of the data ``data`` names (as :func:`load_data` picks it) and a summary;
+    never raises for data problems."""
+    if data.dataset:
+        return check_dataset(data.dataset)
+    return check_manifest(manifest_or_default(data.manifest),
+                          allow_outside_root=data.allow_outside_root)

@@ -13,8 +13,8 @@ import pandas as pd
 from torch import nn
 
 from gatrank.config import Config
-from gatrank.data import load_graphs, split_indices
-from gatrank.datasets import manifest_or_default
+from gatrank.data import split_indices
+from gatrank.datasets import load_data, with_source
 from gatrank.io import atomic_write_text, write_json
 from gatrank.metrics import grouped_metrics, ranking_metrics
 from gatrank.runtime import resolve_device
@@ -102,6 +102,7 @@ def evaluate_checkpoint(
     checkpoint: str | Path,
     manifest: str | Path | None = None,
     *,
+    dataset: str | None = None,
     split: str = "test",
     model: str = "",
     model_kwargs: dict[str, Any] | None = None,
@@ -110,9 +111,10 @@ def evaluate_checkpoint(
     baselines: bool = True,
     device: str = "",
 ) -> EvalResult:
-    """Score ``checkpoint`` on ``split`` (``train``/``val``/``test``/``all``) of ``manifest``.
+    """Score ``checkpoint`` on ``split`` (``train``/``val``/``test``/``all``) of ``manifest``
+    or ``dataset`` (a PyG dataset spec; default: the data the checkpoint trained on).
 
-    The split is recomputed exactly as training made it (same manifest, seed and fractions).
+    The split is recomputed exactly as training made it (same data, seed and fractions).
     ``device`` (``auto``/``cpu``/``cuda``) overrides the checkpoint's ``training.device``
     (default ``auto``: CUDA when present), for scoring and for the baselines trained beside it.
     With ``out_dir``: ``predictions.csv``, ``metrics.json`` and ``scatter.html`` (plotly.js
@@ -121,10 +123,7 @@ def evaluate_checkpoint(
     net, config, _ = load_checkpoint(checkpoint, model=model, model_kwargs=model_kwargs)
     if device:
         config = config.updated({"training.device": device})
-    manifest = manifest_or_default(manifest, config.data.manifest)
-    gs = load_graphs(
-        manifest, on_error=config.data.on_error, allow_outside_root=config.data.allow_outside_root
-    )
+    gs = load_data(with_source(config.data, manifest, dataset))
     if split == "all":
         idx = list(range(len(gs)))
         train_idx = idx
@@ -139,7 +138,7 @@ def evaluate_checkpoint(
             raise ValueError(f"unknown split {split!r}; use one of {sorted(splits)} or 'all'")
         idx, train_idx = splits[split], splits["train"]
         if not idx:
-            raise ValueError(f"split {split!r} of {manifest} is empty")
+            raise ValueError(f"split {split!r} of {gs.source} is empty")
     device = resolve_device(config.training.device)
     net = net.to(device)
     pred = predict(net, [gs[i] for i in idx], device)
@@ -168,11 +167,11 @@ def evaluate_checkpoint(
     result = EvalResult(metrics=metrics, baselines=base, predictions=preds, grouped=grouped,
                         split=split)
     if out_dir:
-        _write_eval(result, Path(out_dir), checkpoint, manifest)
+        _write_eval(result, Path(out_dir), checkpoint, gs)
     return result
 
 
-def _write_eval(result: EvalResult, out: Path, checkpoint, manifest) -> None:
+def _write_eval(result: EvalResult, out: Path, checkpoint, gs) -> None:
     # deferred on purpose: plotly (through gatrank.plots) is a heavy import, needed only here
     from gatrank.plots import scatter_pred_vs_true
 
@@ -182,7 +181,8 @@ def _write_eval(result: EvalResult, out: Path, checkpoint, manifest) -> None:
         out / "metrics.json",
         {
             "checkpoint": str(checkpoint),
-            "manifest": str(manifest),
+            "manifest": "" if gs.manifest is None else str(gs.manifest),
+            "dataset": gs.dataset,
             "split": result.split,
             "metrics": result.metrics,
             "baselines": result.baselines,

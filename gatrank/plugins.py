@@ -1,4 +1,4 @@
-"""Loading a user's own model or loss from an import string ``package.module:Name``."""
+"""Loading a user's own model, loss or dataset from an import string ``package.module:Name``."""
 
 from __future__ import annotations
 
@@ -8,11 +8,15 @@ from typing import Any
 __all__ = ["load_object"]
 
 
-def load_object(spec: str, *, what: str = "object") -> Any:
+def load_object(spec: str, *, what: str = "object", callable_only: bool = True) -> Any:
     """Import ``package.module:Name`` (``Name`` may be dotted, e.g. ``module:Class.factory``).
 
+    ``callable_only=False`` also returns objects that are not callable (a dataset instance, a
+    list of graphs).
+
     Raises:
-        ValueError: the string is malformed, the module cannot be imported or has no such name.
+        ValueError: the string is malformed, the module cannot be imported or has no such name,
+            or (with ``callable_only``) the object is not callable.
     """
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
@@ -34,7 +38,7 @@ def load_object(spec: str, *, what: str = "object") -> Any:
             raise ValueError(
                 f"{what} import string {spec!r}: module {module_name!r} has no attribute {attr!r}"
             ) from None
-    if not callable(obj):
+    if callable_only and not callable(obj):
         raise ValueError(
             f"{what} import string {spec!r} names {type(obj).__name__}, not a callable"
         )

@@ -1,12 +1,16 @@
-"""A user's own models and losses, loaded by import string in the tests
+"""A user's own models, losses and datasets, loaded by import string in the tests
 (``custom_plugins:Name``; pytest puts tests/ on the import path)."""
 
 from __future__ import annotations
 
+import pandas as pd
 import torch
 from torch import nn
+from torch_geometric.data import Data, Dataset, InMemoryDataset
 from torch_geometric.nn import GATConv, GCNConv, global_add_pool, global_mean_pool
 
+from gatrank.data import featurize_smiles
+from gatrank.datasets import default_manifest
 from gatrank.losses import pairwise_rank_loss
 
 
@@ -140,3 +144,78 @@ class EdgeAware(nn.Module):
     def forward(self, x, edge_index, edge_attr, batch, num_graphs: int) -> torch.Tensor:
         h = self.conv(x, edge_index, edge_attr).relu()
         return self.lin(global_mean_pool(h, batch, num_graphs)).squeeze(-1)
+# --------------------------------------------------------------------------- datasets
+# A user's own PyG data, named by --dataset custom_plugins:<name>.
+
+
+def hand_made_graphs(k: int = 6) -> list[Data]:
+    """``k`` small graphs built by hand: a path of 3 + i % 3 nodes, features that tell them
+    apart, y = i, ids g0, g1, ... (a function: called with no arguments by --dataset)."""
+    graphs = []
+    for i in range(k):
+        n = 3 + i % 3
+        src = torch.arange(n - 1)
+        x = torch.stack([torch.arange(n, dtype=torch.float32) / n,
+                         torch.full((n,), float(i))], dim=1)  # [n, 2]
+        graphs.append(Data(x=x, edge_index=torch.stack([torch.cat([src, src + 1]),
+                                                        torch.cat([src + 1, src])]),
+                           y=torch.tensor([float(i)]), id=f"g{i}"))
+    return graphs
+
+
+class HandMadeDataset(InMemoryDataset):
+    """An InMemoryDataset of :func:`hand_made_graphs`, kept in memory (no root folder)."""
+
+    def __init__(self, k: int = 6) -> None:
+        super().__init__(root=None)
+        self.data, self.slices = self.collate(hand_made_graphs(k))
+
+
+hand_made_list = hand_made_graphs()
+"""A plain list of Data."""
+
+hand_made_dataset = HandMadeDataset()
+"""A dataset instance (not callable)."""
+
+
+class ScaledGraphs(Dataset):
+    """A PyG ``Dataset`` (not in memory) whose graphs come from ``get`` through a
+    ``transform``; ``get(broken_at)`` raises, as a corrupt file on disk would."""
+
+    def __init__(self, broken_at: int = -1) -> None:
+        super().__init__(root=None, transform=lambda d: Data(x=d.x * 10, edge_index=d.edge_index,
+                                                              y=d.y, id=d.id))
+        self.graphs, self.broken_at = hand_made_graphs(), broken_at
+
+    def len(self) -> int:
+        return len(self.graphs)
+
+    def get(self, idx: int) -> Data:
+        if idx == self.broken_at:
+            raise OSError(f"graph file {idx} is truncated")
+        return self.graphs[idx]
+
+
+def scaled_with_a_broken_graph() -> ScaledGraphs:
+    return ScaledGraphs(broken_at=3)
+
+
+def broken_dataset() -> list[Data]:
+    """A dataset function with a bug in it."""
+    raise RuntimeError("the dataset's download folder is missing")
+
+
+class EmbeddedMolecules(InMemoryDataset):
+    """The first ``n`` molecules of gatrank's embedded chembl-activity data as a user would
+    build them: gatrank's featurizer for ``x``/``edge_attr``, ``y`` the activity, ``id`` and
+    ``smiles`` per graph."""
+
+    def __init__(self, n: int = 64) -> None:
+        super().__init__(root=None)
+        table = pd.read_csv(default_manifest(), dtype={"id": str}).head(n)
+        graphs = []
+        for gid, smi, y in zip(table["id"], table["smiles"], table["y"], strict=True):
+            g = featurize_smiles(smi)
+            g.y, g.id = torch.tensor([float(y)]), gid
+            graphs.append(g)
+        self.data, self.slices = self.collate(graphs)

@@ -78,7 +78,7 @@ def test_cli_resume_without_a_path_continues_outs_last_pt(data, capsys):
     assert _train(data, "run", "--epochs", "2") == 0
     assert main(["train", "--resume", "--out", str(data / "run"), "--epochs", "3",
                  "--no-progress", "--no-baseline", "-q"]) == 0
-    a, b = (safe_torch_load(data / d / "last.pt") for d in ("straight", "run"))
+    a, b = (read_checkpoint(data / d / "last.pt") for d in ("straight", "run"))
     assert a["epoch"] == b["epoch"] == 3
     for k, v in a["state_dict"].items():
         assert torch.equal(v, b["state_dict"][k]), k
@@ -218,7 +218,7 @@ def test_model_kwargs_train_and_eval_rebuild_the_same_model(data, capsys):
     kwargs = '{"hidden_channels": 6}'
     assert _train(data, "gcn", "--epochs", "2", "--model", "custom_plugins:PyGGCN",
                   "--model-kwargs", kwargs) == 0
-    ckpt = safe_torch_load(data / "gcn" / "best.pt")
+    ckpt = read_checkpoint(data / "gcn" / "best.pt")
     assert ckpt["config"]["model"]["kwargs"] == {"hidden_channels": 6}
     net, config, _ = load_checkpoint(data / "gcn" / "best.pt")
     assert isinstance(net, PyGGCN) and net.lin.in_features == 6 and net.lin.out_features == 1

@@ -130,3 +130,16 @@ def test_parse_model_kwargs_reads_a_json_object():
         parse_model_kwargs("[64]")
     with pytest.raises(ConfigError, match=r"needs --model package.module:Name.*'gat'"):
         parse_model_kwargs('{"a": 1}', model="")
+
+
+def test_a_manifest_and_a_dataset_together_are_refused(tmp_path):
+    p = tmp_path / "both.yaml"
+    p.write_text("data:\n  manifest: m.csv\n  dataset: mymod:ds\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(p)
+    assert "'data.manifest'" in str(err.value) and "'data.dataset'" in str(err.value)
+    assert "give one source" in str(err.value)
+    p.write_text("data:\n  dataset: mymod:ds\n")
+    cfg = load_config(p, data__manifest="m.csv", data__dataset="")  # overrides replace it
+    assert (cfg.data.manifest, cfg.data.dataset) == ("m.csv", "")
+

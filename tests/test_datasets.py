@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import gatrank.datasets as ds
+from gatrank.config import ConfigError, DataConfig
 from gatrank.data import load_graphs, read_manifest
 from gatrank.datasets import DATASETS, default_manifest, list_datasets, write_dataset
 
@@ -116,3 +117,32 @@ def test_default_manifest_is_written_once(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ds, "write_dataset", no_rewrite)
     assert default_manifest(cache_dir=tmp_path) == path
+
+
+def test_with_source_lets_a_flag_replace_the_configs_source():
+    base = DataConfig(manifest="m.csv", on_error="skip")
+    assert ds.with_source(base) is base
+    assert (ds.with_source(base, dataset="mod:ds").manifest,
+            ds.with_source(base, dataset="mod:ds").dataset) == ("", "mod:ds")
+    assert ds.with_source(base, dataset="mod:ds").on_error == "skip"
+    other = DataConfig(dataset="mod:ds")
+    assert (ds.with_source(other, "n.csv").manifest, ds.with_source(other, "n.csv").dataset) \
+        == ("n.csv", "")
+    with pytest.raises(ConfigError, match="not both"):
+        ds.with_source(base, "n.csv", "mod:ds")
+
+
+def test_load_and_check_data_read_the_source_the_config_names(tmp_path):
+    manifest = write_dataset("synthetic", tmp_path, n=8)
+    by_manifest = ds.load_data(DataConfig(manifest=str(manifest)))
+    torch.save(by_manifest.graphs, tmp_path / "graphs.pt")
+    by_dataset = ds.load_data(DataConfig(dataset=str(tmp_path / "graphs.pt")))
+    assert by_manifest.manifest == manifest and by_dataset.dataset == str(tmp_path / "graphs.pt")
+    # gatrank's own graphs saved as a dataset load back as they were (ids from gid)
+    assert by_dataset.table["id"].tolist() == by_manifest.table["id"].tolist()
+    assert all(torch.equal(a.x, b.x) for a, b in zip(by_manifest.graphs, by_dataset.graphs,
+                                                     strict=True))
+    assert ds.check_data(DataConfig(manifest=str(manifest))).summary["num_graphs"] == 8
+    report = ds.check_data(DataConfig(dataset=str(tmp_path / "graphs.pt")))
+    assert report.ok and report.summary["dataset"] == str(tmp_path / "graphs.pt")
+

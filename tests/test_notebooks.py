@@ -15,6 +15,7 @@ from pathlib import Path
 import nbformat
 import papermill
 import pytest
+import torch
 import yaml
 
 import gatrank.notebook
@@ -24,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 NB_DIR = ROOT / "notebooks"
 PARAMS_DIR = ROOT / "params"
 SANITIZE = Path(__file__).with_name("nbval_sanitize.cfg")
-COMMON = {"manifest": "str", "config": "str", "model": "str", "model_kwargs": "str", "loss": "str",
+COMMON = {"manifest": "str", "dataset": "str", "config": "str", "model": "str",
+          "model_kwargs": "str", "loss": "str",
           "seed": "int", "run_dir": "str"}
 RUNBOOK_CRITERIA = {"pairwise_accuracy", "spearman", "score_std", "grad_norm", "loss_decreasing"}
 RUNBOOK_RED_FLAGS = {"pairwise_accuracy_random", "spearman_none", "score_collapsed",
@@ -204,6 +206,26 @@ def test_overfit_notebook_shows_a_model_pooling_without_batch(tmp_path, tiny_man
     cell = next(c for c in nb.cells if "nb.train(" in c.source)
     shown = [o for o in cell.outputs if o.get("output_type") == "error"]
     assert shown and shown[0]["ename"] == "ScoreShapeError"
+
+
+@pytest.mark.slow
+def test_data_checks_notebook_on_a_dataset_file(tmp_path):
+    """01_data_checks with the ``dataset`` parameter: a .pt file of a user's PyG graphs (the
+    embedded molecules, featurized as a user would) passes as their manifest does."""
+    from custom_plugins import EmbeddedMolecules
+
+    ds = EmbeddedMolecules(n=64)
+    torch.save([ds[i] for i in range(len(ds))], tmp_path / "molecules.pt")
+    run_dir = tmp_path / "run"
+    papermill.execute_notebook(
+        str(NB_DIR / "01_data_checks.ipynb"), str(tmp_path / "01.ipynb"), cwd=str(NB_DIR),
+        progress_bar=False, kernel_manager_class=kernel_manager_class(),
+        parameters={"dataset": str(tmp_path / "molecules.pt"), "run_dir": str(run_dir)},
+    )
+    res = json.loads((run_dir / "01_data_checks.results.json").read_text())
+    assert (res["dataset"], res["manifest"]) == (str(tmp_path / "molecules.pt"), "")
+    assert res["num_graphs"] == 64 and res["label"] == "PASS", res["checks"]
+    assert res["metrics"]["num_rows"] == 64 and res["metrics"]["num_problems"] == 0
 
 
 def _with_verdict_oracle(name: str, folder: Path, expected: str = "") -> Path:

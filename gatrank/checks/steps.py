@@ -35,7 +35,7 @@ from gatrank.checks.static import (
 )
 from gatrank.checks.verdict import Check, runbook_check, summarize_checks
 from gatrank.config import Config
-from gatrank.data import CheckReport, GraphSet, check_manifest, split_indices
+from gatrank.data import CheckReport, GraphSet, check_dataset, check_manifest, split_indices
 from gatrank.losses import LN2, make_loss_fn
 from gatrank.model import build_model, reads_edge_attr, score_batch
 from gatrank.runtime import set_seed
@@ -107,7 +107,8 @@ class DataChecks:
     samples: pd.DataFrame
     """Per-sample table: id, y, split, group, num_nodes, num_edges, smiles/path."""
     problems: pd.DataFrame
-    """Every problem of the manifest (line, id, file, problem, fix, code)."""
+    """Every problem of the manifest (line, id, file, problem, fix, code; a dataset's: index in
+    place of line)."""
     features: pd.DataFrame
     duplicates: pd.DataFrame
     degrees: np.ndarray
@@ -170,23 +171,27 @@ def _data_rules(report: CheckReport, gs: GraphSet, feats: pd.DataFrame, pairs: n
 
 def data_checks(graphs: GraphSet, config: Config, report: CheckReport | None = None, *,
                 model: str = "") -> DataChecks:
-    """The runbook's Step 2B checks on loaded graphs and their manifest's check report.
+    """The runbook's Step 2B checks on loaded graphs and their manifest's (or dataset's) check
+    report.
 
     Args:
         graphs: a :class:`gatrank.data.GraphSet` (loaded with ``on_error="skip"`` so that a
             manifest with bad rows can still be inspected).
         config: batch size, eps and split settings come from here.
-        report: a :class:`gatrank.data.CheckReport` of ``graphs.manifest`` (computed if None).
+        report: a :class:`gatrank.data.CheckReport` of ``graphs.manifest`` or
+            ``graphs.dataset`` (computed if None).
         model: the model's import string; when its ``forward`` takes ``edge_attr``, graphs
             that differ only in edge features are not duplicates.
     """
     gs, cfg = graphs, config
     if report is None:
-        report = check_manifest(gs.manifest, allow_outside_root=cfg.data.allow_outside_root)
+        report = (check_dataset(gs.dataset) if gs.dataset else
+                  check_manifest(gs.manifest, allow_outside_root=cfg.data.allow_outside_root))
     problems = pd.DataFrame([asdict(p) for p in report.problems],
-                            columns=["line", "id", "file", "problem", "fix", "code"])
-    cols = [c for c in ("id", "y", "split", "group", "num_nodes", "num_edges", "smiles", "path")
-            if c in gs.table and gs.table[c].notna().any()]
+                            columns=["index" if gs.dataset else "line", "id", "file", "problem",
+                                     "fix", "code"])
+    cols = [c for c in ("index", "id", "y", "split", "group", "num_nodes", "num_edges", "smiles",
+                        "path") if c in gs.table and gs.table[c].notna().any()]
     feats = feature_table(gs.graphs)
     dups = duplicate_graphs(gs.graphs, gs.table, tie_eps=cfg.loss.tie_eps,
                             edge_features=reads_edge_attr(model))

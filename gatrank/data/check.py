@@ -1,4 +1,5 @@
-"""``check_manifest``: every problem of a manifest plus a summary of its valid graphs."""
+"""``check_manifest`` and ``check_dataset``: every problem of a manifest (or a PyG dataset) plus a
+summary of its valid graphs."""
 
 from __future__ import annotations
 
@@ -8,18 +9,19 @@ from typing import Any
 
 import numpy as np
 
-from gatrank.data.graphset import _assemble, _collect
+from gatrank.data.graphset import GraphSet, _assemble, _collect
 from gatrank.data.manifest import SPLITS
 from gatrank.data.problems import DataProblem, _format_problems
+from gatrank.data.pyg_dataset import _collect_dataset, _graphset
 
-__all__ = ["CheckReport", "check_manifest", "TIE_EPS"]
+__all__ = ["CheckReport", "check_manifest", "check_dataset", "TIE_EPS"]
 
 TIE_EPS = 1e-6
 
 
 @dataclass
 class CheckReport:
-    """Every problem of a manifest plus a summary of the graphs that are valid.
+    """Every problem of a manifest (or dataset) plus a summary of the graphs that are valid.
 
     ``ok`` is True when there are no error-level problems; warnings (``singleton_group``) are
     listed but do not make a manifest fail, matching what ``load_graphs`` accepts.
@@ -50,8 +52,8 @@ class CheckReport:
     def format_table(self) -> str:
         """The problems table and the summary, for the CLI."""
         s = self.summary
-        head = (f"{len(self.errors)} error(s), {len(self.warnings)} warning(s) in "
-                f"{s.get('manifest')}")
+        where = f"dataset {s['dataset']}" if "dataset" in s else s.get("manifest")
+        head = f"{len(self.errors)} error(s), {len(self.warnings)} warning(s) in {where}"
         out = [head, _format_problems(self.problems) if self.problems else "no problems found",
                "", "summary:"]
         for key, value in s.items():
@@ -87,6 +89,30 @@ def _tie_fraction(y: np.ndarray, groups: np.ndarray | None) -> float | None:
     return None if pairs == 0 else ties / pairs
 
 
+def _graph_summary(gs: GraphSet | None) -> dict[str, Any]:
+    """The summary's statistics of the valid graphs (None each without any)."""
+    summary: dict[str, Any] = {"num_graphs": 0, "num_features": None, "num_edge_features": None,
+                               "nodes": None, "edges": None, "y": None, "tie_fraction": None,
+                               "num_groups": None, "splits": None}
+    if gs is None:
+        return summary
+    t = gs.table
+    y = t["y"].to_numpy()
+    has_groups = t["group"].notna().any()
+    ea = gs.graphs[0].edge_attr if "edge_attr" in gs.graphs[0] else None
+    summary.update(
+        num_graphs=len(gs), num_features=gs.num_features,
+        num_edge_features=None if ea is None else int(ea.shape[1]),
+        nodes=_stats(t["num_nodes"].to_numpy()), edges=_stats(t["num_edges"].to_numpy()),
+        y=_stats(y, with_std=True),
+        tie_fraction=_tie_fraction(y, t["group"].to_numpy(dtype=str) if has_groups else None),
+        num_groups=int(t["group"].nunique()) if has_groups else None,
+        splits={s: int((t["split"] == s).sum()) for s in SPLITS}
+        if t["split"].notna().any() else None,
+    )
+    return summary
+
+
 def check_manifest(path: str | Path, *, allow_outside_root: bool = False,
                    cache_dir: str | Path | None = None) -> CheckReport:
     """Validate a manifest and its graphs; never raises for data problems, collects them all.
@@ -98,25 +124,21 @@ def check_manifest(path: str | Path, *, allow_outside_root: bool = False,
     """
     col = _collect(path, allow_outside_root, cache_dir, None)
     table = col.parsed.table
-    summary: dict[str, Any] = {"manifest": str(col.parsed.manifest),
-                               "num_rows": 0 if table is None else len(table), "num_graphs": 0,
-                               "num_features": None, "num_edge_features": None, "nodes": None,
-                               "edges": None, "y": None, "tie_fraction": None,
-                               "num_groups": None, "splits": None}
-    if table is not None and col.keep:
-        gs = _assemble(col, [])
-        t = gs.table
-        y = t["y"].to_numpy()
-        has_groups = t["group"].notna().any()
-        ea = gs.graphs[0].edge_attr if "edge_attr" in gs.graphs[0] else None
-        summary.update(
-            num_graphs=len(gs), num_features=gs.num_features,
-            num_edge_features=None if ea is None else int(ea.shape[1]),
-            nodes=_stats(t["num_nodes"].to_numpy()), edges=_stats(t["num_edges"].to_numpy()),
-            y=_stats(y, with_std=True),
-            tie_fraction=_tie_fraction(y, t["group"].to_numpy(dtype=str) if has_groups else None),
-            num_groups=int(t["group"].nunique()) if has_groups else None,
-            splits={s: int((t["split"] == s).sum()) for s in SPLITS}
-            if t["split"].notna().any() else None,
-        )
-    return CheckReport(col.problems, summary)
+    gs = _assemble(col, []) if table is not None and col.keep else None
+    return CheckReport(col.problems, {"manifest": str(col.parsed.manifest),
+                                      "num_rows": 0 if table is None else len(table),
+                                      **_graph_summary(gs)})
+
+
+def check_dataset(spec: str) -> CheckReport:
+    """Validate a PyG dataset (``package.module:name`` or a ``.pt`` path, see
+    :mod:`gatrank.data.pyg_dataset`); never raises for data problems, collects them all, each
+    naming the graph's ``index`` and id.
+
+    Summary: as :func:`check_manifest`'s, with ``dataset`` (the spec) in place of ``manifest``
+    and ``num_rows`` the number of items in the dataset.
+    """
+    col = _collect_dataset(spec)
+    gs = _graphset(col, []) if col.keep else None
+    return CheckReport(col.problems, {"dataset": spec, "num_rows": col.num_items,
+                                      **_graph_summary(gs)})

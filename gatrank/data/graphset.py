@@ -33,18 +33,26 @@ __all__ = ["GraphSet", "load_graphs"]
 
 @dataclass
 class GraphSet:
-    """Validated graphs of a manifest, in manifest order, with their table rows.
+    """Validated graphs of a manifest (or a PyG dataset), in its order, with their table rows.
 
     ``table`` columns: id, y, split, group, smiles, path, line, num_nodes, num_edges (one row per
-    graph, aligned with ``graphs``). ``dropped`` holds the problems of rows dropped under
-    ``on_error="skip"``.
+    graph, aligned with ``graphs``); a dataset's table has ``line`` and ``path`` None and an
+    ``index`` column (the graph's position in the dataset). ``dropped`` holds the problems of
+    rows dropped under ``on_error="skip"``. ``manifest`` is None and ``dataset`` the spec
+    (``package.module:name`` or a ``.pt`` path) for graphs read from a dataset.
     """
 
     graphs: list[Data]
     table: pd.DataFrame
     num_features: int
-    manifest: Path
+    manifest: Path | None
     dropped: list[DataProblem] = field(default_factory=list)
+    dataset: str = ""
+
+    @property
+    def source(self) -> str:
+        """Where the graphs came from, for messages: ``dataset SPEC`` or the manifest path."""
+        return f"dataset {self.dataset}" if self.dataset else str(self.manifest)
 
     def __len__(self) -> int:
         return len(self.graphs)
@@ -74,7 +82,7 @@ class GraphSet:
             g.idx = torch.tensor([new], dtype=torch.long)
             graphs.append(g)
         return GraphSet(graphs, self.table.iloc[idx].reset_index(drop=True), self.num_features,
-                        self.manifest, list(self.dropped))
+                        self.manifest, list(self.dropped), self.dataset)
 
 
 @dataclass
@@ -185,6 +193,16 @@ def _load_files(paths: list[str | None], ok_rows: list[int], root: Path,
 def _check_widths(table: pd.DataFrame, tensors: dict[int, tuple[Tensor, Tensor, Tensor | None]],
                   manifest: Path, problems: list[DataProblem]) -> None:
     """Every graph must share the majority node (and edge) feature width; report the others."""
+    for i, code, problem, fix in _width_problems(tensors):
+        problems.append(DataProblem(int(table.at[i, "line"]), table.at[i, "id"],
+                                    table.at[i, "path"] or str(manifest), problem, fix, code))
+
+
+def _width_problems(tensors: dict[int, tuple[Tensor, Tensor, Tensor | None]], noun: str = "row"
+                    ) -> list[tuple[int, str, str, str]]:
+    """``(position, code, problem, fix)`` of every graph whose node (or edge) feature width is
+    not the majority's; the fix says to remove the ``noun`` (a manifest row, a graph)."""
+    out = []
     for kind, width_of in (("node", lambda t: t[0].shape[1]),
                            ("edge", lambda t: None if t[2] is None else t[2].shape[1])):
         widths = {i: width_of(t) for i, t in tensors.items()}
@@ -193,17 +211,14 @@ def _check_widths(table: pd.DataFrame, tensors: dict[int, tuple[Tensor, Tensor, 
             continue
         major, n_major = counts.most_common(1)[0]
         major_txt = "none" if major is None else str(major)
-        for i, w in widths.items():
-            if w == major:
-                continue
-            src = table.at[i, "path"] or str(manifest)
-            code = "feature_width_mismatch" if kind == "node" else "edge_feature_width_mismatch"
-            problems.append(DataProblem(
-                int(table.at[i, "line"]), table.at[i, "id"], src,
-                f"{kind} features have {'no' if w is None else w} columns but {n_major} of "
-                f"{len(widths)} graphs have {major_txt} (the majority width)",
-                f"give every graph the same {kind} feature columns ({major_txt} here), or "
-                "remove this row", code))
+        code = "feature_width_mismatch" if kind == "node" else "edge_feature_width_mismatch"
+        out += [(i, code,
+                 f"{kind} features have {'no' if w is None else w} columns but {n_major} of "
+                 f"{len(widths)} graphs have {major_txt} (the majority width)",
+                 f"give every graph the same {kind} feature columns ({major_txt} here), or "
+                 f"remove this {noun}")
+                for i, w in widths.items() if w != major]
+    return out
 
 
 @contextmanager
@@ -258,7 +273,13 @@ def _assemble(col: _Collected, dropped: list[DataProblem]) -> GraphSet:
     parsed = col.parsed
     assert parsed.table is not None
     table = parsed.table.iloc[col.keep].reset_index(drop=True)
-    items = [col.tensors[i] for i in col.keep]
+    return _build(table, [col.tensors[i] for i in col.keep], parsed.manifest, dropped)
+
+
+def _build(table: pd.DataFrame, items: list[tuple[Tensor, Tensor, Tensor | None]],
+           manifest: Path | None, dropped: list[DataProblem], dataset: str = "") -> GraphSet:
+    """The GraphSet of validated ``(x, edge_index, edge_attr)`` and their table rows (id, y,
+    split, group, smiles, ...), aligned; ``table`` gains num_nodes and num_edges."""
     table["num_nodes"] = [t[0].shape[0] for t in items]
     table["num_edges"] = [t[1].shape[1] for t in items]
     has_groups = table["group"].notna().any()
@@ -275,7 +296,7 @@ def _assemble(col: _Collected, dropped: list[DataProblem]) -> GraphSet:
         if ea is not None:
             attrs["edge_attr"] = ea
         graphs.append(_make_data(attrs))
-    return GraphSet(graphs, table, int(items[0][0].shape[1]), parsed.manifest, dropped)
+    return GraphSet(graphs, table, int(items[0][0].shape[1]), manifest, dropped, dataset)
 
 
 def load_graphs(path: str | Path, *, on_error: str = "raise", allow_outside_root: bool = False,

@@ -232,19 +232,31 @@ def _check_split(raw: str | None, found: list[_Found]) -> str | None:
     return raw
 
 
+def _noun(row: dict[str, Any]) -> str:
+    """What a row is, for messages: a manifest row, or a graph of a dataset (no ``line``)."""
+    return "row" if row.get("line") is not None else "graph"
+
+
+def _place(row: dict[str, Any]) -> str:
+    """Where a row is, for messages: its manifest line, or a dataset graph's index."""
+    return f"line {row['line']}" if row.get("line") is not None else f"graph {row['index']}"
+
+
 def _duplicate_ids(rows: list[dict[str, Any]], mfile: str) -> list[DataProblem]:
-    """Every row whose id an earlier row already has (the first one is kept)."""
+    """Every row whose id an earlier row already has (the first one is kept). Rows of a
+    dataset carry ``index`` instead of ``line``."""
     problems: list[DataProblem] = []
-    first_line: dict[str, int] = {}
+    first: dict[str, dict[str, Any]] = {}
     for row in rows:
-        if row["id"] in first_line:
+        if row["id"] in first:
             problems.append(DataProblem(
                 row["line"], row["id"], mfile,
-                f"id {row['id']!r} is already used on line {first_line[row['id']]}",
-                "give every row a unique id (the first row with this id is kept)",
-                "duplicate_id"))
+                f"id {row['id']!r} is already used on {_place(first[row['id']])}",
+                f"give every {_noun(row)} a unique id (the first {_noun(row)} with this id is "
+                "kept)",
+                "duplicate_id", row.get("index")))
         else:
-            first_line[row["id"]] = row["line"]
+            first[row["id"]] = row
     return problems
 
 
@@ -252,9 +264,10 @@ def _singleton_groups(rows: list[dict[str, Any]], mfile: str) -> list[DataProble
     """Warnings for groups of one row: they form no ranking pairs."""
     members = Counter(r["group"] for r in rows if r["group"] is not None)
     return [DataProblem(row["line"], row["id"], mfile,
-                        f"group {row['group']!r} has only this row, so it forms no ranking pairs",
+                        f"group {row['group']!r} has only this {_noun(row)}, so it forms no "
+                        "ranking pairs",
                         "add more graphs to the group, or merge it into another group",
-                        "singleton_group")
+                        "singleton_group", row.get("index"))
             for row in rows if row["group"] is not None and members[row["group"]] == 1]
 
 

@@ -93,7 +93,7 @@ def _with_graphs(gs, graphs: list, y: np.ndarray | None = None):
     table = gs.table.copy()
     if y is not None:
         table["y"] = y
-    return type(gs)(graphs, table, gs.num_features, gs.manifest, list(gs.dropped))
+    return type(gs)(graphs, table, gs.num_features, gs.manifest, list(gs.dropped), gs.dataset)
 
 
 def _every(gs, k: int, seed: int) -> set[int]:

@@ -2,7 +2,8 @@
 
 Stages, in order, stopping as soon as the answer is clear:
 
-1. **data**: every manifest problem (or, for graphs in memory, NaN/Inf and empty graphs);
+1. **data**: every manifest (or dataset) problem (or, for graphs in memory, NaN/Inf and empty
+   graphs);
    targets that do not vary; valid pairs under the configured ``tie_eps``/``margin_eps`` and
    batch size; node features that cannot tell graphs apart.
 2. **loss**: the runbook's loss tests on synthetic scores: a gradient reaches the scores, the
@@ -42,8 +43,7 @@ from torch import nn
 from gatrank.checks.static import check_graphs
 from gatrank.checks.verdict import THRESHOLDS, evaluate_verdict
 from gatrank.config import Config, load_config
-from gatrank.data import check_manifest, load_graphs
-from gatrank.datasets import manifest_or_default
+from gatrank.datasets import check_data, load_data, with_source
 from gatrank.doctor.ablations import overfit_ablations, user_ablations
 from gatrank.doctor.faults import Fault
 from gatrank.doctor.faults import inject as inject_fault
@@ -129,17 +129,17 @@ def _config_diff(user: Config, runbook: Config) -> list[dict[str, Any]]:
     return out
 
 
-def _load(graphs, manifest, cfg: Config) -> tuple[Any, list, list, str]:
+def _load(graphs, manifest, dataset, cfg: Config) -> tuple[Any, list, list, str]:
     """(GraphSet or None, problems that count, rows dropped, where the graphs came from)."""
     if graphs is not None:
         return graphs, check_graphs(graphs.graphs), [], "in-memory graphs"
-    path = manifest_or_default(manifest, cfg.data.manifest)
-    report = check_manifest(path, allow_outside_root=cfg.data.allow_outside_root)
-    if report.errors and cfg.data.on_error == "raise":
-        return None, report.problems, [], str(path)
-    gs = load_graphs(path, on_error=cfg.data.on_error,
-                     allow_outside_root=cfg.data.allow_outside_root)
-    return gs, check_graphs(gs.graphs), list(gs.dropped), str(path)
+    data = with_source(cfg.data, manifest, dataset)
+    report = check_data(data)
+    source = f"dataset {data.dataset}" if data.dataset else str(report.summary["manifest"])
+    if report.errors and data.on_error == "raise":
+        return None, report.problems, [], source
+    gs = load_data(data)
+    return gs, check_graphs(gs.graphs), list(gs.dropped), source
 
 
 def _setup(source: str, gs, model, loss, seed: int, fault: Fault | None) -> dict[str, Any]:
@@ -157,6 +157,7 @@ def diagnose(
     graphs=None,
     *,
     manifest: str | Path | None = None,
+    dataset: str | None = None,
     config: Config | str | Path | None = None,
     model: str | Callable[[int], nn.Module] | nn.Module | None = None,
     loss: str | Callable | None = None,
@@ -170,6 +171,8 @@ def diagnose(
         graphs: a :class:`gatrank.data.GraphSet` already in memory (validated here too);
             default: load ``manifest``.
         manifest: manifest.csv; default ``config.data.manifest`` or the embedded default.
+        dataset: a PyG dataset instead (``package.module:name`` or a ``.pt`` file; see
+            :mod:`gatrank.data.pyg_dataset`); default ``config.data.dataset``.
         config: a :class:`~gatrank.config.Config` or a YAML path (default: the defaults).
         model: ``None``/``"gat"`` for gatrank's GATRanker, ``"linear"``, an import string
             ``package.module:Name``, a factory ``in_channels -> nn.Module`` or a module (copied
@@ -188,12 +191,12 @@ def diagnose(
     seed = cfg.training.seed if seed is None else seed
     threads = opts.num_threads if opts.num_threads is not None else cfg.training.cpu_threads
     with torch_threads(threads):
-        gs, problems, dropped, source = _load(graphs, manifest, cfg)
+        gs, problems, dropped, source = _load(graphs, manifest, dataset, cfg)
         model_edit = None
         fault = None
         if inject:
             if gs is None:
-                raise ValueError(f"cannot inject {inject!r}: the manifest {source} has problems; "
+                raise ValueError(f"cannot inject {inject!r}: the data {source} has problems; "
                                  "run without --inject or fix the data first")
             inj = inject_fault(inject, gs, cfg, loss, seed=seed)
             gs, cfg, loss, model_edit, fault = (inj.graphs, inj.config, inj.loss,

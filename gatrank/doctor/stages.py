@@ -51,7 +51,7 @@ def data_stage(doc: Diagnosis, problems: Sequence, dropped: Sequence) -> bool:
     t0 = time.perf_counter()
     counted = _problem_causes(doc, problems)
     if dropped:
-        doc.notes.append(f"{len(dropped)} manifest row(s) were dropped under "
+        doc.notes.append(f"{len(dropped)} manifest row(s) or graph(s) were dropped under "
                          "data.on_error=skip; they are not part of this diagnosis")
     summary: dict[str, Any] = {"graphs": 0 if doc.gs is None else len(doc.gs),
                                "problems": counted}
@@ -73,7 +73,8 @@ def _problem_causes(doc: Diagnosis, problems: Sequence) -> int:
             by_code.setdefault(p.code, []).append(p)
     for code, items in by_code.items():
         cid = _PROBLEM_CAUSE.get(code, "invalid_data")
-        where = ", ".join(f"{p.id}" + (f" (line {p.line})" if p.line else "")
+        where = ", ".join(f"{p.id}" + (f" (line {p.line})" if p.line else
+                                       f" (index {p.index})" if p.index is not None else "")
                           for p in items[:5])
         more = f" and {len(items) - 5} more" if len(items) > 5 else ""
         doc.cause(cid, f"{len(items)} graph(s) with {code}: {items[0].problem} — {where}"

@@ -16,6 +16,7 @@ from gatrank.checks.steps import (
 from gatrank.checks.verdict import THRESHOLDS, evaluate_verdict
 from gatrank.config import overfit_config
 from gatrank.data import check_manifest
+from gatrank.datasets import check_data
 from gatrank.doctor import diagnose_history
 from gatrank.evaluate import evaluate_checkpoint
 from gatrank.losses import LN2
@@ -100,6 +101,7 @@ __all__ = [
     "eval_results",
     # re-exported from where they live
     "check_manifest",
+    "check_data",
     "data_checks",
     "loss_tests",
     "loss_gap_curves",

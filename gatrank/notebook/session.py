@@ -1,8 +1,9 @@
 """A notebook's run: its resolved parameters, loaded graphs and recorded results.
 
-:func:`start` resolves a notebook's common parameters (manifest, config, model, loss, seed, run
-folder), loads the graphs and returns a :class:`NotebookRun`, whose :meth:`~NotebookRun.record`
-writes ``<run_dir>/<notebook>.results.json`` (what ``gatrank suite`` reads).
+:func:`start` resolves a notebook's common parameters (manifest or dataset, config, model, loss,
+seed, run folder), loads the graphs and returns a :class:`NotebookRun`, whose
+:meth:`~NotebookRun.record` writes ``<run_dir>/<notebook>.results.json`` (what ``gatrank suite``
+reads).
 
 Run folder: the ``run_dir`` parameter, else ``$GATRANK_RUN_DIR``, else ``reports/interactive``
 in the project (the folder holding ``notebooks/`` and ``params/``), else ``./gatrank-reports``.
@@ -27,8 +28,8 @@ import torch
 from gatrank.checks.steps import summarize_checks
 from gatrank.checks.verdict import Check
 from gatrank.config import Config, load_config, parse_model_kwargs
-from gatrank.data import load_graphs
-from gatrank.datasets import default_manifest
+from gatrank.data import is_dataset_file
+from gatrank.datasets import default_manifest, load_data, with_source
 from gatrank.io import write_json
 from gatrank.notebook.display import setup
 from gatrank.notebook.results import check_dicts
@@ -141,11 +142,20 @@ class NotebookRun:
     config: Config
     graphs: Any
     """A :class:`gatrank.data.GraphSet`."""
-    manifest: Path
+    manifest: Path | None
+    """The manifest the graphs came from; None for a dataset."""
     model: str
     loss: str
     seed: int
     started: float = field(default_factory=time.perf_counter)
+    dataset: str = ""
+    """The PyG dataset the graphs came from (``package.module:name`` or an absolute ``.pt``
+    path); empty for a manifest."""
+
+    @property
+    def source_args(self) -> str:
+        """The command-line flag naming this run's data: ``--dataset SPEC`` or ``--manifest M``."""
+        return f"--dataset {self.dataset}" if self.dataset else f"--manifest {self.manifest}"
 
     @property
     def out_dir(self) -> Path:
@@ -162,7 +172,7 @@ class NotebookRun:
 
         ``checks``: check dicts and a verdict's :class:`~gatrank.checks.verdict.Check` objects,
         recorded as dicts. Keys: notebook, step, passed, label, checks, duration_s, manifest,
-        num_graphs, seed, model, loss, created, python (the kernel's interpreter), plus
+        dataset, num_graphs, seed, model, loss, created, python (the kernel's interpreter), plus
         ``results`` (e.g. ``metrics``, ``verdict``).
         """
         checks = check_dicts(checks)
@@ -174,7 +184,8 @@ class NotebookRun:
             "label": label,
             "checks": checks,
             "duration_s": round(time.perf_counter() - self.started, 2),
-            "manifest": str(self.manifest),
+            "manifest": "" if self.manifest is None else str(self.manifest),
+            "dataset": self.dataset,
             "num_graphs": len(self.graphs),
             "seed": self.seed,
             "model": self.model or "gat",
@@ -192,6 +203,7 @@ def start(
     name: str,
     *,
     manifest: str = "",
+    dataset: str = "",
     config: str = "",
     model: str = "",
     loss: str = "",
@@ -205,7 +217,10 @@ def start(
 
     Args:
         name: the notebook's stem, e.g. ``03_overfit`` (names the results file).
-        manifest: a manifest.csv; empty = the embedded default (chembl-activity).
+        manifest: a manifest.csv; empty = the config's data source, else the embedded default
+            (chembl-activity).
+        dataset: a PyG dataset instead (``package.module:name`` or a ``.pt`` file, see
+            :mod:`gatrank.data.pyg_dataset`); exclusive with ``manifest``.
         config: a YAML config; empty = ``default_config`` if it exists, else the defaults.
         model, loss: import strings ``package.module:Name`` (empty: gatrank's own).
         model_kwargs: the model's other constructor arguments, a JSON object (or a mapping);
@@ -215,14 +230,23 @@ def start(
     """
     setup()
     cfg = resolve_config(config, default=default_config, seed=seed)
-    path = resolve_path(manifest, what="manifest") if manifest else default_manifest()
-    cfg = cfg.updated({"data.manifest": str(path), "data.on_error": on_error})
+    data = with_source(cfg.data, manifest, dataset)  # the parameters win over the config
+    if data.dataset:
+        spec = (str(resolve_path(data.dataset, what="dataset file"))
+                if is_dataset_file(data.dataset) else data.dataset)
+        cfg = cfg.updated({"data.manifest": "", "data.dataset": spec, "data.on_error": on_error})
+    else:
+        path = (resolve_path(data.manifest, what="manifest") if data.manifest
+                else default_manifest())
+        cfg = cfg.updated({"data.manifest": str(path), "data.dataset": "",
+                           "data.on_error": on_error})
     kwargs = parse_model_kwargs(model_kwargs, source="model_kwargs")
     if kwargs:
         cfg = cfg.updated({"model.kwargs": kwargs})
-    gs = load_graphs(path, on_error=on_error, allow_outside_root=cfg.data.allow_outside_root)
+    gs = load_data(cfg.data)
     return NotebookRun(name=name, run_dir=resolve_run_dir(run_dir), config=cfg, graphs=gs,
-                       manifest=path, model=model, loss=loss, seed=int(seed))
+                       manifest=gs.manifest, model=model, loss=loss, seed=int(seed),
+                       dataset=gs.dataset)
 
 
 def checkpoint_for_eval(run: NotebookRun, checkpoint: str = "", *,

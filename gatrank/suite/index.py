@@ -43,6 +43,13 @@ def _fmt(v: Any) -> str:
     return html.escape(str(v))
 
 
+def _source(summary: Mapping[str, Any]) -> str:
+    """The run's data for the header line: ``dataset SPEC`` or ``manifest PATH``."""
+    if summary.get("dataset"):
+        return f"dataset {html.escape(str(summary['dataset']))}"
+    return f"manifest {html.escape(str(summary['manifest']))}"
+
+
 def _check_result(c: Mapping[str, Any]) -> str:
     if c["kind"] == "pass":
         return _badge("PASS") if c["ok"] else _badge("FAIL")
@@ -95,7 +102,7 @@ def render_index(summary: Mapping[str, Any]) -> str:
 <title>gatrank suite: {e(summary['status'])}</title><style>{_CSS}</style></head>
 <body>
 <h1>gatrank suite {_badge(summary['status'])}</h1>
-<p class="meta">{e(summary['created'])} &middot; manifest {e(str(summary['manifest']))}
+<p class="meta">{e(summary['created'])} &middot; {_source(summary)}
 &middot; {summary['duration_s']:.1f} s &middot; gatrank {e(summary['gatrank'])}</p>
 <h2>Notebooks</h2>
 <table><thead><tr><th>#</th><th>notebook</th><th>runbook step</th><th>status</th>

@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from gatrank import __version__
+from gatrank.data import is_dataset_file
 from gatrank.io import atomic_write_text, write_json
 from gatrank.notebook.session import STEPS
 from gatrank.project import NOTEBOOKS, notebook_folders, project_root
@@ -169,6 +170,7 @@ def run_suite(
     manifest: str | Path | None = None,
     out_dir: str | Path | None = None,
     *,
+    dataset: str | None = None,
     notebooks: Sequence[str] | None = None,
     notebooks_dir: str | Path | None = None,
     params_dir: str | Path | None = None,
@@ -181,6 +183,8 @@ def run_suite(
 
     Args:
         manifest: passed to every notebook (``None``: the embedded default).
+        dataset: a PyG dataset passed to every notebook instead of ``manifest``
+            (``package.module:name``, importable by the kernels, or a ``.pt`` file).
         out_dir: the report folder; default :func:`default_out_dir` (and ``reports/latest``
             then points at it).
         notebooks: names (stems) to run, in :data:`NOTEBOOKS` order; default all five.
@@ -197,7 +201,7 @@ def run_suite(
     nb_dir, p_dir, names = _notebooks_to_run(notebooks, notebooks_dir, params_dir)
     out = (Path(out_dir) if out_dir else default_out_dir()).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    overrides = _overrides(manifest, parameters, out)
+    overrides = _overrides(manifest, dataset, parameters, out)
     env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {}
     results: list[NotebookResult] = []
     with environ(env):
@@ -242,13 +246,22 @@ def _notebooks_to_run(notebooks: Sequence[str] | None, notebooks_dir: str | Path
     return nb_dir, p_dir, names
 
 
-def _overrides(manifest: str | Path | None, parameters: Mapping[str, Any] | None,
-               out: Path) -> dict[str, Any]:
-    """The parameters every notebook gets: ``parameters``, the manifest and config as absolute
-    paths (the kernels run in the notebook folder), and ``run_dir`` = the report folder."""
+def _overrides(manifest: str | Path | None, dataset: str | None,
+               parameters: Mapping[str, Any] | None, out: Path) -> dict[str, Any]:
+    """The parameters every notebook gets: ``parameters``, the manifest (or the dataset, the
+    other one emptied) and config as absolute paths (the kernels run in the notebook folder),
+    and ``run_dir`` = the report folder."""
+    if manifest and dataset:
+        raise ValueError(f"give a manifest or a dataset, not both (manifest={str(manifest)!r}, "
+                         f"dataset={dataset!r})")
     overrides: dict[str, Any] = dict(parameters or {})
     if manifest:
         overrides["manifest"] = str(Path(manifest).expanduser().resolve())
+        overrides["dataset"] = ""
+    if dataset:
+        overrides["dataset"] = (str(Path(dataset).expanduser().resolve())
+                                if is_dataset_file(dataset) else dataset)
+        overrides["manifest"] = ""
     if overrides.get("config"):
         overrides["config"] = str(Path(overrides["config"]).expanduser().resolve())
     overrides["run_dir"] = str(out)
@@ -280,7 +293,9 @@ def _summary(results: Sequence[NotebookResult], out: Path, overrides: Mapping[st
         "gatrank": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "out_dir": str(out),
-        "manifest": overrides.get("manifest", "") or "(embedded default: chembl-activity)",
+        "manifest": overrides.get("manifest", "") or ("" if overrides.get("dataset") else
+                                                     "(embedded default: chembl-activity)"),
+        "dataset": overrides.get("dataset", ""),
         "status": "PASS" if all(r.ok for r in results) else "FAIL",
         "duration_s": duration,
         "threads": threads,

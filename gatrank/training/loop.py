@@ -115,8 +115,8 @@ def train(
 
     Args:
         config: the run's configuration; ``training.overfit_n > 0`` selects overfit mode.
-        graphs: a :class:`gatrank.data.GraphSet`; default: load ``config.data.manifest`` (or the
-            embedded default).
+        graphs: a :class:`gatrank.data.GraphSet`; default: load ``config.data.dataset`` or
+            ``config.data.manifest`` (or the embedded default).
         model: ``None``/``"gat"``/``"linear"``/an import string, a factory ``in_channels ->
             nn.Module``, or a module instance.
         loss: ``None`` for gatrank's loss, or a user loss (import string or callable).
@@ -308,7 +308,7 @@ def _summary(
         "split_sizes": {k: len(v) for k, v in s.splits.items()},
         "skipped_steps": st.skipped_steps,
         "resumed_from": str(resume) if resume else None,
-        "num_dropped_rows": len({(p.line, p.id) for p in dropped}),
+        "num_dropped_rows": len({(p.line, p.index, p.id) for p in dropped}),
         "dropped_rows": [vars(p) for p in dropped],
         "final": st.history[-1] if st.history else {},
         "best_epoch": st.best_epoch if s.val_set else st.epoch,

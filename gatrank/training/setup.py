@@ -21,8 +21,8 @@ from torch_geometric.loader import DataLoader
 
 import gatrank.training.distributed as dist_
 from gatrank.config import Config, TrainingConfig
-from gatrank.data import GraphSet, load_graphs, split_indices
-from gatrank.datasets import manifest_or_default
+from gatrank.data import GraphSet, split_indices
+from gatrank.datasets import load_data
 from gatrank.losses import LossFn, make_loss_fn
 from gatrank.model import GATRanker, LinearBaseline, adapt_forward, build_model
 from gatrank.runtime import resolve_device, set_seed
@@ -150,11 +150,7 @@ def _load_graphs(config: Config, graphs: GraphSet | None, di: dist_.DistInfo) ->
     if di.enabled and not di.is_main:
         dist_.barrier()  # rank 0 loads first and fills the SMILES cache; the others read it
     if graphs is None:
-        graphs = load_graphs(
-            manifest_or_default(config.data.manifest),
-            on_error=config.data.on_error,
-            allow_outside_root=config.data.allow_outside_root,
-        )
+        graphs = load_data(config.data)
     if di.enabled and di.is_main:
         dist_.barrier()
     return graphs

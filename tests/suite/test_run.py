@@ -18,7 +18,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from gatrank.cli import main
 from gatrank.datasets import write_dataset
-from gatrank.suite.run import run_suite
+from gatrank.suite.run import _overrides, run_suite
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -120,3 +120,16 @@ def test_notebook_failing_on_bad_data_is_reported_and_the_rest_kept(tmp_path, ca
     # the other notebook's reports are all there
     for name in ("02_loss_tests.ipynb", "02_loss_tests.html", "02_loss_tests.results.json"):
         assert (out / name).stat().st_size > 0, name
+
+
+def test_a_dataset_replaces_the_params_files_manifest(tmp_path, monkeypatch):
+    """Every notebook gets the dataset (a file made absolute) and an empty manifest, so a
+    params file's manifest cannot make both set; both at once are refused."""
+    monkeypatch.chdir(tmp_path)
+    over = _overrides(None, "graphs.pt", {"seed": 1}, tmp_path / "out")
+    assert over["dataset"] == str(tmp_path / "graphs.pt") and over["manifest"] == ""
+    assert _overrides(None, "mod:ds", None, tmp_path)["dataset"] == "mod:ds"
+    over = _overrides("m.csv", None, None, tmp_path)
+    assert over["manifest"] == str(tmp_path / "m.csv") and over["dataset"] == ""
+    with pytest.raises(ValueError, match="not both"):
+        _overrides("m.csv", "mod:ds", None, tmp_path)
