@@ -13,7 +13,8 @@ import torch
 from custom_plugins import hand_made_graphs
 
 from gatrank.checks.verdict import evaluate_verdict
-from gatrank.cli import _train_config, build_parser, main
+from gatrank.cli import build_parser, main
+from gatrank.cli.train import _train_config
 
 TINY = ("model:\n  hidden_dim: 8\n  heads: 2\n  num_layers: 1\n"
         "training:\n  batch_size: 4\n  log_every: 1\n  device: cpu\n  patience: 0\n")
