@@ -9,7 +9,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "write_json", "append_jsonl"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "write_json", "append_jsonl",
+           "read_jsonl"]
 
 
 def _atomic(path: Path, write) -> None:
@@ -52,3 +53,29 @@ def append_jsonl(path: str | Path, records: Iterable[dict]) -> None:
     with open(path, "a", encoding="utf-8") as fh:
         for rec in records:
             fh.write(json.dumps(rec, default=_jsonable) + "\n")
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The records of a JSON-lines file (what :func:`append_jsonl` writes), in order; record
+    ``k`` is line ``k + 1`` (only a trailing newline is allowed, no blank line in between).
+
+    Raises:
+        FileNotFoundError: naming the file.
+        ValueError: naming the file and the line that is not one JSON object.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    records = []
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}, line {line_no}: not valid JSON ({exc.msg}, column "
+                             f"{exc.colno}): {line[:80]!r}") from None
+        if not isinstance(rec, dict):
+            raise ValueError(f"{path}, line {line_no}: a JSON {type(rec).__name__}, not one "
+                             "record (an object {...} per line)")
+        records.append(rec)
+    return records
+
