@@ -32,6 +32,7 @@ __all__ = [
     "eval_mode",
     "param_snapshot",
     "update_ratios",
+    "UpdateTracker",
     "attention_entropy",
     "dirichlet_energy",
     "mean_average_distance",
@@ -90,6 +91,31 @@ def update_ratios(before: dict[str, Tensor], model: nn.Module) -> dict[str, floa
         else:
             out[key] = math.inf if d > 0 else 0.0
     return out
+
+
+class UpdateTracker:
+    """How far the weights moved since the previous call: ``update_ratio_per_layer``
+    (:func:`update_ratios`; empty at the first call), ``update_ratio`` (their mean over the
+    layers with a finite ratio; None at the first call) and ``param_norm`` (the L2 norm of all
+    parameters). One pass over the parameters and a CPU copy of them per call; no forward pass,
+    no random numbers, gradients untouched. :class:`ModelProbe` records these keys, and so does
+    :class:`gatrank.Monitor` at each logged epoch."""
+
+    def __init__(self) -> None:
+        self._snapshot: dict[str, Tensor] | None = None
+
+    @torch.no_grad()
+    def __call__(self, model: nn.Module) -> dict[str, Any]:
+        ratios = update_ratios(self._snapshot, model) if self._snapshot is not None else {}
+        finite = [v for v in ratios.values() if math.isfinite(v)]
+        out = {
+            "update_ratio_per_layer": ratios,
+            "update_ratio": sum(finite) / len(finite) if finite else None,
+            "param_norm": math.sqrt(sum(float(p.detach().double().pow(2).sum())
+                                        for p in model.parameters())),
+        }
+        self._snapshot = param_snapshot(model)
+        return out
 
 
 # --------------------------------------------------------------------------- forward hooks
@@ -346,7 +372,7 @@ class ModelProbe:
         self.max_graphs = max_graphs
         self._batch = None
         self._key: tuple[int, int] | None = None
-        self._snapshot: dict[str, Tensor] | None = None
+        self._updates = UpdateTracker()
         self.calls = 0
 
     def _probe_batch(self, graphs: Sequence, device: torch.device):
@@ -367,11 +393,5 @@ class ModelProbe:
         act = activation_stats(model, batch)
         record["dead_fraction"] = act["dead_fraction"]
         record["saturated_fraction"] = act["saturated_fraction"]
-        ratios = update_ratios(self._snapshot, model) if self._snapshot is not None else {}
-        record["update_ratio_per_layer"] = ratios
-        finite = [v for v in ratios.values() if math.isfinite(v)]
-        record["update_ratio"] = sum(finite) / len(finite) if finite else None
-        record["param_norm"] = math.sqrt(sum(float(p.detach().double().pow(2).sum())
-                                             for p in model.parameters()))
-        self._snapshot = param_snapshot(model)
+        record.update(self._updates(model))
         return record

@@ -404,13 +404,15 @@ def init_loss_checks(init: pd.DataFrame, *, builtin: bool = True) -> list[dict[s
 def embedding_check(history: Sequence[Mapping[str, Any]], threshold: float = 0.01
                     ) -> dict[str, Any]:
     """Step 2C: pooled graph embeddings vary across graphs (``emb_graph_std`` of the last
-    logged epoch > ``threshold``)."""
+    logged epoch > ``threshold``). A history without it (a model without ``embed()``, a log of
+    a :class:`gatrank.Monitor`) gets a warning that it was not measured, not a failure."""
     last = history[-1] if history else {}
     value = last.get("emb_graph_std")
-    return check("embedding_spread", "pass",
+    return check("embedding_spread", "pass" if value is not None else "warning",
                  f"graph embeddings vary: std across graphs > {threshold} (Step 2C)", value,
                  value is not None and value > threshold,
-                 "" if value is not None else "the model has no embed() method to measure")
+                 "" if value is not None else "not measured: the model has no embed() method, "
+                 "or the log has no emb_graph_std")
 
 
 # --------------------------------------------------------------------------- Steps 3 and eval

@@ -171,6 +171,9 @@ class Verdict:
             "red_flags": [c.name for c in self.red_flags],
         }
 
+    def __str__(self) -> str:
+        return format_verdict(self)
+
     def table(self):
         """Checks as a pandas DataFrame (for notebooks)."""
         import pandas as pd  # deferred: the verdict itself needs no pandas

@@ -245,6 +245,9 @@ class DoctorReport:
                 "stages": [s.to_dict() for s in self.stages], "setup": self.setup,
                 "seconds": round(self.seconds, 2)}
 
+    def __str__(self) -> str:
+        return self.format_text()
+
     def format_text(self) -> str:
         """The report for a terminal."""
         lines = [f"verdict: {self.verdict.upper()}  ({self.seconds:.1f} s)"]

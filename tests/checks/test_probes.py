@@ -13,6 +13,7 @@ from torch_geometric.nn import GATConv
 
 from gatrank.checks.probes import (
     ModelProbe,
+    UpdateTracker,
     activation_stats,
     attention_entropy,
     dirichlet_energy,
@@ -40,6 +41,22 @@ def test_update_ratio_is_the_relative_change_per_layer():
     ratios = update_ratios(before, model)
     assert ratios["0"] == pytest.approx(0.1, rel=1e-6)
     assert ratios["1"] == 0.0
+
+
+def test_update_tracker_measures_since_its_previous_call():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 1))
+    track = UpdateTracker()
+    first = track(model)
+    assert first["update_ratio"] is None and first["update_ratio_per_layer"] == {}
+    norm = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).norm()
+    assert first["param_norm"] == pytest.approx(float(norm))
+    with torch.no_grad():
+        model[1].weight.mul_(1.5)
+        model[1].bias.mul_(1.5)
+    second = track(model)
+    assert second["update_ratio_per_layer"] == pytest.approx({"0": 0.0, "1": 0.5})
+    assert second["update_ratio"] == pytest.approx(0.25)
+    assert track(model)["update_ratio"] == 0.0  # nothing moved since the second call
 
 
 # --------------------------------------------------------------------------- attention

@@ -104,3 +104,11 @@ def test_a_raising_loss_is_a_failed_test_not_a_crash(monkeypatch):
     tests = steps.loss_tests("custom_plugins:hinge_loss", Config())
     assert tests and not any(c["ok"] for c in tests)
     assert all("RuntimeError: shape mismatch" in c["detail"] for c in tests)
+
+
+def test_embedding_check_passes_fails_or_warns_when_unmeasured():
+    assert steps.embedding_check([{"emb_graph_std": 0.5}])["ok"] is True
+    assert steps.embedding_check([{"emb_graph_std": 0.001}])["kind"] == "pass"
+    unmeasured = steps.embedding_check([_rec(1, 0.97, 0.95, 0.5)])  # a Monitor's record
+    assert (unmeasured["kind"], unmeasured["ok"], unmeasured["value"]) == ("warning", False, None)
+    assert "not measured" in unmeasured["detail"]
