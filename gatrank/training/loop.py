@@ -58,8 +58,9 @@ class _Terminated(KeyboardInterrupt):
 
 @dataclass
 class TrainResult:
-    model: nn.Module
-    """The trained model, with the best weights loaded (last weights in overfit mode)."""
+    model: nn.Module | None
+    """The trained model, with the best weights loaded (last weights in overfit mode); None
+    for a run read back from its files (:func:`gatrank.training.history.read_run`)."""
     history: list[dict[str, Any]]
     """One record per logged epoch (what ``metrics.jsonl`` holds)."""
     summary: dict[str, Any]
