@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -216,14 +216,21 @@ def diagnose(
                         seconds=time.perf_counter() - t_start)
 
 
-def diagnose_history(history: Sequence[dict[str, Any]], *,
-                     config: Config | None = None) -> DoctorReport:
+def diagnose_history(history: Sequence[dict[str, Any]], *, config: Config | None = None,
+                     findings: Mapping[str, Any] | None = None) -> DoctorReport:
     """The doctor's reading of a run that already happened (no training, milliseconds).
 
     Applies the runbook's verdict and the measurement rules of :func:`diagnose` to logged
     records (``train(...).history`` or ``metrics.jsonl``; records with
     :class:`~gatrank.checks.probes.ModelProbe` keys give more evidence). Without the static
     checks and ablations causes are *suspected*: scores stay below those of :func:`diagnose`.
+
+    Args:
+        findings: what a :class:`gatrank.Monitor` saw in the loop, read as the model stage's
+            results: ``frozen`` (:func:`~gatrank.checks.static.frozen_parameters` with the
+            loop's optimizer), ``unused`` (trainable parameters whose gradient was always
+            None), ``numel`` (parameter name -> size) and ``nonfinite`` (the steps with a
+            NaN/Inf loss, first first). On a healthy run what they show becomes notes.
     """
     if not history:
         raise ValueError("diagnose_history needs at least one logged record; train with "
@@ -233,7 +240,13 @@ def diagnose_history(history: Sequence[dict[str, Any]], *,
     doc = Diagnosis(None, cfg, None, None, None, DoctorOptions(), cfg.training.seed)
     run = Run("history", list(history))
     run.nonfinite = any(not math.isfinite(r["loss"]) or r.get("skipped_steps", 0) > 0
-                        for r in history)
+                        or r.get("nonfinite_steps", 0) > 0 for r in history)
+    if findings:
+        doc.static = {"frozen": findings["frozen"], "path": None, "numel": findings["numel"],
+                      "unused": list(findings.get("unused", ()))}
+        if findings.get("nonfinite"):
+            run.nonfinite = True
+            run.error = f"non-finite loss at {findings['nonfinite'][0]}"
     verdict = evaluate_verdict(history)
     last = history[-1]
     status = "healthy"
@@ -255,6 +268,10 @@ def diagnose_history(history: Sequence[dict[str, Any]], *,
         doc.cause("no_signal", f"training Spearman {last['spearman']:.3f} but validation "
                   f"Spearman {last['val_spearman']:.3f}", 0.6, "history")
         status = "no_generalization"
+    elif findings:
+        symptoms(doc, run, "history")
+        doc.notes += [f"possible issue that did not stop training here: {c.id}: {c.evidence}"
+                      for c in doc.ranked()]
     doc.add_stage("history", "passed" if verdict.passed else "failed",
                   {"records": len(history), **run.summary()}, t0)
     return DoctorReport(verdict=status, causes=doc.ranked() if status != "healthy" else [],

@@ -115,7 +115,9 @@ def _static_symptoms(doc: Diagnosis, run: Run, stage: str) -> bool:
     explained = False
     if frozen is not None:
         stuck = set(frozen["frozen"]) | set(frozen["not_in_optimizer"])
-        stuck |= set(path["unused"]) if path else set()
+        # without a gradient-path check (a history read with a Monitor's findings), the
+        # parameters the loop never gave a gradient
+        stuck |= set(path["unused"]) if path else set(doc.static.get("unused", ()))
         params = doc.static["numel"]
         total = sum(params.values()) or 1
         frac = sum(params.get(n, 0) for n in stuck) / total

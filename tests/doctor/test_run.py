@@ -23,6 +23,7 @@ from gatrank.doctor import diagnose, diagnose_history
 from gatrank.doctor.faults import FAULTS, inject
 from gatrank.model import build_model
 from gatrank.training import train
+from gatrank.training.monitor import NonFiniteStep
 
 # --------------------------------------------------------------------------- helpers
 
@@ -141,6 +142,32 @@ def test_diagnose_history_reads_a_finished_run(check_report):
 def test_diagnose_history_needs_a_record():
     with pytest.raises(ValueError, match="at least one logged record"):
         diagnose_history([])
+
+
+def _flat(epochs: int = 3) -> list[dict]:
+    return [{"epoch": e, "loss": 0.6931, "pairwise_accuracy": 0.5, "spearman": 0.0,
+             "score_std": 0.5, "grad_norm": 0.3} for e in range(1, epochs + 1)]
+
+
+def test_diagnose_history_reads_a_monitors_findings_as_the_model_stage():
+    """What a Monitor saw in the loop: parameters the optimizer does not hold or that never got
+    a gradient (frozen_parameters, named), a NaN loss at the very first step."""
+    frozen = {"frozen": [], "not_in_optimizer": ["convs.0.lin.weight"],
+              "trainable_fraction": 0.2, "num_parameters": 100}
+    numel = {"convs.0.lin.weight": 60, "head.weight": 20, "head.bias": 20}
+    report = diagnose_history(_flat(), findings={"frozen": frozen, "numel": numel,
+                                                 "unused": ["head.bias"], "nonfinite": []})
+    cause = report.causes[0]
+    assert (cause.id, cause.score) == ("frozen_parameters", 0.9)
+    assert cause.evidence.startswith("2 of 3 parameter tensors (convs.0.lin.weight, head.bias)")
+    assert cause.measured["frozen_fraction"] == pytest.approx(0.8)
+    nan_first = NonFiniteStep(epoch=1, step=0, loss=float("nan"))
+    report = diagnose_history(_flat(), findings={
+        "frozen": {**frozen, "not_in_optimizer": []}, "numel": numel, "unused": [],
+        "nonfinite": [nan_first]})
+    assert report.verdict == "unstable"
+    assert "exploding_gradients" in report.cause_ids
+    assert "non-finite loss at epoch 1, batch 0" in " ".join(c.evidence for c in report.causes)
 
 
 # --------------------------------------------------------------------------- CLI
