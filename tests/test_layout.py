@@ -29,6 +29,8 @@ LAYERS: list[set[str]] = [
     {"evaluate"},
     {"doctor"},
     {"notebook"},
+    {"monitor"},
+    {"integrations"},
     {"suite"},
     {"cli"},
 ]

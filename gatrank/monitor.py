@@ -1,0 +1,190 @@
+"""``gatrank.Monitor``: the runbook's debug logging, its verdict and the doctor's reading, in a
+training loop of your own.
+
+.. code-block:: python
+
+    from gatrank import Monitor
+    monitor = Monitor(model, optimizer=optimizer, log_every=10, out_dir="runs/mine")
+    for epoch in range(epochs):
+        for batch in loader:
+            scores = model(batch); loss = loss_fn(scores, batch.y)
+            optimizer.zero_grad(); loss.backward()
+            monitor.step(scores, batch.y, loss)   # after backward()
+            optimizer.step()
+        monitor.end_epoch()
+    print(monitor.verdict())      # the runbook's pass criteria and red flags, measured
+    print(monitor.diagnose())     # the doctor's reading of the run: cause ids, evidence, fixes
+
+``out_dir/metrics.jsonl`` is what ``gatrank train --out`` writes, so ``gatrank verdict
+runs/mine`` and the notebooks' ``metrics`` parameter judge it too.
+
+The recording itself is :class:`gatrank.training.monitor.LoopRecorder` (training/ owns what a
+loop logs); this module adds what lives further down the data flow: the parameter checks and
+update ratios of :mod:`gatrank.checks`, the verdict, the doctor's reading and the live curves
+of :mod:`gatrank.notebook`. It is therefore a row of its own after ``notebook/`` in
+docs/architecture.md, and ``gatrank`` exports :class:`Monitor` lazily (``import gatrank`` does
+not import torch).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from gatrank.checks.probes import UpdateTracker
+from gatrank.checks.static import frozen_parameters
+from gatrank.checks.verdict import THRESHOLDS, Verdict, evaluate_verdict
+from gatrank.config import Config, ConfigError
+from gatrank.doctor.report import DoctorReport
+from gatrank.doctor.run import diagnose_history
+from gatrank.training.monitor import LoopRecorder
+
+__all__ = ["Monitor"]
+
+logger = logging.getLogger(__name__)
+
+
+class Monitor:
+    """The runbook's debug logging for a training loop you wrote.
+
+    Every ``log_every`` epochs (and epoch 1, and the last when ``epochs`` is given) it records
+    what ``gatrank train`` logs: loss, pairwise accuracy, Spearman, Kendall, NDCG@10, score
+    mean/std over the epoch's scores, gradient norm (mean over steps) and per layer, valid pairs
+    per batch, learning rate and how far each layer's weights moved since the previous record
+    (``update_ratio*``, as :class:`~gatrank.checks.probes.ModelProbe` measures it); see
+    :mod:`gatrank.training.monitor` for how it differs from ``gatrank train``'s record. It warns
+    once about trainable parameters the optimizer does not hold, parameters whose gradient is
+    always None, and the first step with a NaN/Inf loss (epoch and batch), and keeps them for
+    :meth:`diagnose`.
+
+    It never changes training: no forward pass, no train/eval switch, no random numbers;
+    gradients and weights are only read. Its cost is a list append per step outside logged
+    epochs (the benchmark ``python -m benchmarks --only monitor`` measures it).
+
+    Args:
+        model: the model your loop trains.
+        optimizer: your optimizer (recommended): parameters it does not hold are named, and its
+            learning rate is logged and read by :meth:`diagnose`.
+        log_every: record every this many epochs (the runbook: 10).
+        out_dir: append each record to ``out_dir/metrics.jsonl`` (emptied first).
+        epochs: how many epochs the loop runs, so that the last is recorded too.
+        tie_eps, margin_eps: what counts as a pair, as your loss counts it (gatrank's
+            defaults: 1e-6, 0).
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
+                 log_every: int = 10, out_dir: str | Path | None = None,
+                 epochs: int | None = None, tie_eps: float = 1e-6,
+                 margin_eps: float = 0.0) -> None:
+        self.model, self.optimizer = model, optimizer
+        self._live: Any = None
+        self.recorder = LoopRecorder(model, optimizer=optimizer, log_every=log_every,
+                                     epochs=epochs, out_dir=out_dir, tie_eps=tie_eps,
+                                     margin_eps=margin_eps, probes=[UpdateTracker()],
+                                     callbacks=[self._on_record])
+        self.parameters = frozen_parameters(model, optimizer)
+        """:func:`~gatrank.checks.static.frozen_parameters` of the model and the optimizer."""
+        missing = self.parameters["not_in_optimizer"]
+        if missing:
+            logger.warning(
+                "%d parameter tensor(s) require grad but the optimizer does not hold them, so "
+                "they never change: %s%s. Build the optimizer from model.parameters() (after "
+                "any unfreezing)", len(missing), ", ".join(missing[:8]),
+                " ..." if len(missing) > 8 else "")
+
+    # ------------------------------------------------------------------ the loop's calls
+
+    def step(self, scores: Tensor, targets: Tensor, loss: Tensor | float,
+             group: Tensor | None = None) -> None:
+        """One step, after ``loss.backward()`` and before ``optimizer.step()``: the scores
+        ``[G]`` (or ``[G, 1]``), the targets ``[G]`` and the loss; ``group`` ``[G]`` ids when
+        pairs form only inside groups."""
+        self.recorder.step(scores, targets, loss, group)
+
+    def end_epoch(self) -> dict[str, Any] | None:
+        """Close the epoch; returns its record when it is a logged one."""
+        return self.recorder.end_epoch()
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """The records so far (what ``metrics.jsonl`` holds)."""
+        return self.recorder.history
+
+    # ------------------------------------------------------------------ reading the run
+
+    def findings(self) -> dict[str, Any]:
+        """What the Monitor saw besides the records: ``frozen`` (see :attr:`parameters`),
+        ``unused`` (trainable parameters whose gradient was None at every step), ``numel``
+        (parameter sizes), ``nonfinite`` (the steps with a NaN/Inf loss) and
+        ``nonfinite_count``."""
+        rec = self.recorder
+        return {"frozen": self.parameters, "unused": rec.never_grad,
+                "numel": {n: p.numel() for n, p in self.model.named_parameters()},
+                "nonfinite": list(rec.nonfinite), "nonfinite_count": rec.nonfinite_count}
+
+    def verdict(self) -> Verdict:
+        """The runbook's verdict on the records (:func:`~gatrank.checks.verdict.evaluate_verdict`:
+        the overfit test's thresholds); ``print`` it for the table."""
+        return evaluate_verdict(self._history())
+
+    def diagnose(self) -> DoctorReport:
+        """The doctor's reading of the records and of what the Monitor saw
+        (:func:`~gatrank.doctor.diagnose_history`): cause ids with evidence and fixes, e.g.
+        ``frozen_parameters`` naming the parameters the optimizer does not hold."""
+        return diagnose_history(self._history(), config=self._config(),
+                                findings=self.findings())
+
+    def _history(self) -> list[dict[str, Any]]:
+        if not self.history:
+            raise ValueError("the Monitor has no record yet: call monitor.end_epoch() at the end "
+                             "of each epoch (epoch 1 is always recorded)")
+        return self.history
+
+    def _config(self) -> Config:
+        """The learning rate and weight decay of the optimizer, for the doctor's rules."""
+        if self.optimizer is None:
+            return Config()
+        group = self.optimizer.param_groups[0]
+        try:
+            return Config().updated({"training.learning_rate": float(group["lr"]),
+                                     "training.weight_decay": float(group.get("weight_decay",
+                                                                              0.0))})
+        except (ConfigError, TypeError, ValueError):  # an lr gatrank's config cannot hold
+            return Config()
+
+    # ------------------------------------------------------------------ live curves
+
+    def live(self, **kwargs: Any) -> None:
+        """Show the training curves in the notebook, redrawn at each record: the figure of
+        03_overfit with the runbook's thresholds (:class:`gatrank.notebook.LiveCurves`;
+        ``kwargs`` go to it). The final static figure replaces the live one at the last epoch
+        (with ``epochs``) or at :meth:`close`."""
+        # deferred: plotly takes seconds to import, and a script that never calls live()
+        # should not pay for it
+        from gatrank.notebook.widgets import LiveCurves
+
+        if self._live is None:
+            self._live = LiveCurves(**{"title": "Your training loop (gatrank.Monitor)",
+                                       "thresholds": THRESHOLDS, **kwargs})
+            for record in self.history:
+                self._live(record)
+
+    @property
+    def curves(self) -> Any:
+        """The :class:`~gatrank.notebook.LiveCurves` :meth:`live` shows (None before it)."""
+        return self._live
+
+    def close(self) -> None:
+        """Leave the final static figure of :meth:`live` in place of the live one."""
+        if self._live is not None:
+            self._live.finish()
+
+    def _on_record(self, record: dict[str, Any]) -> None:
+        if self._live is not None:
+            self._live(record)
+            if record["epoch"] == self.recorder.epochs:
+                self._live.finish()
