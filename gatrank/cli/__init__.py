@@ -1,4 +1,5 @@
-"""``gatrank`` command line: train, eval, check-data, datasets, suite, notebooks, doctor.
+"""``gatrank`` command line: train, eval, check-data, datasets, suite, notebooks, doctor,
+verdict.
 
 ``parser`` (every command's arguments), ``train`` (the train command), ``commands`` (the
 others), ``main`` (dispatch and the exit codes); each command imports the modules it runs when

@@ -1,4 +1,4 @@
-"""The other commands: eval, check-data, datasets, suite, notebooks, doctor."""
+"""The other commands: eval, check-data, datasets, suite, notebooks, doctor, verdict."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from gatrank.cli.common import EXIT_PROBLEMS
 from gatrank.cli.train import model_kwargs as _model_kwargs
 
 __all__ = ["cmd_eval", "cmd_check_data", "cmd_datasets", "cmd_suite", "cmd_notebooks",
-           "cmd_doctor"]
+           "cmd_doctor", "cmd_verdict"]
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -151,3 +151,20 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         print(f"wrote {args.json}")
     return 0 if report.verdict == "healthy" else EXIT_PROBLEMS
 
+
+def cmd_verdict(args: argparse.Namespace) -> int:
+    """0 when the run passes the runbook's criteria, 1 when it fails (2, from main, for a
+    missing or bad log: the message names the file and the line)."""
+    from gatrank.checks.verdict import evaluate_verdict, format_verdict
+    from gatrank.config import load_config
+    from gatrank.doctor import diagnose_history
+    from gatrank.training.history import read_run, run_config
+
+    run = read_run(args.run)
+    verdict = evaluate_verdict(run.history)
+    cfg = load_config(args.config) if args.config else run_config(run.summary)
+    print(f"{run.summary['source']}: {len(run.history)} records, last epoch "
+          f"{run.history[-1]['epoch']}\n{format_verdict(verdict)}\n\nthe doctor's reading "
+          "(causes suspected; gatrank doctor confirms them):\n"
+          f"{diagnose_history(run.history, config=cfg).format_text()}")
+    return 0 if verdict.passed else EXIT_PROBLEMS

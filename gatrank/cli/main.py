@@ -12,6 +12,7 @@ from gatrank.cli.commands import (
     cmd_eval,
     cmd_notebooks,
     cmd_suite,
+    cmd_verdict,
 )
 from gatrank.cli.common import EXIT_INTERRUPTED, EXIT_PROBLEMS, EXIT_USAGE, other_rank
 from gatrank.cli.parser import build_parser
@@ -28,6 +29,7 @@ _COMMANDS = {
     "suite": cmd_suite,
     "notebooks": cmd_notebooks,
     "doctor": cmd_doctor,
+    "verdict": cmd_verdict,
 }
 
 

@@ -163,6 +163,16 @@ def _add_doctor(sub: argparse._SubParsersAction) -> None:
     _add_common(p)
 
 
+def _add_verdict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("verdict", help="judge a run you have (no training): the runbook's "
+                                       "verdict and the doctor's reading of its metrics.jsonl")
+    p.add_argument("run", metavar="RUN_DIR_OR_METRICS_JSONL", help="a run folder (gatrank train "
+                   "--out, Monitor(out_dir=...)) or its metrics.jsonl")
+    p.add_argument("--config", default="", help="the run's YAML config, for the doctor "
+                   "(default: summary.json's beside the log, else gatrank's defaults)")
+    _add_common(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``gatrank`` parser: one subcommand per command, in the order ``--help`` lists them."""
     parser = argparse.ArgumentParser(
@@ -171,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_train, _add_eval, _add_check_data, _add_datasets, _add_suite,
-                _add_notebooks, _add_doctor):
+                _add_notebooks, _add_doctor, _add_verdict):
         add(sub)
     return parser
 
