@@ -42,6 +42,7 @@ from gatrank.notebook.results import (
     overfit_results,
     training_outcome,
 )
+from gatrank.notebook.runs import run_checkpoint, train_or_read
 from gatrank.notebook.session import (
     STEPS,
     NotebookRun,
@@ -72,6 +73,8 @@ __all__ = [
     "resolve_config",
     "start",
     "checkpoint_for_eval",
+    "train_or_read",
+    "run_checkpoint",
     # display
     "RENDERER",
     "setup",

@@ -57,7 +57,8 @@ def init_loss_metrics(init: pd.DataFrame) -> dict[str, Any]:
 def overfit_results(result: TrainResult, verdict: Verdict, reading: DoctorReport, *,
                     n: int) -> dict[str, Any]:
     """03_overfit's record: the verdict, the final metrics (:data:`OVERFIT_METRICS`), ``n``,
-    epochs run, training time and the doctor's causes (most likely first)."""
+    epochs run, training time and the doctor's causes (most likely first); and ``read_from``,
+    the log judged, when nothing was trained."""
     final = result.summary["final"]
     return {
         "verdict": verdict.to_dict(),
@@ -66,28 +67,40 @@ def overfit_results(result: TrainResult, verdict: Verdict, reading: DoctorReport
         "epochs_run": result.summary["epochs_run"],
         "train_time_s": result.summary["wall_time_s"],
         "causes": [c.to_dict() for c in reading.causes],
+        **_read_from(result.summary),
     }
+
+
+def _read_from(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"read_from": log}`` for a run read from its log (the ``metrics`` parameter), else
+    nothing: a notebook that trained records what it recorded before."""
+    return {"read_from": summary["source"]} if "source" in summary else {}
 
 
 def training_outcome(summary: Mapping[str, Any]) -> str:
     """One line on a full training run: why it stopped, its best epoch with the validation
-    Spearman there, and the split sizes."""
-    return (f"{summary['stop_reason'] or 'ran all epochs'}; best epoch {summary['best_epoch']} "
-            f"(validation Spearman {summary['best_val_spearman']:.4f}); "
-            f"splits {summary['split_sizes']}")
+    Spearman there, and the split sizes (a run read from its log: where it was read)."""
+    best = summary["best_val_spearman"]
+    line = (f"{summary['stop_reason'] or 'ran all epochs'}; best epoch {summary['best_epoch']} "
+            + (f"(validation Spearman {best:.4f})" if best is not None else "(no validation)")
+            + f"; splits {summary['split_sizes']}")
+    return f"read from {summary['source']}: {line}" if "source" in summary else line
 
 
 def baseline_table(summary: Mapping[str, Any]) -> pd.DataFrame:
     """Test metrics of the model and of the linear baseline trained beside it (rows ``model``
-    and ``linear baseline``; a summary of ``train(..., with_baseline=True)``)."""
-    return pd.DataFrame({"model": summary["test"],
-                         "linear baseline": summary["baseline"]["test"]}).T
+    and ``linear baseline``; a summary of ``train(..., with_baseline=True)``). A row the
+    summary lacks (a run read from a log alone) is left out."""
+    rows = {"model": summary.get("test") or {},
+            "linear baseline": (summary.get("baseline") or {}).get("test") or {}}
+    return pd.DataFrame({k: v for k, v in rows.items() if v}).T
 
 
-def checkpoint_check(checkpoint: Path) -> dict[str, Any]:
-    """A pass check: the best checkpoint 05_eval scores exists."""
-    return check("checkpoint_saved", "pass", "best checkpoint saved for 05_eval", None,
-                 checkpoint.is_file(), str(checkpoint))
+def checkpoint_check(checkpoint: Path, *, required: bool = True) -> dict[str, Any]:
+    """The best checkpoint 05_eval scores exists: a pass check, or a warning when not
+    ``required`` (a run read from its log, which may have saved none)."""
+    return check("checkpoint_saved", "pass" if required else "warning",
+                 "best checkpoint saved for 05_eval", None, checkpoint.is_file(), str(checkpoint))
 
 
 def full_train_results(result: TrainResult, checkpoint: Path) -> dict[str, Any]:
@@ -102,9 +115,10 @@ def full_train_results(result: TrainResult, checkpoint: Path) -> dict[str, Any]:
         "epochs_run": summary["epochs_run"],
         "stop_reason": summary["stop_reason"],
         "train_time_s": summary["wall_time_s"],
-        "metrics": summary["test"],
-        "baseline": summary["baseline"]["test"],
+        "metrics": summary.get("test", {}),
+        "baseline": (summary.get("baseline") or {}).get("test", {}),
         "split_sizes": summary["split_sizes"],
+        **_read_from(summary),
     }
 
 

@@ -103,3 +103,22 @@ def test_init_loss_metrics_and_eval_results():
                    "grouped_mean": None}
     assert eval_results(SimpleNamespace(**{**vars(res), "grouped": {"mean": {"a": 1}}}),
                         checkpoint=Path("x"), source="s")["grouped_mean"] == {"a": 1}
+
+
+def test_a_run_read_from_a_log_alone_is_recorded_and_where_it_came_from(tmp_path):
+    """What gatrank.training.history.read_run gives for a Monitor's log: no validation, no
+    test metrics, no baseline, no checkpoint required."""
+    summary = {"final": {"loss": 0.1}, "epochs_run": 30, "wall_time_s": 2.0, "best_epoch": 30,
+               "best_val_spearman": None, "stop_reason": "", "split_sizes": {},
+               "source": "runs/mine/metrics.jsonl"}
+    result = SimpleNamespace(summary=summary)
+    verdict = Verdict(passed=False, checks=[CHECK])
+    out = overfit_results(result, verdict, SimpleNamespace(causes=[]), n=8)
+    assert out["read_from"] == "runs/mine/metrics.jsonl"
+    full = full_train_results(result, tmp_path / "best.pt")
+    assert full["metrics"] == {} and full["baseline"] == {}
+    assert full["read_from"] == "runs/mine/metrics.jsonl"
+    assert training_outcome(summary) == ("read from runs/mine/metrics.jsonl: ran all epochs; "
+                                         "best epoch 30 (no validation); splits {}")
+    assert baseline_table(summary).empty
+    assert checkpoint_check(tmp_path / "best.pt", required=False)["kind"] == "warning"
