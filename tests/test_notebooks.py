@@ -203,7 +203,7 @@ def test_overfit_notebook_shows_a_model_pooling_without_batch(tmp_path, tiny_man
     assert err.value.ename == "ScoreShapeError"
     assert "pooling without the batch vector" in err.value.evalue
     nb = nbformat.read(str(tmp_path / "03_overfit.ipynb"), as_version=4)
-    cell = next(c for c in nb.cells if "nb.train(" in c.source)
+    cell = next(c for c in nb.cells if "nb.train_or_read(" in c.source)
     shown = [o for o in cell.outputs if o.get("output_type") == "error"]
     assert shown and shown[0]["ename"] == "ScoreShapeError"
 
@@ -226,6 +226,47 @@ def test_data_checks_notebook_on_a_dataset_file(tmp_path):
     assert (res["dataset"], res["manifest"]) == (str(tmp_path / "molecules.pt"), "")
     assert res["num_graphs"] == 64 and res["label"] == "PASS", res["checks"]
     assert res["metrics"]["num_rows"] == 64 and res["metrics"]["num_problems"] == 0
+
+
+@pytest.mark.slow
+def test_overfit_notebook_judges_a_monitors_log_instead_of_training(tmp_path, tiny_manifest,
+                                                                    make_graphs):
+    """metrics=<a Monitor's run folder>: the notebook trains nothing, draws that log and
+    records the runbook's verdict on it (what gatrank.Monitor.verdict() says)."""
+    from torch_geometric.loader import DataLoader
+
+    from gatrank import Monitor
+    from gatrank.config import ModelConfig
+    from gatrank.losses import pairwise_rank_loss
+    from gatrank.model import GATRanker
+
+    graphs = make_graphs(k=8)
+    torch.manual_seed(0)
+    model = GATRanker(4, ModelConfig(hidden_dim=8, heads=2, num_layers=2, dropout=0.0))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.03)
+    monitor = Monitor(model, optimizer=optimizer, log_every=10, out_dir=tmp_path / "mine",
+                      epochs=25)
+    for _ in range(25):
+        for batch in DataLoader(graphs, batch_size=4):
+            scores = model(batch)
+            loss = pairwise_rank_loss(scores, batch.y).loss
+            optimizer.zero_grad()
+            loss.backward()
+            monitor.step(scores, batch.y, loss)
+            optimizer.step()
+        monitor.end_epoch()
+    res, out, run_dir = _run_overfit(tmp_path, tiny_manifest, n=8, epochs=60,
+                                     metrics=str(tmp_path / "mine"))
+    assert not (run_dir / "03_overfit" / "metrics.jsonl").exists()  # nothing was trained
+    assert res["read_from"] == str(tmp_path / "mine" / "metrics.jsonl")
+    assert res["verdict"] == json.loads(json.dumps(monitor.verdict().to_dict()))
+    assert res["epochs_run"] == 25 and res["label"] == monitor.verdict().label
+    step_2c = next(c for c in res["checks"] if c["name"] == "embedding_spread")
+    assert step_2c["kind"] == "warning" and step_2c["value"] is None  # not in a Monitor's log
+    nb = nbformat.read(str(out), as_version=4)
+    live = next(c for c in nb.cells if "nb.LiveCurves(" in c.source)
+    figure = next(o for o in live.outputs if "application/vnd.plotly.v1+json" in o["data"])
+    assert figure["data"]["application/vnd.plotly.v1+json"]["data"][0]["x"] == [1, 10, 20, 25]
 
 
 def _with_verdict_oracle(name: str, folder: Path, expected: str = "") -> Path:
