@@ -252,13 +252,15 @@ def diagnose_history(history: Sequence[dict[str, Any]], *, config: Config | None
     status = "healthy"
     if not verdict.passed or run.nonfinite:
         symptoms(doc, run, "history")
-        sym = lr_symptom(run, cfg.training.learning_rate)
+        # the learning rate the run logged (a user's loop, a scheduler), else the config's
+        lr = float(last.get("lr", cfg.training.learning_rate))
+        sym = lr_symptom(run, lr)
         if sym:
             cid = "learning_rate_too_high" if sym == "high" else "learning_rate_too_low"
             doc.cause(cid, f"loss {history[0]['loss']:.4g} -> {last['loss']:.4g} over "
                       f"{last['epoch']} epochs with median gradient norm "
                       f"{median_grad(history):.3g} at learning rate "
-                      f"{cfg.training.learning_rate:g}", 0.5, "history")
+                      f"{lr:g}", 0.5, "history")
         if (cfg.model.dropout >= DOCTOR_THRESHOLDS["heavy_dropout"]
                 or cfg.training.weight_decay >= DOCTOR_THRESHOLDS["heavy_weight_decay"]):
             doc.cause("over_regularized", f"dropout {cfg.model.dropout:g}, weight decay "

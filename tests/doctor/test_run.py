@@ -149,6 +149,12 @@ def _flat(epochs: int = 3) -> list[dict]:
              "score_std": 0.5, "grad_norm": 0.3} for e in range(1, epochs + 1)]
 
 
+def test_diagnose_history_reads_the_learning_rate_the_run_logged():
+    report = diagnose_history([{**r, "lr": 1e-7} for r in _flat()])  # default config: 1e-3
+    low = next(c for c in report.causes if c.id == "learning_rate_too_low")
+    assert "at learning rate 1e-07" in low.evidence
+
+
 def test_diagnose_history_reads_a_monitors_findings_as_the_model_stage():
     """What a Monitor saw in the loop: parameters the optimizer does not hold or that never got
     a gradient (frozen_parameters, named), a NaN loss at the very first step."""
