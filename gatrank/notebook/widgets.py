@@ -197,8 +197,15 @@ def sample_browser(graphs: Any):
 
 
 def epoch_explorer(history: Sequence[Mapping[str, Any]], prefix: str = ""):
-    """A slider over logged epochs showing the runbook's verdict as if training stopped there."""
+    """A slider over logged epochs showing the runbook's verdict as if training stopped there
+    (on the ``prefix`` metrics, e.g. ``val_``; on the training metrics for a history without
+    them, such as a log of :class:`gatrank.Monitor`)."""
     import ipywidgets as widgets  # deferred: only the explorers need ipywidgets
+
+    if prefix and not all(f"{prefix}pairwise_accuracy" in h for h in history):
+        logger.info("the history has no %spairwise_accuracy: the verdict at each epoch is on "
+                    "the training metrics", prefix)
+        prefix = ""
 
     epochs = [int(h["epoch"]) for h in history]
     slider = widgets.SelectionSlider(options=epochs, value=epochs[-1], description="epoch",
