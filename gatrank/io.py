@@ -1,4 +1,4 @@
-"""Atomic file writes: a crash mid-write leaves the previous file intact."""
+"""Atomic file writes (a crash mid-write leaves the previous file intact); JSON lines read back."""
 
 from __future__ import annotations
 
