@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from custom_plugins import hand_made_graphs
+from custom_plugins import EmbeddedMolecules, hand_made_graphs
 
 from gatrank.checks.verdict import evaluate_verdict
 from gatrank.cli import build_parser, main
@@ -115,3 +115,19 @@ def test_overfit_test_on_an_in_memory_dataset_of_the_embedded_molecules(tmp_path
     assert final["pairwise_accuracy"] > 0.9 and final["spearman"] > 0.8
     assert final["score_std"] > 0.1
     assert "overfit" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_doctor_reads_an_in_memory_dataset_of_the_embedded_molecules(tmp_path, capsys):
+    """gatrank doctor on the same InMemoryDataset: every stage runs on the user's graphs."""
+    spec = "custom_plugins:EmbeddedMolecules"
+    rc = main(["doctor", "--dataset", spec, "--n", "16", "--json", str(tmp_path / "d.json"),
+               "-q"])
+    report = json.loads((tmp_path / "d.json").read_text())
+    assert rc == (0 if report["verdict"] == "healthy" else 1)
+    assert report["setup"]["source"] == f"dataset {spec}"
+    stages = {s["name"]: s for s in report["stages"]}
+    assert stages["data"]["status"] == "ok" and stages["data"]["summary"]["problems"] == 0
+    assert stages["data"]["summary"]["graphs"] == len(EmbeddedMolecules())
+    assert stages["overfit"]["status"] == "passed"
+    assert report["verdict"] not in ("bad_data", "cannot_fit")
