@@ -96,6 +96,9 @@ def run(opts: Options) -> Section:
     # second to the next; the best of 3 whole runs missed the target in 3 of 8 CI-like runs.
     # The best time of each epoch across 5 runs (see alternate_by_epoch) shrugs off such bursts.
     repeat = 5
+    # the overfit test's runs last ~2 s (epochs of ~20 ms), so more of them cost little and a
+    # few seconds of load from elsewhere can no longer cover most of one loop's runs
+    repeat_overfit = 9
     overfit_epochs = 100 if opts.quick else 500
     # 20 epochs in both modes: the logged epochs 1, 10, 20 then weigh as in a longer run (the
     # runbook's 100 epochs log 11 of 100); at 10 epochs the epoch-1 record alone is a tenth
@@ -112,7 +115,8 @@ def run(opts: Options) -> Section:
             "and keeps the best weights), so the ratio is the cost of gatrank's diagnostics, "
             "logging and resumable snapshots. Same model, seed, batch size and data; default "
             "log_every (10). "
-            f"{repeat} alternating runs each (order reversed every other round), timed in "
+            f"{repeat} ({repeat_overfit} for the overfit test) alternating runs each (order "
+            "reversed every other round), timed in "
             f"{clock_name} per epoch; a loop's time is the sum of each epoch's best time "
             "across its runs plus its best time outside the epochs; graphs/s = "
             "training graphs x epochs / time (gatrank's time includes building the model, "
@@ -146,7 +150,8 @@ def run(opts: Options) -> Section:
         for name, graphs, cfg, splits in cases:
             ours, bare, n_train = _pair(cfg, graphs, splits, device, clock)
             t0 = time.perf_counter()
-            best = alternate_by_epoch({"bare": bare, "gatrank": ours}, repeat=repeat,
+            rounds = repeat_overfit if cfg.training.overfit_n > 0 else repeat
+            best = alternate_by_epoch({"bare": bare, "gatrank": ours}, repeat=rounds,
                                       clock=clock)
             logger.info("training %s: %s (%.0fs)", name, best, time.perf_counter() - t0)
             work = n_train * cfg.training.epochs
