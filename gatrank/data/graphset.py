@@ -336,8 +336,13 @@ def load_graphs(path: str | Path, *, on_error: str = "raise", allow_outside_root
                            "GraphSet.dropped)", len(col.parsed.table) - len(col.keep),
                            len(col.parsed.table), len(errors))
         gs = _assemble(col, errors)
+    warn_singleton_groups(gs)
+    return gs
+
+
+def warn_singleton_groups(gs: GraphSet) -> None:
+    """Log (never raise) how many groups hold one graph: harmless, they just form no pairs."""
     singletons = int((gs.table["group"].value_counts() == 1).sum())
     if singletons:
         logger.warning("%d group(s) have a single graph and contribute no ranking pairs",
                        singletons)
-    return gs

@@ -36,7 +36,13 @@ from torch_geometric.data import Data
 from torch_geometric.data.separate import separate
 
 from gatrank.data.graph_files import _as_tensor, _check_graph, _target_problems
-from gatrank.data.graphset import GraphSet, _build, _gc_paused, _width_problems
+from gatrank.data.graphset import (
+    GraphSet,
+    _build,
+    _gc_paused,
+    _width_problems,
+    warn_singleton_groups,
+)
 from gatrank.data.manifest import _check_split, _duplicate_ids, _singleton_groups
 from gatrank.data.problems import DataError, DataProblem, UnsafeFileError, _FileProblem
 from gatrank.data.safe_load import safe_torch_load
@@ -353,8 +359,5 @@ def load_dataset(spec: str, *, on_error: str = "raise") -> GraphSet:
                        len(errors))
     with _gc_paused():
         gs = _graphset(col, errors)
-    singletons = int((gs.table["group"].value_counts() == 1).sum())
-    if singletons:
-        logger.warning("%d group(s) have a single graph and contribute no ranking pairs",
-                       singletons)
+    warn_singleton_groups(gs)
     return gs
