@@ -105,6 +105,36 @@ CAUSES: dict[str, dict[str, str]] = {
         "fix": "Runbook 'Pairwise Accuracy ~0.5': increase model capacity (width, depth, "
                "attention or message passing instead of plain pooling of node features), or "
                "start from gatrank's GATRanker (--model gat)."},
+    "score_shape_mismatch": {
+        "meaning": "scores not one per graph: one per batch (pooling without batch), one per "
+                   "node (no readout), a [G]/[G, 1] broadcast in a loss",
+        "fix": "Return one score per graph, [G] or [G, 1]: pool node outputs per graph with "
+               "the batch vector (global_mean_pool(h, batch)), and in a loss make scores and "
+               "targets the same shape (scores.view(-1), targets.view(-1)) before combining "
+               "them."},
+    "constant_output_layer": {
+        "meaning": "a layer that maps every input to the same output (a normalization over a "
+                   "size-1 dimension, a softmax over one unit), named by the signal trace",
+        "fix": "Remove the layer the signal trace names or change what it normalizes over: "
+               "LayerNorm/BatchNorm over one feature and softmax over one unit give every "
+               "graph the same value; normalize the hidden layer before the last Linear "
+               "instead, and return the last Linear's output as the score."},
+    "bad_initialization": {
+        "meaning": "constant or zero initial weights: identical units that stay identical",
+        "fix": "Do not initialise weights to zeros or a constant: identical units get "
+               "identical gradients and never become different. Keep PyTorch's default "
+               "initialisation (reset_parameters()) or use nn.init.xavier_uniform_ / "
+               "kaiming_uniform_ on the weights named; zeros are fine for biases only."},
+    "unscaled_targets": {
+        "meaning": "targets far from unit scale under a loss that is not scale-invariant",
+        "fix": "Standardize the targets ((y - mean) / std, or log-transform concentrations "
+               "such as IC50 to pIC50) before training; gatrank's pairwise loss is "
+               "scale-invariant in the ordering but loss.temperature and "
+               "loss.weight_by_diff are in target units."},
+    "user_code_error": {
+        "meaning": "the user's model or loss raised an exception",
+        "fix": "Fix the line of your code named in the evidence (the exception is quoted "
+               "with the stage and batch it happened in), then run the doctor again."},
     "does_not_generalize": {
         "meaning": "the model fits its training graphs but held-out ranking is at chance, "
                    "while the linear baseline generalizes",
@@ -114,9 +144,8 @@ CAUSES: dict[str, dict[str, str]] = {
         "meaning": "manifest rows gatrank cannot load (missing files, bad SMILES, ...)",
         "fix": "Run gatrank check-data and fix each row it lists, or set data.on_error: skip."},
 }
-"""Every cause id the doctor names: its meaning and the runbook's fix. The first 17 are
-DESIGN.md's; ``insufficient_capacity``, ``does_not_generalize`` and ``invalid_data`` are
-added."""
+"""Every cause id the doctor names: its meaning and the runbook's fix. The first 23 are
+DESIGN.md's, in its order; ``does_not_generalize`` and ``invalid_data`` are added."""
 
 DOCTOR_THRESHOLDS: dict[str, float] = {
     "dead_fraction": 0.95,          # score-head ReLU units dead for every probe graph
