@@ -83,6 +83,9 @@ class Injected:
     loss: str | UserLoss | None
     """The loss to train with: the user's, or the fault's wrapper around it."""
     fault: Fault
+    model: str | None = None
+    """A user model (import string) the fault puts in place of the one diagnosed; None: keep
+    it."""
 
 
 # --------------------------------------------------------------------------- data faults

@@ -201,6 +201,7 @@ def diagnose(
             inj = inject_fault(inject, gs, cfg, loss, seed=seed)
             gs, cfg, loss, model_edit, fault = (inj.graphs, inj.config, inj.loss,
                                                 inj.model_edit, inj.fault)
+            model = inj.model or model
             problems = check_graphs(gs.graphs)
         doc = Diagnosis(gs, cfg, model, loss, model_edit, opts, seed)
         verdict = _run_reported(doc, problems, dropped)
