@@ -22,8 +22,14 @@ import torch
 from torch_geometric.data import Data
 
 from gatrank.config import ConfigError, DataConfig
-from gatrank.data import CheckReport, GraphSet, check_dataset, check_manifest, load_dataset, \
-    load_graphs
+from gatrank.data import (
+    CheckReport,
+    GraphSet,
+    check_dataset,
+    check_manifest,
+    load_dataset,
+    load_graphs,
+)
 from gatrank.data.featurize import default_cache_dir
 
 # RDKit is imported inside the functions that read its files, on purpose: it is a heavy import

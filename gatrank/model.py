@@ -368,12 +368,14 @@ class ScoreShapeError(ValueError):
     the shape it returned means and how to fix the model."""
 
     def __init__(self, message: str, shape: list[int] | None, num_graphs: int,
-                 num_nodes: int) -> None:
+                 num_nodes: int, meaning: str = "") -> None:
         super().__init__(message)
         self.shape = shape
         """The shape returned (``None``: not a tensor)."""
         self.num_graphs = num_graphs
         self.num_nodes = num_nodes
+        self.meaning = meaning
+        """What the shape means and the fix, the message's last sentences."""
 
 
 def score_batch(model: nn.Module, batch: BaseData) -> Tensor:
@@ -403,14 +405,16 @@ def check_scores(scores: Any, batch: BaseData, *, model: nn.Module | None = None
     who = f"model {type(base).__name__}" if base is not None else "the model"
     n = int(batch.num_nodes)
     if not isinstance(scores, Tensor):
+        fix = ("Return one score per graph, a [G] or [G, 1] tensor (a model returning "
+               "(scores, extras) needs a forward that returns only the scores).")
         raise ScoreShapeError(
-            f"{who} returned {type(scores).__name__}, not a tensor of scores: return one "
-            "score per graph, a [G] or [G, 1] tensor (a model returning (scores, extras) "
-            "needs a forward that returns only the scores)", None, g, n)
+            f"{who} returned {type(scores).__name__}, not a tensor of scores: {fix[0].lower()}"
+            f"{fix[1:-1]}", None, g, n, fix)
     shape = list(scores.shape)
+    meaning = _shape_meaning(shape, g, n)
     raise ScoreShapeError(f"{who} returned scores of shape {shape} for a batch of {g} graphs "
                           f"with {n} nodes (G = {g}, N = {n}); gatrank needs one score per "
-                          f"graph, [G] or [G, 1]. {_shape_meaning(shape, g, n)}", shape, g, n)
+                          f"graph, [G] or [G, 1]. {meaning}", shape, g, n, meaning)
 
 
 def _shape_meaning(shape: list[int], g: int, n: int) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -201,13 +202,16 @@ def test_doctor_reports_a_model_pooling_without_batch(data, capsys):
                "--model", "custom_plugins:NoBatchPool", "--json", str(out)])
     text = capsys.readouterr()
     assert rc == 1 and "Traceback" not in text.err
-    assert POOLING in text.out and "model output" in text.out
+    assert POOLING in text.out and "score_shape_mismatch" in text.out
     report = json.loads(out.read_text())
     assert report["verdict"] == "cannot_fit"
     stage = report["stages"][-1]
-    assert stage["name"] == "model output" and stage["status"] == "failed"
+    assert stage["name"] == "model" and stage["status"] == "failed"
     assert stage["summary"]["score_shape"] == "[1]"
-    assert any(POOLING in n for n in report["notes"])
+    (cause,) = report["causes"]
+    assert cause["id"] == "score_shape_mismatch" and POOLING in cause["fix"]
+    assert re.search(r"model stage .*NoBatchPool returned scores of shape \[1\] for a batch of "
+                     r"\d+ graphs", cause["evidence"])
 
 
 def test_model_kwargs_train_and_eval_rebuild_the_same_model(data, capsys):

@@ -4,7 +4,6 @@ confirms its cause, and its fix names the setting to change."""
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -29,7 +28,7 @@ def _confirm(doc: Diagnosis, plans: list[_Plan], base: Callable[..., Config],
              idx: Sequence[int], failed: Run, stage: str, learn: bool) -> bool:
     """Run ablations in order until one fixes the run; that one confirms its cause."""
     for label, overrides, model, cid in plans:
-        t0 = time.perf_counter()
+        t0 = doc.begin(f"ablation: {label}")
         run = train_run(doc, label, base(**overrides), idx, stop_on_pass=True, model=model)
         fixed = run.passed or (learn and run.learns)
         doc.add_stage(f"ablation: {label}", "fixes" if fixed else "no change",
@@ -101,7 +100,7 @@ def _suspect_plans(doc: Diagnosis, rb: Run) -> list[_Plan]:
 
 def _gatv2_fits(doc: Diagnosis, idx: Sequence[int]) -> bool:
     """The overfit test with GATv2 in place of GAT; True (and a note) when it passes."""
-    t0 = time.perf_counter()
+    t0 = doc.begin("ablation: GATv2")
     run = train_run(doc, "GATv2", doc.overfit_cfg(**{"model.conv": "gatv2"}), idx,
                     stop_on_pass=True)
     doc.add_stage("ablation: GATv2", "fixes" if run.passed else "no change",
@@ -118,7 +117,7 @@ def _reference_run(doc: Diagnosis, rb: Run, idx: Sequence[int]) -> None:
     user's model learns but plateaus)."""
     reference = "linear" if doc.builtin else "gat"
     label = "the linear baseline" if doc.builtin else "gatrank's GAT in place of your model"
-    t0 = time.perf_counter()
+    t0 = doc.begin(f"ablation: {label}")
     run = train_run(doc, label, doc.overfit_cfg(), idx, stop_on_pass=True, model=reference)
     doc.add_stage(f"ablation: {label}", "fits" if run.passed else "cannot fit",
                   run.summary(), t0)

@@ -62,8 +62,9 @@ CAUSES: dict[str, dict[str, str]] = {
         "meaning": "gradient norms ~0 while the loss is above its minimum",
         "fix": "Runbook 'Gradients are Zero': gradients must exceed 0.01. Keep "
                "loss.temperature near 1 (score gaps are divided by it), avoid saturating "
-               "activations and very deep stacks without residuals, keep LayerNorm in the "
-               "score head."},
+               "activations and very deep stacks without residuals; normalize the hidden "
+               "layer before the score head's activation (a LayerNorm there), never the "
+               "one-unit output."},
     "exploding_gradients": {
         "meaning": "gradient norms huge or non-finite; loss turns NaN",
         "fix": "Runbook 'Training Stabilizers': keep training.grad_clip at 1.0 and the "
@@ -133,8 +134,9 @@ CAUSES: dict[str, dict[str, str]] = {
                "loss.weight_by_diff are in target units."},
     "user_code_error": {
         "meaning": "the user's model or loss raised an exception",
-        "fix": "Fix the line of your code named in the evidence (the exception is quoted "
-               "with the stage and batch it happened in), then run the doctor again."},
+        "fix": "Fix the line of your code the evidence names (the exception, the stage it "
+               "happened in and your own frame are quoted) so that it runs on every batch "
+               "(any number of graphs, any graph size), then run the doctor again."},
     "does_not_generalize": {
         "meaning": "the model fits its training graphs but held-out ranking is at chance, "
                    "while the linear baseline generalizes",

@@ -47,11 +47,12 @@ from gatrank.datasets import check_data, load_data, with_source
 from gatrank.doctor.ablations import overfit_ablations, user_ablations
 from gatrank.doctor.faults import Fault
 from gatrank.doctor.faults import inject as inject_fault
-from gatrank.doctor.report import DOCTOR_THRESHOLDS, DoctorOptions, DoctorReport
+from gatrank.doctor.report import CAUSES, DOCTOR_THRESHOLDS, DoctorOptions, DoctorReport
 from gatrank.doctor.runs import train_run
 from gatrank.doctor.stages import data_stage, heldout_stage, loss_stage, model_stage
 from gatrank.doctor.state import Diagnosis
 from gatrank.doctor.symptoms import Run, failure_verdict, lr_symptom, median_grad, symptoms
+from gatrank.doctor.usercode import UserFrame, user_files, user_frame
 from gatrank.model import ScoreShapeError
 from gatrank.runtime import torch_threads
 
@@ -72,7 +73,7 @@ def _run_stages(doc: Diagnosis, problems: Sequence, dropped: Sequence) -> str:
     if model_stage(doc, idx):
         return "broken_loss" if "loss_detached" in doc.causes else "cannot_fit"
     # the runbook's overfit test; when it fails, its symptoms and ablations name the cause
-    t0 = time.perf_counter()
+    t0 = doc.begin("overfit")
     rb = train_run(doc, "overfit", doc.overfit_cfg(), idx, stop_on_pass=True)
     doc.runbook_verdict = rb.verdict.to_dict() if rb.verdict else None
     doc.add_stage("overfit", "passed" if rb.passed else "failed",
@@ -88,7 +89,7 @@ def _run_stages(doc: Diagnosis, problems: Sequence, dropped: Sequence) -> str:
                 "increase model capacity or the learning rate")
         return failure_verdict(rb)
     # the user's own settings on the same graphs
-    t0 = time.perf_counter()
+    t0 = doc.begin("your settings")
     mine = train_run(doc, "your settings", doc.user_cfg(), idx, stop_on_pass=True)
     ok = mine.passed or mine.learns
     doc.add_stage("your_settings", "learns" if ok else "failed",
@@ -105,16 +106,49 @@ def _run_stages(doc: Diagnosis, problems: Sequence, dropped: Sequence) -> str:
 
 
 def _run_reported(doc: Diagnosis, problems: Sequence, dropped: Sequence) -> str:
-    """:func:`_run_stages`; a model whose scores are not one per graph ends the diagnosis as a
-    failed stage with the error's message (what the shape means and the fix), not a crash."""
+    """:func:`_run_stages`, ending in a report whatever the user's code does: scores that are
+    not one per graph become ``score_shape_mismatch`` and an exception raised in the user's
+    model or loss ``user_code_error``, each with the stage it happened in (an exception that
+    never passed through the user's code is gatrank's own bug and propagates)."""
     try:
         return _run_stages(doc, problems, dropped)
     except ScoreShapeError as exc:
-        doc.add_stage("model output", "failed",
-                      {"score_shape": str(exc.shape), "graphs": exc.num_graphs,
-                       "nodes": exc.num_nodes}, time.perf_counter())
-        doc.notes.insert(0, f"the model cannot be trained as it is: {exc}")
+        _shape_cause(doc, exc)
         return "cannot_fit"
+    except Exception as exc:
+        frame = user_frame(exc, user_files(doc.model, doc.loss))
+        if frame is None:
+            raise
+        return _user_error(doc, exc, frame)
+
+
+def _shape_cause(doc: Diagnosis, exc: ScoreShapeError) -> None:
+    """``score_shape_mismatch`` from the error of a model whose scores are not one per graph,
+    caught where its output is first read, before any loss sees it."""
+    measured = {"score_shape": str(exc.shape), "graphs": exc.num_graphs,
+                "nodes": exc.num_nodes}
+    said = str(exc)
+    evidence = said[: len(said) - len(exc.meaning)].strip() if exc.meaning else said
+    doc.cause("score_shape_mismatch", f"in the {doc.stage} stage the {evidence}", 1.0,
+              doc.stage, fix=exc.meaning or "", **measured)
+    doc.add_stage(doc.stage, "failed", measured, doc.stage_t0)
+
+
+def _user_error(doc: Diagnosis, exc: Exception, frame: UserFrame) -> str:
+    """``user_code_error`` for an exception raised in the user's code at ``frame``; the
+    verdict: ``broken_loss`` when the frame is the loss's, else ``cannot_fit``."""
+    in_loss = frame.file in user_files(doc.loss)
+    what = "loss" if in_loss else "model"
+    message = " ".join(str(exc).split())
+    message = message if len(message) <= 300 else message[:297] + "..."
+    said = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    doc.cause("user_code_error", f"your {what} raised {said} in the {doc.stage} stage, at "
+              f"{frame}", 1.0, doc.stage,
+              fix=f"In {frame.file}, line {frame.line} ({frame.function}): "
+                  f"{CAUSES['user_code_error']['fix']}",
+              exception=type(exc).__name__, frame=frame.to_dict(), in_stage=doc.stage)
+    doc.add_stage(doc.stage, "failed", {"error": said}, doc.stage_t0)
+    return "broken_loss" if in_loss else "cannot_fit"
 
 
 def _config_diff(user: Config, runbook: Config) -> list[dict[str, Any]]:

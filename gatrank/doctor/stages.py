@@ -4,7 +4,9 @@ test of ranking on graphs the model never saw)."""
 
 from __future__ import annotations
 
+import math
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,7 +23,7 @@ from gatrank.checks.static import (
     pair_stats,
 )
 from gatrank.checks.verdict import THRESHOLDS
-from gatrank.doctor.report import DOCTOR_THRESHOLDS
+from gatrank.doctor.report import CAUSES, DOCTOR_THRESHOLDS
 from gatrank.doctor.runs import model_factory, train_run
 from gatrank.doctor.state import Diagnosis
 from gatrank.losses import make_loss_fn
@@ -170,11 +172,14 @@ def _feature_causes(doc: Diagnosis, summary: dict[str, Any]) -> bool:
 
 
 def loss_stage(doc: Diagnosis) -> bool:
-    """The runbook's loss tests on synthetic scores; True (stop) when the loss is detached or
-    prefers the reversed order."""
-    t0 = time.perf_counter()
+    """The runbook's loss tests on synthetic scores; True (stop) when the loss is detached,
+    ignores which score belongs to which target (a broadcast), or prefers the reversed
+    order."""
+    t0 = doc.begin("loss")
     fn = make_loss_fn(doc.loss or None, doc.cfg)
-    res = check_configured_loss(fn, doc.cfg)
+    with warnings.catch_warnings():  # what PyTorch warns is quoted by loss_pairing below
+        warnings.simplefilter("ignore")
+        res = check_configured_loss(fn, doc.cfg)
     summary = {k: res[k] for k in ("loss_perfect", "loss_reversed", "loss_constant",
                                    "grad_norm")}
     if not (res["requires_grad"] and res["has_gradient"]):
@@ -183,6 +188,16 @@ def loss_stage(doc: Diagnosis) -> bool:
         doc.cause("loss_detached", f"on 16 synthetic graphs with distinct targets "
                   f"{why} (loss value {res['loss_constant']:.4g} at constant scores)",
                   1.0, "loss", grad_norm=res["grad_norm"])
+    elif (pairing := loss_pairing(fn, doc.cfg))["ignores_pairing"]:
+        summary["ignores_pairing"] = True
+        said = (f"; PyTorch warned: {pairing['warnings'][0]}" if pairing["warnings"] else "")
+        doc.cause("score_shape_mismatch",
+                  f"the loss is {pairing['loss']:.6g} for the perfect ordering of 16 synthetic "
+                  f"graphs and the same (within 1e-6) for {pairing['permutations']} random "
+                  "permutations of the scores against their targets: it never pairs score i "
+                  "with target i, which is what a [G] tensor combined with a [G, 1] one does "
+                  f"(it broadcasts to [G, G], every score against every target){said}", 1.0,
+                  "loss", fix=_BROADCAST_FIX, permutations=pairing["permutations"])
     elif not (res["prefers_correct_order"] and res["descent_agrees"]):
         doc.cause("loss_wrong_direction",
                   f"the perfect ordering costs {res['loss_perfect']:.4g} and its reverse "
@@ -193,19 +208,56 @@ def loss_stage(doc: Diagnosis) -> bool:
     if not res["finite_large_gaps"]:
         doc.notes.append("the loss or its gradient is not finite at score gaps of 1e4: "
                          "compute it with softplus (stable) rather than log(1 + exp)")
-    failed = bool({"loss_detached", "loss_wrong_direction"} & set(doc.causes))
+    failed = bool({"loss_detached", "loss_wrong_direction", "score_shape_mismatch"}
+                  & set(doc.causes))
     doc.add_stage("loss", "failed" if failed else "ok", summary, t0)
     return failed
+
+
+_BROADCAST_FIX = ("Give the loss's two tensors the same shape before combining them: "
+                  "scores.view(-1) and targets.view(-1) (or squeeze(-1) the [G, 1] one); "
+                  "F.mse_loss(scores.unsqueeze(-1), targets) and (scores[:, None] - "
+                  "targets) ** 2 broadcast to [G, G].")
+
+
+def loss_pairing(fn, config, *, n: int = 16, permutations: int = 5) -> dict[str, Any]:
+    """Whether a loss ``fn(scores, targets, group) -> LossOutput`` pairs each score with its
+    target: its value at the perfect ordering against ``permutations`` random permutations of
+    the scores (targets fixed, spaced beyond the configured eps). A loss that gives them all
+    the same value does not look at which score goes with which target (a broadcast).
+
+    Returns:
+        ``{"ignores_pairing", "loss" (at the perfect ordering), "permutations", "warnings"
+        (what PyTorch warned while computing it, e.g. about broadcasting target sizes)}``.
+    """
+    lc = config.loss
+    gen = torch.Generator().manual_seed(config.training.seed)
+    y = torch.randperm(n, generator=gen).double() * max(1.0, 2 * (lc.tie_eps + lc.margin_eps))
+    z = ((y - y.mean()) / y.std()).float()
+
+    def value(scores: torch.Tensor) -> float:
+        return float(fn(scores, y.float(), None).loss.detach())
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        base = value(z)
+        values = [value(z[torch.randperm(n, generator=gen)]) for _ in range(permutations)]
+    same = all(abs(v - base) <= 1e-6 * max(1.0, abs(base)) for v in values)
+    said = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
+    return {"ignores_pairing": bool(same and math.isfinite(base)), "loss": base,
+            "permutations": permutations, "warnings": said}
 
 
 def model_stage(doc: Diagnosis, idx: Sequence[int]) -> bool:
     """Frozen parameters and the gradient path on the graphs ``idx`` (kept in ``doc.static``
     for the symptoms); True (stop) when nothing can be trained."""
-    t0 = time.perf_counter()
+    t0 = doc.begin("model")
     set_seed(doc.cfg.training.seed)
     net = model_factory(doc)(doc.gs.num_features, doc.cfg)
     frozen = frozen_parameters(net)
     batch = Batch.from_data_list([doc.gs[i] for i in idx])
+    constant = constant_weights(net)
+    # the first forward pass: scores that are not one per graph stop here, before any loss
     path = gradient_path(net, make_loss_fn(doc.loss or None, doc.cfg), batch)
     doc.static = {"frozen": frozen, "path": path,
                   "numel": {n: p.numel() for n, p in net.named_parameters()}}
@@ -225,6 +277,8 @@ def model_stage(doc: Diagnosis, idx: Sequence[int]) -> bool:
                   f"{len(trainable)} trainable parameter tensors (no gradient path from "
                   "the model's scores to the loss)", 1.0, "model")
         stop = True
+    if constant and not stop:
+        _init_cause(doc, constant)
     status = "failed" if stop else "ok"
     if not stop and path["requires_grad"] and (
             path["grad_norm"] < DOCTOR_THRESHOLDS["vanishing_grad_norm"]):
@@ -239,10 +293,50 @@ def model_stage(doc: Diagnosis, idx: Sequence[int]) -> bool:
     return stop
 
 
+def constant_weights(model: nn.Module) -> list[dict[str, Any]]:
+    """The weight tensors (parameters of 2 or more dimensions) whose units start identical:
+    every entry the same value (zeros, a constant), or every row (unit) the same. Identical
+    units get identical gradients and stay identical; biases and normalization scales (1-D)
+    start constant by design and are not listed.
+
+    Returns:
+        ``[{"name", "shape", "kind" ("all 0", "all 0.5", "identical rows"), "share" (of
+        the entries of all weight tensors)}]``.
+    """
+    weights = [(n, p) for n, p in model.named_parameters() if p.dim() >= 2 and p.numel() >= 2]
+    total = sum(p.numel() for _, p in weights) or 1
+    out = []
+    for name, p in weights:
+        w = p.detach().reshape(p.shape[0], -1)
+        first = float(w.reshape(-1)[0])
+        kind = (f"all {first:g}" if bool((w == first).all()) else
+                "identical rows" if w.shape[0] > 1 and bool((w == w[0]).all()) else "")
+        if kind:
+            out.append({"name": name, "shape": list(p.shape), "kind": kind,
+                        "share": p.numel() / total})
+    return out
+
+
+def _init_cause(doc: Diagnosis, constant: list[dict[str, Any]]) -> None:
+    """``bad_initialization`` for weights that start constant: likely (0.9) when they are
+    most of the model's weights, a suspicion (0.6) otherwise (a zero-initialised last layer
+    is a deliberate choice some models make)."""
+    share = sum(c["share"] for c in constant)
+    named = ", ".join(f"{c['name']} ({'x'.join(map(str, c['shape']))}) {c['kind']}"
+                      for c in constant[:4]) + (" ..." if len(constant) > 4 else "")
+    doc.cause("bad_initialization",
+              f"{len(constant)} weight tensor(s) start with identical units: {named} "
+              f"({share:.0%} of the weights); identical units get identical gradients",
+              0.9 if share >= 0.5 else 0.6, "model",
+              fix=f"{CAUSES['bad_initialization']['fix']} Here: "
+                  + ", ".join(c["name"] for c in constant[:4]) + ".",
+              constant_weights=[c["name"] for c in constant], constant_share=share)
+
+
 def heldout_stage(doc: Diagnosis) -> str:
     """The user's settings trained on more graphs and scored on held-out ones; the verdict:
     ``healthy`` (ranked above chance, or too few graphs to tell) or ``no_generalization``."""
-    t0 = time.perf_counter()
+    t0 = doc.begin("held-out")
     doc.train_split()
     sp = doc.splits
     train_idx = sp["train"][: doc.opts.heldout_train]

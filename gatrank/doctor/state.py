@@ -51,6 +51,9 @@ class Diagnosis:
         self.runbook_verdict: dict[str, Any] | None = None
         self.splits: dict[str, list[int]] | None = None
         """``train``/``val``/``test`` graph indices, made by the first :meth:`train_split`."""
+        self.stage = "data"
+        """The stage running now (named in a ``user_code_error``)."""
+        self.stage_t0 = time.perf_counter()
 
     def cause(self, cid: str, evidence: str, score: float, stage: str, fix: str = "",
               **measured: Any) -> None:
@@ -106,6 +109,11 @@ class Diagnosis:
         cfg = self.cfg.updated({"training.overfit_n": 0, "training.epochs": self.opts.user_epochs,
                                 "training.log_every": 10, "training.patience": 0})
         return cfg.updated(overrides) if overrides else cfg
+
+    def begin(self, name: str) -> float:
+        """Mark the stage ``name`` as running; its start time."""
+        self.stage, self.stage_t0 = name, time.perf_counter()
+        return self.stage_t0
 
     def add_stage(self, name: str, status: str, summary: dict[str, Any], t0: float) -> None:
         """Record a finished stage that began at ``time.perf_counter()`` value ``t0``."""
