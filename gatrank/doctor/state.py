@@ -51,6 +51,9 @@ class Diagnosis:
         self.runbook_verdict: dict[str, Any] | None = None
         self.splits: dict[str, list[int]] | None = None
         """``train``/``val``/``test`` graph indices, made by the first :meth:`train_split`."""
+        self.traces: dict[str, Any] = {}
+        """Signal traces (:class:`~gatrank.doctor.trace.SignalTrace`) of the overfit graphs:
+        ``init`` (the model stage's model) and ``end`` (after a failed overfit run)."""
         self.stage = "data"
         """The stage running now (named in a ``user_code_error``)."""
         self.stage_t0 = time.perf_counter()

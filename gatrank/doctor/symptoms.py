@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from gatrank.checks.verdict import THRESHOLDS, evaluate_verdict, loss_drop
-from gatrank.doctor.report import DOCTOR_THRESHOLDS
+from gatrank.doctor.report import CAUSES, DOCTOR_THRESHOLDS
 from gatrank.doctor.state import Diagnosis
 from gatrank.losses import LN2
 
@@ -24,6 +24,7 @@ __all__ = [
     "symptoms",
     "lr_symptom",
     "failure_verdict",
+    "trace_fix",
 ]
 
 
@@ -100,11 +101,69 @@ def symptoms(doc: Diagnosis, run: Run, stage: str) -> None:
     """Causes suggested by a failing run's measurements (and the static checks)."""
     # whether a cause already found would explain small gradients by itself
     explained = _static_symptoms(doc, run, stage)
+    if _trace_symptoms(doc, stage):
+        explained = True
+    strong = DOCTOR_THRESHOLDS["strong"]
+    if any(c.score >= strong for c in doc.causes.values() if c.id in _FLATTENING):
+        explained = True
     if not run.history:
         return
     if _unit_symptoms(doc, run.history, stage):
         explained = True
     _training_symptoms(doc, run.history, stage, explained)
+
+
+_FLATTENING = ("bad_initialization", "constant_output_layer", "dead_activations",
+               "score_head_saturated", "frozen_parameters")
+"""Causes that flatten the scores and the gradients by themselves: found first, they make
+``vanishing_gradients`` a consequence rather than the cause."""
+
+_TRACE_SCORE = {"constant_output_layer": 0.95, "bad_initialization": 0.95,
+                "dead_activations": 0.9, "score_head_saturated": 0.9}
+"""How likely the trace's culprit makes its cause: a layer whose output is the same for every
+graph while its input differs is where the ranking signal dies."""
+
+
+def _trace_symptoms(doc: Diagnosis, stage: str) -> bool:
+    """The signal trace's culprit (at initialisation, else after the overfit run) as its cause,
+    with a fix that names the module; True when there was one."""
+    for when, trace in doc.traces.items():
+        culprit = trace.culprit
+        if culprit is None:
+            continue
+        at = "at initialisation" if when == "init" else "after the overfit run"
+        score = _TRACE_SCORE.get(culprit.cause, 0.8) - (0.1 if when != "init" else 0.0)
+        doc.cause(culprit.cause, f"signal trace {at}: {culprit.evidence}", score, stage,
+                  fix=trace_fix(culprit), culprit=culprit.to_dict())
+        return True
+    return False
+
+
+def trace_fix(culprit: Any) -> str:
+    """The fix for the signal trace's culprit, naming its module (and never keeping it)."""
+    where = f"{culprit.path} ({culprit.type})"
+    if culprit.where == "forward":
+        return (f"Every module's output still differs between graphs, and the last one, "
+                f"{where}, too; the model's forward code after it makes the scores the same "
+                "for every graph (a functional softmax over one unit, a relu/clamp, an "
+                f"expand or a constant). Return {culprit.path}'s output as the score: remove "
+                "that operation, or apply it before the last Linear.")
+    if culprit.cause == "dead_activations":
+        return (f"{where} outputs 0 for every graph: its input is negative everywhere. Put a "
+                "LayerNorm before it (model.head: layernorm for gatrank's GAT), re-initialise "
+                "the Linear that feeds it, or lower the learning rate so units do not die; a "
+                "LeakyReLU keeps a gradient.")
+    if culprit.cause == "score_head_saturated":
+        return (f"{where} is stuck at its bound for every graph: drop it from the score "
+                "path (a ranking loss needs unbounded scores; model.head: layernorm for "
+                "gatrank's GAT) or scale its input down.")
+    if culprit.cause == "bad_initialization":
+        return (f"{where} starts with constant weights, so its output is the same for every "
+                f"graph: {CAUSES['bad_initialization']['fix']}")
+    return (f"Remove {where}, or change what it works over: it gives every graph the same "
+            "output (a normalization over a size-1 dimension, a softmax over one unit). "
+            "Normalize the hidden layer before the last Linear instead and return the last "
+            "Linear's output as the score.")
 
 
 def _static_symptoms(doc: Diagnosis, run: Run, stage: str) -> bool:
