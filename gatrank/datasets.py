@@ -42,6 +42,7 @@ __all__ = [
     "list_datasets",
     "write_dataset",
     "default_manifest",
+    "dataset_manifest",
     "manifest_or_default",
     "with_source",
     "load_data",
@@ -55,11 +56,14 @@ DATASETS: dict[str, str] = {
                        "activity (pIC50); a real ranking task (the default)",
     "nci-tpsa": "about 5,000 NCI molecules with their topological polar surface area, a target "
                 "the graph fully determines",
+    "nci-logp": "200 NCI molecules (RDKit's first_200.props.sdf) with Daylight's computed logP "
+                "(DAYLIGHT_CLOGP), -3.6 to 9.9; all 200 parse and have bonds, so 200 rows",
     "synthetic": "random graphs with a planted signal (type-0 node count + 0.5 x cycle rank) "
                  "plus noise, as .pt files; knobs make it collapse-prone",
 }
-# Rows written with default options (nci-tpsa: 4,999 rows minus 8 SMILES RDKit cannot parse).
-_SIZES = {"chembl-activity": 1017, "nci-tpsa": 4991, "synthetic": 512}
+# Rows written with default options (nci-tpsa: 4,999 rows minus 8 SMILES RDKit cannot parse;
+# nci-logp: every one of the SDF's 200 records).
+_SIZES = {"chembl-activity": 1017, "nci-tpsa": 4991, "nci-logp": 200, "synthetic": 512}
 _SYNTHETIC_OPTIONS = {"noise": 0.05, "num_groups": 0, "constant_features": False}
 _NUM_TYPES = 4  # one-hot node types of synthetic graphs; type 0 carries the signal
 
@@ -90,7 +94,7 @@ def _chembl_activity() -> pd.DataFrame:
 
 def _nci_tpsa() -> pd.DataFrame:
     """id (the NCI row number from first_5K.smi), smiles, y (TPSA); unparsable SMILES dropped."""
-    from rdkit import Chem, RDLogger  # deferred (see the imports)
+    from rdkit import RDLogger  # deferred (see the imports)
 
     RDLogger.DisableLog("rdApp.*")
     # skip only the leading '#' comment line: '#' inside SMILES is a triple bond
@@ -102,11 +106,40 @@ def _nci_tpsa() -> pd.DataFrame:
     if not (names["smiles"].to_numpy() == table["smiles"].to_numpy()).all():
         raise ValueError("RDKit's NCI first_5K.smi and first_5k.tpsa.csv rows do not line up")
     table.insert(0, "id", names["id"])
+    return _parsable_with_bonds(table, "nci-tpsa")
+
+
+def _nci_logp() -> pd.DataFrame:
+    """id (the NCI row number), smiles (the record's ``SMILES``), y (``DAYLIGHT_CLOGP``) from
+    first_200.props.sdf; molecules RDKit cannot parse or without bonds dropped.
+
+    The SDF's molecule names are empty: its records are rows 1-200 of first_5K.smi in order
+    (the same molecules, canonically, as nci-tpsa's ids 1-200), so a record's position is its
+    NCI row number. The SMILES come from the record's property, not from its 2D molblock,
+    whose coordinates add double-bond stereo the other NCI files do not have.
+    """
+    from rdkit import Chem, RDLogger  # deferred (see the imports)
+
+    RDLogger.DisableLog("rdApp.*")
+    rows = []
+    sdf = _rdkit_file("NCI", "first_200.props.sdf", contrib=False)
+    for k, mol in enumerate(Chem.SDMolSupplier(str(sdf)), start=1):
+        if mol is None or not mol.HasProp("DAYLIGHT_CLOGP"):
+            continue
+        smiles = mol.GetProp("SMILES") if mol.HasProp("SMILES") else Chem.MolToSmiles(mol)
+        rows.append((str(k), smiles, float(mol.GetProp("DAYLIGHT_CLOGP"))))
+    return _parsable_with_bonds(pd.DataFrame(rows, columns=["id", "smiles", "y"]), "nci-logp")
+
+
+def _parsable_with_bonds(table: pd.DataFrame, name: str) -> pd.DataFrame:
+    """The rows whose SMILES RDKit parses into a molecule with at least one bond."""
+    from rdkit import Chem  # deferred (see the imports)
+
     ok = [(m := Chem.MolFromSmiles(s)) is not None and m.GetNumBonds() > 0
           for s in table["smiles"]]
     if not all(ok):
-        logger.info("nci-tpsa: leaving out %d molecules RDKit cannot parse or without bonds",
-                    len(ok) - sum(ok))
+        logger.info("%s: leaving out %d molecules RDKit cannot parse or without bonds",
+                    name, len(ok) - sum(ok))
     return table[ok].reset_index(drop=True)
 
 
@@ -183,6 +216,10 @@ def _synthetic(out_dir: Path, n: int, seed: int, noise: float, num_groups: int,
     return table
 
 
+_READERS = {"chembl-activity": _chembl_activity, "nci-tpsa": _nci_tpsa, "nci-logp": _nci_logp}
+"""The real data sets' readers: id, smiles, y."""
+
+
 def write_dataset(name: str, out_dir: str | Path, *, n: int | None = None, seed: int = 0,
                   **options: Any) -> Path:
     """Write data set ``name`` as ``out_dir/manifest.csv`` (+ graph files); return its path.
@@ -209,7 +246,7 @@ def write_dataset(name: str, out_dir: str | Path, *, n: int | None = None, seed:
     if name == "synthetic":
         table = _synthetic(out_dir, 512 if n is None else n, seed, **{**allowed, **options})
     else:
-        table = _chembl_activity() if name == "chembl-activity" else _nci_tpsa()
+        table = _READERS[name]()
         if n is not None:
             if n > len(table):
                 raise ValueError(f"{name} has {len(table)} molecules; n={n} is too many")
@@ -222,11 +259,18 @@ def write_dataset(name: str, out_dir: str | Path, *, n: int | None = None, seed:
 
 def default_manifest(cache_dir: str | Path | None = None) -> Path:
     """The embedded default (chembl-activity) under ``<cache>/datasets/``, written once."""
+    return dataset_manifest(DEFAULT_DATASET, cache_dir)
+
+
+def dataset_manifest(name: str, cache_dir: str | Path | None = None) -> Path:
+    """Data set ``name`` (default options) as ``<cache>/datasets/<name>/manifest.csv``,
+    written on first use and read from there after (``cache_dir`` default: gatrank's cache,
+    ``$GATRANK_CACHE_DIR`` or ``~/.cache/gatrank``)."""
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    manifest = root / "datasets" / DEFAULT_DATASET / "manifest.csv"
+    manifest = root / "datasets" / name / "manifest.csv"
     if manifest.is_file():
         return manifest
-    return write_dataset(DEFAULT_DATASET, manifest.parent)
+    return write_dataset(name, manifest.parent)
 
 
 def manifest_or_default(*candidates: str | Path | None) -> Path:

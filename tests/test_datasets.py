@@ -10,18 +10,20 @@ import torch
 import gatrank.datasets as ds
 from gatrank.config import ConfigError, DataConfig
 from gatrank.data import load_graphs, read_manifest
-from gatrank.datasets import DATASETS, default_manifest, list_datasets, write_dataset
+from gatrank.datasets import DATASETS, dataset_manifest, default_manifest, list_datasets, \
+    write_dataset
 
 
 def test_list_datasets_names_and_sizes():
     listed = {d["name"]: d for d in list_datasets()}
-    assert set(listed) == set(DATASETS) == {"chembl-activity", "nci-tpsa", "synthetic"}
+    assert set(listed) == set(DATASETS) == {"chembl-activity", "nci-tpsa", "nci-logp",
+                                            "synthetic"}
     assert listed["chembl-activity"]["size"] == 1017
     assert all(d["description"] for d in listed.values())
 
 
 def test_unknown_name_and_option_are_refused(tmp_path):
-    with pytest.raises(ValueError, match="chembl-activity, nci-tpsa, synthetic"):
+    with pytest.raises(ValueError, match="chembl-activity, nci-tpsa, nci-logp, synthetic"):
         write_dataset("zinc", tmp_path)
     with pytest.raises(ValueError, match="noise"):
         write_dataset("synthetic", tmp_path, n=4, nosie=0.1)
@@ -59,6 +61,37 @@ def test_nci_tpsa_source_rows():
 def test_nci_tpsa_sample_loads_cleanly(tmp_path):
     gs = load_graphs(write_dataset("nci-tpsa", tmp_path, n=30))
     assert len(gs) == 30 and gs.dropped == [] and (gs.table["y"] >= 0).all()
+
+
+def test_nci_logp_source_rows_are_the_first_200_nci_molecules_with_their_clogp():
+    from rdkit import Chem
+
+    table = ds._nci_logp()
+    assert len(table) == list_datasets()[2]["size"] == 200  # every record parses, with bonds
+    assert table["id"].is_unique and table["id"].tolist() == [str(k) for k in range(1, 201)]
+    assert np.isfinite(table["y"]).all() and -4 < table["y"].min() < table["y"].max() < 10
+    assert table["y"].iloc[0] == 0.727  # the first record's DAYLIGHT_CLOGP, read from the file
+    # oracle: record k is NCI row k of first_5K.smi, the molecule nci-tpsa calls id k
+    tpsa = ds._nci_tpsa().set_index("id")["smiles"]
+    canon = Chem.CanonSmiles
+    same = [canon(smi) == canon(tpsa[gid]) for gid, smi in zip(table["id"], table["smiles"],
+                                                                 strict=True) if gid in tpsa]
+    assert len(same) >= 190 and all(same)
+
+
+def test_nci_logp_loads_cleanly_and_is_cached_once(tmp_path, monkeypatch):
+    gs = load_graphs(write_dataset("nci-logp", tmp_path / "sample", n=30, seed=2))
+    assert len(gs) == 30 and gs.dropped == [] and gs.num_features == 177
+    assert np.isfinite(gs.table["y"]).all() and gs.table["id"].is_unique
+    path = dataset_manifest("nci-logp", cache_dir=tmp_path)
+    assert path == tmp_path / "datasets" / "nci-logp" / "manifest.csv"
+    assert len(read_manifest(path)) == 200
+
+    def no_rewrite(*args, **kwargs):
+        raise AssertionError("dataset_manifest rewrote an existing data set")
+
+    monkeypatch.setattr(ds, "write_dataset", no_rewrite)
+    assert dataset_manifest("nci-logp", cache_dir=tmp_path) == path
 
 
 def test_n_larger_than_the_set_is_refused(tmp_path):

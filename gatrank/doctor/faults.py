@@ -3,9 +3,14 @@
 Each :class:`Fault` reproduces one cause id of :data:`gatrank.doctor.CAUSES` by changing the
 data, the config, the model or the loss, the way that mistake happens in real code (NaN
 features, a ``.detach()`` in the loss, a sigmoid head driven to its limits, a learning rate
-off by four orders of magnitude...). :func:`inject` applies a fault to a setup; ``gatrank
-doctor --inject NAME`` runs the doctor on the embedded data with it, and the zoo test checks
-that the doctor names the right cause for every fault.
+off by four orders of magnitude...). The faults of the user-code causes put a user's own model
+or loss in place of the diagnosed one, by import string, as a user passes theirs: the models
+and losses of :mod:`gatrank.doctor.buggy` (a ``LayerNorm(1)`` score head, a softmax over one
+unit, zero init, pooling without ``batch``, no readout, a broadcasting MSE, a model that raises
+on large graphs). :func:`inject` applies a fault to a setup; ``gatrank doctor --inject NAME``
+runs the doctor on the embedded data with it, and the zoo test checks that the doctor names the
+right cause for every fault and, where a fault says what it put where (``Fault.evidence``),
+that the evidence names it.
 
 Faults are deterministic: data faults take a seed, everything else is a fixed edit.
 """
@@ -55,9 +60,14 @@ class Fault:
             head also has vanishing gradients): the zoo accepts ``cause`` second behind one.
         data: ``(graphs, seed) -> graphs``, a new GraphSet (the input is not modified).
         config: ``(config, graphs) -> config``.
-        model: ``module -> module``, applied to every freshly built model.
+        model_edit: ``module -> module``, applied to every freshly built model.
         loss: ``(base loss, config) -> loss`` in the user form ``(scores, targets) -> scalar``;
             ``base`` is None for gatrank's own loss.
+        model: a user model by import string (``gatrank.doctor.buggy:Name``), diagnosed in
+            place of the one given.
+        user_loss: a user loss by import string, trained with in place of the one given.
+        evidence: strings the evidence of the fault's cause must contain: the module path and
+            type, parameter, loss or exception the fault put there (``head.3``).
     """
 
     name: str
@@ -67,8 +77,11 @@ class Fault:
     also: tuple[str, ...] = ()
     data: Callable | None = None
     config: Callable | None = None
-    model: Callable[[nn.Module], nn.Module] | None = None
+    model_edit: Callable[[nn.Module], nn.Module] | None = None
     loss: Callable | None = None
+    model: str | None = None
+    user_loss: str | None = None
+    evidence: tuple[str, ...] = ()
 
 
 @dataclass
@@ -81,7 +94,8 @@ class Injected:
     model_edit: Callable[[nn.Module], nn.Module] | None
     """Applied to every model built for this setup (None: no edit)."""
     loss: str | UserLoss | None
-    """The loss to train with: the user's, or the fault's wrapper around it."""
+    """The loss to train with: the user's, the fault's wrapper around it, or the fault's own
+    user loss (import string)."""
     fault: Fault
     model: str | None = None
     """A user model (import string) the fault puts in place of the one diagnosed; None: keep
@@ -156,6 +170,13 @@ def _identical_features(gs, seed: int):
         g.x = first.expand_as(g.x).clone()
         graphs.append(g)
     return _with_graphs(gs, graphs)
+
+
+def _raw_units(gs, seed: int):
+    """pIC50 back to the IC50 it came from, in nM (``10 ** (9 - pIC50)``): the column a
+    ChEMBL export has before anyone takes the log."""
+    y = gs.table["y"].to_numpy(dtype=np.float64)
+    return _set_targets(gs, 10.0 ** (9.0 - y))
 
 
 def _singleton_groups(gs, seed: int):
@@ -273,6 +294,10 @@ def _reversed_loss(base, config: Config) -> UserLoss:
 # --------------------------------------------------------------------------- the zoo
 
 
+_BUGGY = "gatrank.doctor.buggy"
+"""The user models and losses of the zoo, by import string (as a user names theirs)."""
+
+
 def _tie_eps_over_spread(cfg: Config, gs) -> Config:
     y = gs.table["y"].to_numpy(dtype=np.float64)
     return cfg.updated({"loss.tie_eps": float(2 * np.ptp(y) + 1.0)})
@@ -295,20 +320,42 @@ _ZOO = [
     Fault("identical_features", "uninformative_features",
           "every node of every graph gets the same feature vector", "data",
           data=_identical_features),
+    Fault("raw_unit_targets", "unscaled_targets",
+          "targets in raw units, IC50 in nM (y -> 10 ** (9 - y): spread in the thousands), "
+          "under a plain MSE user loss", "data", also=("exploding_gradients",),
+          data=_raw_units, user_loss=f"{_BUGGY}:mse_loss", evidence=("mse_loss",)),
     Fault("detached_loss", "loss_detached",
           "the loss is returned as loss.detach().requires_grad_()", "loss", loss=_detached_loss),
     Fault("reversed_loss", "loss_wrong_direction",
           "the loss sees -scores: it rewards the reversed order", "loss", loss=_reversed_loss),
+    Fault("broadcast_mse_loss", "score_shape_mismatch",
+          "a user MSE loss of scores.view(-1, 1) against [G] targets: a [G, G] broadcast "
+          "blind to which score goes with which target", "loss",
+          user_loss=f"{_BUGGY}:broadcast_mse_loss", evidence=("broadcast_mse_loss",)),
+    Fault("pool_without_batch", "score_shape_mismatch",
+          "a user GCN that pools with global_mean_pool(x, None): one score per batch",
+          "model", model=f"{_BUGGY}:PoolWithoutBatch", evidence=("PoolWithoutBatch", "[1]")),
+    Fault("node_scores", "score_shape_mismatch",
+          "a user GCN without a readout: one score per node", "model",
+          model=f"{_BUGGY}:NodeScorer", evidence=("NodeScorer",)),
+    Fault("raises_on_large_graphs", "user_code_error",
+          "a user model whose nn.Embedding of node positions has 32 rows: IndexError on "
+          "molecules with more than 32 atoms", "model", model=f"{_BUGGY}:PositionalGNN",
+          evidence=("IndexError", "buggy.py")),
+    Fault("zero_init", "bad_initialization",
+          "a user GCN with nn.init.zeros_ on every weight (\"deterministic init\")", "model",
+          also=("constant_output_layer",), model=f"{_BUGGY}:ZeroInitGNN",
+          evidence=("conv1.lin.weight",)),
     Fault("frozen_parameters", "frozen_parameters",
           "requires_grad=False on every parameter except the last bias", "model",
-          model=_freeze),
+          model_edit=_freeze),
     Fault("huge_temperature", "vanishing_gradients",
           "loss.temperature 1e4: score gaps are divided by 10,000", "config",
           config=lambda c, gs: c.updated({"loss.temperature": 1e4})),
     Fault("exploding_init", "exploding_gradients",
           "every weight initialised 20x too large, no LayerNorm, no gradient clipping", "model",
           config=lambda c, gs: c.updated({"model.head": "plain", "training.grad_clip": 0.0}),
-          model=_huge_init),
+          model_edit=_huge_init),
     Fault("lr_too_high", "learning_rate_too_high",
           "training.learning_rate 10", "config",
           config=lambda c, gs: c.updated({"training.learning_rate": 10.0})),
@@ -318,7 +365,13 @@ _ZOO = [
     Fault("dead_relu_head", "dead_activations",
           "score head without LayerNorm whose ReLU input has bias -100", "model",
           also=("vanishing_gradients",),
-          config=lambda c, gs: c.updated({"model.head": "plain"}), model=_dead_relu),
+          config=lambda c, gs: c.updated({"model.head": "plain"}), model_edit=_dead_relu),
+    Fault("layernorm_one_head", "constant_output_layer",
+          "a user GCN whose score head ends Linear(h, 1) -> LayerNorm(1): every score 0",
+          "model", model=f"{_BUGGY}:LayerNormScoreHead", evidence=("head.3", "LayerNorm")),
+    Fault("softmax_one_unit", "constant_output_layer",
+          "a user GAT whose forward ends softmax(lin_out(h), dim=-1) on one unit: every "
+          "score 1.0", "model", model=f"{_BUGGY}:SoftmaxScoreGNN", evidence=("lin_out",)),
     Fault("deep_gat_no_residual", "oversmoothing",
           "32 GAT layers (width 8, one head) without residual connections", "config",
           also=("vanishing_gradients",),
@@ -327,7 +380,7 @@ _ZOO = [
     Fault("saturated_sigmoid_head", "score_head_saturated",
           "sigmoid output whose input is scaled by 100 and shifted by +20", "model",
           also=("vanishing_gradients",),
-          config=lambda c, gs: c.updated({"model.head": "sigmoid"}), model=_saturate),
+          config=lambda c, gs: c.updated({"model.head": "sigmoid"}), model_edit=_saturate),
     Fault("heavy_regularization", "over_regularized",
           "dropout 0.9 and weight decay 1.0", "config",
           config=lambda c, gs: c.updated({"model.dropout": 0.9, "training.weight_decay": 1.0})),
@@ -341,9 +394,10 @@ FAULTS: dict[str, Fault] = {f.name: f for f in _ZOO}
 
 
 def list_faults() -> list[dict[str, str]]:
-    """``[{"name", "cause", "where", "description"}]`` for every fault."""
-    return [{"name": f.name, "cause": f.cause, "where": f.where, "description": f.description}
-            for f in _ZOO]
+    """``[{"name", "cause", "where", "description", "user_code"}]`` for every fault;
+    ``user_code``: the user model and loss it puts in place (import strings), or ``""``."""
+    return [{"name": f.name, "cause": f.cause, "where": f.where, "description": f.description,
+             "user_code": " ".join(x for x in (f.model, f.user_loss) if x)} for f in _ZOO]
 
 
 def get_fault(name: str) -> Fault:
@@ -366,15 +420,18 @@ def inject(name: str | Fault, graphs, config: Config, loss: str | UserLoss | Non
         seed: seeds data faults (which rows break, how labels shuffle).
 
     Returns:
-        :class:`Injected` with the edited graphs, config, a model edit for every fresh model
-        and the loss to use.
+        :class:`Injected` with the edited graphs, config, a model edit for every fresh model,
+        the loss to use (the fault's user loss replaces ``loss``) and the fault's user model.
     """
     fault = name if isinstance(name, Fault) else get_fault(name)
     if fault.data is not None:
         graphs = fault.data(graphs, seed)
     if fault.config is not None:
         config = fault.config(config, graphs)
-    if fault.loss is not None:
+    if fault.user_loss is not None:
+        loss = fault.user_loss
+    elif fault.loss is not None:
         loss = fault.loss(loss or None, config)
     logger.info("injected fault %s: %s", fault.name, fault.description)
-    return Injected(graphs=graphs, config=config, model_edit=fault.model, loss=loss, fault=fault)
+    return Injected(graphs=graphs, config=config, model_edit=fault.model_edit, loss=loss,
+                    fault=fault, model=fault.model)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from gatrank.data import load_graphs
-from gatrank.datasets import default_manifest
+from gatrank.datasets import DEFAULT_DATASET, dataset_manifest
 from gatrank.doctor.faults import FAULTS, Fault, get_fault
 from gatrank.doctor.run import diagnose
 from gatrank.io import atomic_write_text
@@ -55,9 +55,11 @@ class ZooResult:
         return self.named[1:2] == [self.expected] and self.named[0] in self.also
 
 
-def zoo_graphs(n: int = 128, seed: int = 0):
-    """A seeded sample of ``n`` graphs of the embedded default (chembl-activity) data set."""
-    full = load_graphs(default_manifest())
+def zoo_graphs(n: int = 128, seed: int = 0, dataset: str = DEFAULT_DATASET):
+    """A seeded sample of ``n`` graphs of an embedded data set (default chembl-activity; see
+    :data:`gatrank.datasets.DATASETS`), written once to gatrank's cache; all of it when it has
+    no more than ``n``."""
+    full = load_graphs(dataset_manifest(dataset))
     if n >= len(full):
         return full
     keep = np.sort(np.random.default_rng(seed).choice(len(full), n, replace=False))
