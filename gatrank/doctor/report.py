@@ -263,6 +263,9 @@ class DoctorReport:
     """:meth:`gatrank.checks.verdict.Verdict.to_dict` of the overfit test."""
     setup: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    traces: dict[str, Any] = field(default_factory=dict)
+    """Signal traces (:class:`~gatrank.doctor.trace.SignalTrace`) of the overfit graphs:
+    ``init`` (before training) and ``end`` (after a failed overfit run); JSON key ``trace``."""
 
     @property
     def cause_ids(self) -> list[str]:
@@ -274,6 +277,7 @@ class DoctorReport:
                 "notes": self.notes, "config_diff": self.config_diff,
                 "runbook_verdict": self.runbook_verdict,
                 "stages": [s.to_dict() for s in self.stages], "setup": self.setup,
+                "trace": {k: t.to_dict() for k, t in self.traces.items()},
                 "seconds": round(self.seconds, 2)}
 
     def __str__(self) -> str:
@@ -301,8 +305,28 @@ class DoctorReport:
             for d in self.config_diff:
                 lines.append(f"  {d['key']:<26} yours {_fmt(d['yours']):<10} "
                              f"runbook {_fmt(d['runbook'])}")
+        lines += self._trace_lines()
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+    def _trace_lines(self) -> list[str]:
+        """The signal traces: a table each for a diagnosis that found a problem, one line for a
+        healthy one."""
+        names = {"init": "at initialisation", "end": "after the overfit run"}
+        if self.verdict == "healthy":
+            init = self.traces.get("init")
+            if init is None or init.scores_std is None:
+                return []
+            return [f"signal trace at initialisation: score std {init.scores_std:.3g} across "
+                    f"{init.num_graphs} graphs, no layer makes them constant"
+                    if init.culprit is None else
+                    f"signal trace at initialisation: {init.culprit.evidence}"]
+        lines = []
+        for key, trace in self.traces.items():
+            lines.append(f"signal trace {names.get(key, key)} (std across "
+                         f"{trace.num_graphs} graphs per module, in forward order):")
+            lines += [f"  {line}" for line in trace.format_lines()]
+        return lines
 
 
 def _fmt(v: Any) -> str:

@@ -52,6 +52,7 @@ from gatrank.doctor.runs import train_run
 from gatrank.doctor.stages import data_stage, heldout_stage, loss_stage, model_stage
 from gatrank.doctor.state import Diagnosis
 from gatrank.doctor.symptoms import Run, failure_verdict, lr_symptom, median_grad, symptoms
+from gatrank.doctor.trace import signal_trace
 from gatrank.doctor.usercode import UserFrame, user_files, user_frame
 from gatrank.model import ScoreShapeError
 from gatrank.runtime import torch_threads
@@ -74,11 +75,14 @@ def _run_stages(doc: Diagnosis, problems: Sequence, dropped: Sequence) -> str:
         return "broken_loss" if "loss_detached" in doc.causes else "cannot_fit"
     # the runbook's overfit test; when it fails, its symptoms and ablations name the cause
     t0 = doc.begin("overfit")
-    rb = train_run(doc, "overfit", doc.overfit_cfg(), idx, stop_on_pass=True)
+    trained: list[nn.Module] = []
+    rb = train_run(doc, "overfit", doc.overfit_cfg(), idx, stop_on_pass=True, keep=trained)
     doc.runbook_verdict = rb.verdict.to_dict() if rb.verdict else None
     doc.add_stage("overfit", "passed" if rb.passed else "failed",
                   {"graphs": len(idx), **rb.summary()}, t0)
     if not rb.passed:
+        if trained and doc.trace_batch is not None:
+            doc.traces["end"] = signal_trace(trained[-1], doc.trace_batch)
         symptoms(doc, rb, "overfit")
         if doc.opts.ablations:
             overfit_ablations(doc, rb, idx)
@@ -248,7 +252,7 @@ def diagnose(
     return DoctorReport(verdict=verdict, causes=causes, stages=doc.stages, notes=doc.notes,
                         config_diff=_config_diff(doc.cfg, doc.overfit_cfg()),
                         runbook_verdict=doc.runbook_verdict, setup=setup,
-                        seconds=time.perf_counter() - t_start)
+                        seconds=time.perf_counter() - t_start, traces=dict(doc.traces))
 
 
 def diagnose_history(history: Sequence[dict[str, Any]], *, config: Config | None = None,

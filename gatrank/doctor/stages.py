@@ -26,6 +26,7 @@ from gatrank.checks.verdict import THRESHOLDS
 from gatrank.doctor.report import CAUSES, DOCTOR_THRESHOLDS
 from gatrank.doctor.runs import model_factory, train_run
 from gatrank.doctor.state import Diagnosis
+from gatrank.doctor.trace import signal_trace
 from gatrank.losses import make_loss_fn
 from gatrank.metrics import pairwise_accuracy
 from gatrank.model import reads_edge_attr
@@ -265,7 +266,10 @@ def model_stage(doc: Diagnosis, idx: Sequence[int]) -> bool:
     frozen = frozen_parameters(net)
     batch = Batch.from_data_list([doc.gs[i] for i in idx])
     constant = constant_weights(net)
-    # the first forward pass: scores that are not one per graph stop here, before any loss
+    # the first forward pass, hooked: where graph-to-graph variation dies at initialisation
+    doc.trace_batch = batch
+    doc.traces["init"] = signal_trace(net, batch)
+    # scores that are not one per graph stop here, before any loss sees them
     path = gradient_path(net, make_loss_fn(doc.loss or None, doc.cfg), batch)
     doc.static = {"frozen": frozen, "path": path,
                   "numel": {n: p.numel() for n, p in net.named_parameters()}}

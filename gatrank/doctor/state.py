@@ -54,6 +54,8 @@ class Diagnosis:
         self.traces: dict[str, Any] = {}
         """Signal traces (:class:`~gatrank.doctor.trace.SignalTrace`) of the overfit graphs:
         ``init`` (the model stage's model) and ``end`` (after a failed overfit run)."""
+        self.trace_batch: Any = None
+        """The batch of the overfit graphs every trace runs on."""
         self.stage = "data"
         """The stage running now (named in a ``user_code_error``)."""
         self.stage_t0 = time.perf_counter()
