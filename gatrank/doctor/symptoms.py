@@ -133,8 +133,12 @@ def _trace_symptoms(doc: Diagnosis, stage: str) -> bool:
             continue
         at = "at initialisation" if when == "init" else "after the overfit run"
         score = _TRACE_SCORE.get(culprit.cause, 0.8) - (0.1 if when != "init" else 0.0)
+        fix = trace_fix(culprit)
+        known = doc.causes.get(culprit.cause)
+        if known is not None and known.measured.get("constant_weights"):
+            fix += " Here: " + ", ".join(known.measured["constant_weights"][:4]) + "."
         doc.cause(culprit.cause, f"signal trace {at}: {culprit.evidence}", score, stage,
-                  fix=trace_fix(culprit), culprit=culprit.to_dict())
+                  fix=fix, culprit=culprit.to_dict())
         return True
     return False
 
