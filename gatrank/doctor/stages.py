@@ -114,8 +114,9 @@ def _leave_out(doc: Diagnosis, errors: Sequence, summary: dict[str, Any]) -> boo
     if any(not p.per_graph and p.file is not None for p in errors):
         return False  # a problem of the whole manifest or dataset
     absent = {(p.line, p.index) for p in errors if p.per_graph}
-    inside = [] if doc.gs is None else [i for i, g in enumerate(doc.gs.graphs)
-                                        if any(not p.is_warning for p in check_graphs([g]))]
+    inside = [i for i, g in enumerate(doc.gs.graphs)  # graphs in memory: checked one by one
+              if any(not p.is_warning for p in check_graphs([g]))] \
+        if doc.gs is not None and any(p.file is None for p in errors) else []
     bad, total = len(absent) + len(inside), len(absent) + (0 if doc.gs is None else len(doc.gs))
     codes = sorted({p.code for p in errors})
     never = sorted(set(codes) - UNLOADABLE - {"no_edges"})
