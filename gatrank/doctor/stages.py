@@ -118,6 +118,8 @@ def _leave_out(doc: Diagnosis, errors: Sequence, summary: dict[str, Any]) -> boo
               if any(not p.is_warning for p in check_graphs([g]))] \
         if doc.gs is not None and any(p.file is None for p in errors) else []
     bad, total = len(absent) + len(inside), len(absent) + (0 if doc.gs is None else len(doc.gs))
+    if not bad:  # problems that name no graph here: as causes, as before
+        return False
     codes = sorted({p.code for p in errors})
     never = sorted(set(codes) - UNLOADABLE - {"no_edges"})
     why = ""
