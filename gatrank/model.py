@@ -22,6 +22,7 @@ from torch_geometric.data.data import BaseData
 from torch_geometric.nn import (
     GATConv,
     GATv2Conv,
+    MessagePassing,
     global_add_pool,
     global_max_pool,
     global_mean_pool,
@@ -39,6 +40,7 @@ __all__ = [
     "build_model",
     "check_scores",
     "pool",
+    "adds_self_loops",
     "reads_edge_attr",
     "score_batch",
 ]
@@ -264,6 +266,18 @@ def reads_edge_attr(model: Any) -> bool:
         return "edge_attr" in inspect.signature(forward).parameters
     except (TypeError, ValueError):
         return False
+
+
+def adds_self_loops(model: nn.Module) -> bool:
+    """Whether every message-passing layer of ``model`` (an instance: build one first, e.g.
+    with :func:`build_model`) adds self-loops: PyG's ``add_self_loops`` attribute is True on
+    each :class:`~torch_geometric.nn.conv.MessagePassing` submodule (``GATConv``,
+    ``GATv2Conv``, ``GCNConv`` by default; gatrank's GATRanker uses them so). A node without
+    edges then still attends to, or aggregates, itself. ``False`` for a model without
+    message-passing layers and for a layer without the attribute (``GraphConv``, ``SAGEConv``,
+    ``GINConv``: they keep a node's own features by other means, not visible here)."""
+    layers = [m for m in model.modules() if isinstance(m, MessagePassing)]
+    return bool(layers) and all(getattr(m, "add_self_loops", None) is True for m in layers)
 
 
 # --------------------------------------------------------------------------- forward by name

@@ -5,6 +5,7 @@ untrained model, never at a training history.
   path to every parameter;
 - the loss's self-test on synthetic scores (prefers the right order, has a gradient, finite at
   large gaps) and the loss against ``ln 2`` (a constant model's loss under the pairwise loss);
+- whether the loss is scale-invariant in the targets (the same on raw and standardized ``y``);
 - valid pairs per batch, as the training loader forms batches (the one counter);
 - in-memory graphs validated with the data module's per-graph checks and problem codes;
 - the node features: per-feature statistics, and whether features and structure can tell
@@ -38,6 +39,7 @@ __all__ = [
     "gradient_path",
     "check_loss",
     "check_configured_loss",
+    "target_scale_sensitivity",
     "valid_pairs_per_batch",
     "pair_stats",
     "check_graphs",
@@ -213,6 +215,77 @@ def check_configured_loss(loss_fn: LossFn, config: Config) -> dict[str, Any]:
     lc = config.loss
     return check_loss(loss_fn, scale=max(1.0, 2 * (lc.tie_eps + lc.margin_eps)),
                       seed=config.training.seed)
+
+
+def _value_and_grad(loss_fn: LossFn, scores: Tensor, y: Tensor) -> tuple[float, Tensor]:
+    """The loss at ``scores`` and its gradient with respect to them (zeros when there is
+    none: a detached loss changes nothing here, the loss stage names it)."""
+    s = scores.clone().requires_grad_()
+    out = loss_fn(s, y, None).loss
+    grad = None
+    if out.requires_grad:
+        (grad,) = torch.autograd.grad(out, [s], allow_unused=True)
+    return float(out.detach()), torch.zeros_like(s) if grad is None else grad.detach()
+
+
+def target_scale_sensitivity(
+    loss_fn: LossFn, targets: Tensor | np.ndarray, *, max_items: int = 256, seed: int = 0,
+    rtol: float = 1e-6,
+) -> dict[str, Any]:
+    """Whether a loss is scale-invariant in the targets: the loss and its gradient with respect
+    to the scores, at fixed synthetic scores, on the real targets and on the same targets
+    standardized (``(y - mean) / std``, same order).
+
+    Scores are seeded standard-normal draws (one per target) and the perfect ordering (the
+    standardized targets); targets beyond ``max_items`` are a seeded sample (kept in order), so
+    the check costs one small batch. Everything runs in float64, so ``rtol`` measures the loss,
+    not rounding. gatrank's pairwise loss is invariant (it reads target differences through
+    ``sign`` and, with ``weight_by_diff``, a weighted *mean* of ``|y_i - y_j|``) unless
+    ``tie_eps``/``margin_eps``, which are in target units, change which pairs count; an MSE is
+    not: its value and gradient grow with the targets' units.
+
+    Args:
+        loss_fn: ``fn(scores, targets, group) -> LossOutput`` (see
+            :func:`gatrank.losses.make_loss_fn`).
+        targets: ``[N]`` finite targets, N >= 2.
+
+    Returns:
+        ``{"n", "mean", "std", "min", "max"`` (of the targets used), ``"loss_raw",
+        "loss_standardized", "grad_norm_raw", "grad_norm_standardized"`` (at the random
+        scores), ``"loss_change", "grad_change"`` (the largest change over both score vectors,
+        ``|raw - standardized|`` (gradients: the norm of the difference), over the largest
+        value (norm) of either; NaN when one is not finite), ``"invariant"`` (both changes
+        <= ``rtol``)``}``.
+    """
+    y = torch.tensor(np.asarray(targets, dtype=np.float64)).reshape(-1)  # (N,), a copy
+    if y.numel() < 2 or not bool(torch.isfinite(y).all()):
+        raise ValueError(f"target_scale_sensitivity needs at least 2 finite targets, got "
+                         f"{y.numel()} ({int((~torch.isfinite(y)).sum())} not finite)")
+    gen = torch.Generator().manual_seed(seed)
+    if y.numel() > max_items:
+        y = y[torch.sort(torch.randperm(y.numel(), generator=gen)[:max_items]).values]
+    std = float(y.std())
+    z = (y - y.mean()) / (std or 1.0)  # (n,) standardized, same order
+    random = torch.randn(y.numel(), generator=gen, dtype=torch.float64)
+    result: dict[str, Any] = {"n": int(y.numel()), "mean": float(y.mean()), "std": std,
+                              "min": float(y.min()), "max": float(y.max())}
+    diffs, sizes = [], []  # per score vector: |raw - standardized|, max(|raw|, |standardized|)
+    for scores in (random, z):
+        raw, g_raw = _value_and_grad(loss_fn, scores, y)
+        scaled, g_std = _value_and_grad(loss_fn, scores, z)
+        result.setdefault("loss_raw", raw)
+        result.setdefault("loss_standardized", scaled)
+        result.setdefault("grad_norm_raw", float(g_raw.norm()))
+        result.setdefault("grad_norm_standardized", float(g_std.norm()))
+        diffs.append([abs(raw - scaled), float((g_raw - g_std).norm())])
+        sizes.append([max(abs(raw), abs(scaled)), max(float(g_raw.norm()), float(g_std.norm()))])
+    # relative to the largest value over both score vectors: rounding around an exact 0 (the
+    # perfect order of a loss that standardizes y itself) is no change; np.max keeps a NaN
+    top = np.max(sizes, axis=0)
+    loss_change, grad_change = (np.max(diffs, axis=0) / np.where(top > 0, top, 1.0)).tolist()
+    result.update(loss_change=loss_change, grad_change=grad_change,
+                  invariant=bool(loss_change <= rtol and grad_change <= rtol))
+    return result
 
 
 def _group_or_none(group: Tensor | np.ndarray | None) -> Tensor | None:

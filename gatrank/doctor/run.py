@@ -32,6 +32,7 @@ ablations in :mod:`~gatrank.doctor.ablations`, and the state they share in
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -49,7 +50,7 @@ from gatrank.doctor.faults import Fault
 from gatrank.doctor.faults import inject as inject_fault
 from gatrank.doctor.report import CAUSES, DOCTOR_THRESHOLDS, DoctorOptions, DoctorReport
 from gatrank.doctor.runs import train_run
-from gatrank.doctor.stages import data_stage, heldout_stage, loss_stage, model_stage
+from gatrank.doctor.stages import data_stage, droppable, heldout_stage, loss_stage, model_stage
 from gatrank.doctor.state import Diagnosis
 from gatrank.doctor.symptoms import Run, failure_verdict, lr_symptom, median_grad, symptoms
 from gatrank.doctor.trace import signal_trace
@@ -168,14 +169,21 @@ def _config_diff(user: Config, runbook: Config) -> list[dict[str, Any]]:
 
 
 def _load(graphs, manifest, dataset, cfg: Config) -> tuple[Any, list, list, str]:
-    """(GraphSet or None, problems that count, rows dropped, where the graphs came from)."""
+    """(GraphSet or None, problems that count, rows dropped, where the graphs came from).
+
+    Under ``data.on_error=raise`` a manifest (or dataset) with problems gives no graphs,
+    except when they are a few rows the data stage may leave out (:func:`stages.droppable`):
+    then the other rows are loaded and the problems returned for the data stage to judge.
+    """
     if graphs is not None:
         return graphs, check_graphs(graphs.graphs), [], "in-memory graphs"
     data = with_source(cfg.data, manifest, dataset)
     report = check_data(data)
     source = f"dataset {data.dataset}" if data.dataset else str(report.summary["manifest"])
     if report.errors and data.on_error == "raise":
-        return None, report.problems, [], source
+        if not droppable(report.errors, report.summary["num_rows"]):
+            return None, report.problems, [], source
+        return load_data(dataclasses.replace(data, on_error="skip")), report.problems, [], source
     gs = load_data(data)
     return gs, check_graphs(gs.graphs), list(gs.dropped), source
 

@@ -15,12 +15,15 @@ import torch
 from torch import nn
 from torch_geometric.data import Batch
 
+from gatrank.checks.probes import eval_mode
 from gatrank.checks.static import (
     check_configured_loss,
+    check_graphs,
     feature_stats,
     frozen_parameters,
     gradient_path,
     pair_stats,
+    target_scale_sensitivity,
 )
 from gatrank.checks.verdict import THRESHOLDS
 from gatrank.doctor.report import CAUSES, DOCTOR_THRESHOLDS
@@ -29,12 +32,13 @@ from gatrank.doctor.state import Diagnosis
 from gatrank.doctor.trace import signal_trace
 from gatrank.losses import make_loss_fn
 from gatrank.metrics import pairwise_accuracy
-from gatrank.model import reads_edge_attr
+from gatrank.model import adds_self_loops, reads_edge_attr, score_batch
 from gatrank.runtime import resolve_device, set_seed
 from gatrank.training import predict
 
 __all__ = [
     "data_stage",
+    "droppable",
     "loss_stage",
     "model_stage",
     "heldout_stage",
@@ -49,22 +53,145 @@ _PROBLEM_CAUSE = {"nonfinite_features": "nan_or_inf_inputs",
 """The cause of each data problem code (any other code: ``invalid_data``)."""
 
 
+# to move to DOCTOR_THRESHOLDS as "tolerable_fraction" and "target_scale"
+TOLERABLE_FRACTION = 0.05  # rows with problems the model survives, left out, at most
+TARGET_SCALE = 100.0  # targets with |mean| or std above this are far from unit scale
+UNLOADABLE = frozenset({
+    "invalid_smiles", "unsupported_molecule", "empty_graph", "missing_file", "unreadable_file",
+    "unsafe_file", "unknown_extension", "bad_graph_content", "missing_features", "not_a_graph",
+    "bad_edge_index_shape", "edge_index_out_of_range", "non_integer_edge_index",
+    "edge_attr_mismatch", "feature_width_mismatch", "edge_feature_width_mismatch"})
+"""Problem codes of a row whose graph cannot be built at all: a few such rows are left out.
+Never these: NaN/Inf/missing/non-numeric targets and NaN/Inf features (a broken column more
+often than a broken row), ids, splits, groups, sources and manifest-level problems."""
+
+
+def droppable(problems: Sequence, rows: int) -> bool:
+    """Whether a manifest's or dataset's errors are all rows the data stage may leave out:
+    each a row's problem (``per_graph``) that is :data:`UNLOADABLE` or ``no_edges`` (whether
+    the model survives those, the data stage decides), on at most :data:`TOLERABLE_FRACTION`
+    of the ``rows``. The doctor then loads the other rows instead of stopping."""
+    errors = [p for p in problems if not p.is_warning]
+    if not all(p.per_graph and p.code in UNLOADABLE | {"no_edges"} for p in errors):
+        return False
+    return len({(p.line, p.index) for p in errors}) <= TOLERABLE_FRACTION * rows
+
+
 def data_stage(doc: Diagnosis, problems: Sequence, dropped: Sequence) -> bool:
-    """Data checks; True when diagnosis must stop here."""
+    """Data checks; True when diagnosis must stop here.
+
+    ``problems`` that the model survives, on at most :data:`TOLERABLE_FRACTION` of the rows,
+    do not stop it (see :func:`_leave_out`): they are listed in a note, left out of ``doc.gs``
+    and the stage is a ``warning``. Every other problem is a definitive cause.
+    """
     t0 = time.perf_counter()
-    counted = _problem_causes(doc, problems)
+    errors = [p for p in problems if not p.is_warning]
+    summary: dict[str, Any] = {}
+    if errors and _leave_out(doc, errors, summary):
+        errors = []
+    counted = _problem_causes(doc, errors)
     if dropped:
         doc.notes.append(f"{len(dropped)} manifest row(s) or graph(s) were dropped under "
                          "data.on_error=skip; they are not part of this diagnosis")
-    summary: dict[str, Any] = {"graphs": 0 if doc.gs is None else len(doc.gs),
-                               "problems": counted}
+    summary = {"graphs": 0 if doc.gs is None else len(doc.gs), "problems": counted, **summary}
     if counted or _target_causes(doc, summary):
         doc.add_stage("data", "failed", summary, t0)
         return True
+    _scale_causes(doc, summary)
     stop = _feature_causes(doc, summary)
-    doc.add_stage("data", "failed" if stop else "warning" if doc.causes else "ok",
-                  summary, t0)
+    warn = doc.causes or "dropped_rows" in summary
+    doc.add_stage("data", "failed" if stop else "warning" if warn else "ok", summary, t0)
     return stop
+
+
+def _leave_out(doc: Diagnosis, errors: Sequence, summary: dict[str, Any]) -> bool:
+    """Leave out the rows of ``errors`` when the model survives them and they are at most
+    :data:`TOLERABLE_FRACTION` of the rows; True when it did (a note names them and gives
+    check-data's fix), else a note says why they stop the diagnosis.
+
+    Survivable: a row whose graph cannot be built (:data:`UNLOADABLE`; the model never sees
+    it), and a graph without edges for a model that survives one (:func:`_survives_edgeless`).
+    Rows of a manifest or dataset that loading already left out (``per_graph`` problems) count
+    beside ``doc.gs``; graphs in memory with problems are taken out of ``doc.gs``.
+    """
+    if any(not p.per_graph and p.file is not None for p in errors):
+        return False  # a problem of the whole manifest or dataset
+    absent = {(p.line, p.index) for p in errors if p.per_graph}
+    inside = [i for i, g in enumerate(doc.gs.graphs)  # graphs in memory: checked one by one
+              if any(not p.is_warning for p in check_graphs([g]))] \
+        if doc.gs is not None and any(p.file is None for p in errors) else []
+    bad, total = len(absent) + len(inside), len(absent) + (0 if doc.gs is None else len(doc.gs))
+    if not bad:  # problems that name no graph here: as causes, as before
+        return False
+    codes = sorted({p.code for p in errors})
+    never = sorted(set(codes) - UNLOADABLE - {"no_edges"})
+    why = ""
+    if never:
+        why = f"problems of kind {', '.join(never)} are never left out"
+    elif doc.gs is None or bad > TOLERABLE_FRACTION * total:  # _load loads the rest when not
+        why = f"that is more than the {TOLERABLE_FRACTION:.0%} of rows the doctor leaves out"
+    elif "no_edges" in codes:
+        ok, reason = _survives_edgeless(doc, set(inside))
+        why = "" if ok else reason
+    rows = f"{bad} rows have problems ({', '.join(codes)})" if doc.gs is None else \
+        f"{bad} of {total} rows ({bad / total:.1%}) have problems ({', '.join(codes)})"
+    if why:
+        doc.notes.append(f"{rows}: the diagnosis stops at the data: {why}")
+        return False
+    if inside:
+        keep = sorted(set(range(len(doc.gs))) - set(inside))
+        doc.gs = doc.gs.subset(keep)
+    listed = []
+    for code in codes:
+        items = [p for p in errors if p.code == code]
+        where = ", ".join(_where(p) for p in items[:10])
+        more = f" and {len(items) - 10} more" if len(items) > 10 else ""
+        listed.append(f"{len(items)} {code}: {where}{more} (fix: {items[0].fix})")
+    doc.notes.insert(0, f"{rows} the model survives; they are left out of this diagnosis "
+                        f"(at most {TOLERABLE_FRACTION:.0%} are) and gatrank check-data lists "
+                        f"each one: {'; '.join(listed)}")
+    summary.update(rows=total, dropped_rows=bad,
+                   dropped_codes={c: sum(p.code == c for p in errors) for c in codes})
+    return True
+
+
+def _where(p) -> str:
+    """A problem's row for a message: its id with its manifest line or dataset index."""
+    return f"{p.id}" + (f" (line {p.line})" if p.line else
+                        f" (index {p.index})" if p.index is not None else "")
+
+
+def _survives_edgeless(doc: Diagnosis, skip: set[int]) -> tuple[bool, str]:
+    """Whether the model survives a graph without edges, and why (on a throwaway instance).
+
+    The rule: every message-passing layer adds self-loops (:func:`gatrank.model.adds_self_loops`;
+    gatrank's GATConv does), so a node without edges attends to itself and its graph is scored
+    from its features like any other; or the model's scores do not depend on edges at all (the
+    same on up to 8 graphs with and without their edges: an MLP over pooled node features
+    passes no messages). Anything else (a layer without self-loops, a model that raises on the
+    graphs) is taken as not surviving: an edgeless graph may get a score that ignores its nodes.
+    ``skip``: positions of ``doc.gs`` not to use as probes (the edgeless graphs themselves).
+    """
+    try:
+        with torch.random.fork_rng(devices=[]):  # the later stages' draws stay as they were
+            torch.manual_seed(doc.cfg.training.seed)
+            net = model_factory(doc)(doc.gs.num_features, doc.cfg)
+            if adds_self_loops(net):
+                return True, "every message-passing layer of the model adds self-loops"
+            probes = [doc.gs[i] for i in range(len(doc.gs)) if i not in skip][:8]
+            bare = [g.edge_subgraph(torch.zeros(g.num_edges, dtype=torch.bool)) for g in probes]
+            with eval_mode(net), torch.no_grad():
+                with_edges = score_batch(net, Batch.from_data_list(probes))
+                without = score_batch(net, Batch.from_data_list(bare))
+    except Exception as exc:  # the user's code: whether it survives cannot be told
+        return False, (f"building or running the model raised {type(exc).__name__}: {exc}, "
+                       "so whether it survives graphs without edges cannot be told")
+    if torch.allclose(with_edges, without, rtol=1e-5, atol=1e-6):
+        return True, "the model's scores do not depend on edges"
+    return False, ("the model does not add self-loops in every message-passing layer and its "
+                   f"scores change when the edges of {len(probes)} graphs are removed (by up to "
+                   f"{float((with_edges - without).abs().max()):.3g}): a graph without edges may "
+                   "get a score that ignores its nodes")
 
 
 def _problem_causes(doc: Diagnosis, problems: Sequence) -> int:
@@ -76,9 +203,7 @@ def _problem_causes(doc: Diagnosis, problems: Sequence) -> int:
             by_code.setdefault(p.code, []).append(p)
     for code, items in by_code.items():
         cid = _PROBLEM_CAUSE.get(code, "invalid_data")
-        where = ", ".join(f"{p.id}" + (f" (line {p.line})" if p.line else
-                                       f" (index {p.index})" if p.index is not None else "")
-                          for p in items[:5])
+        where = ", ".join(_where(p) for p in items[:5])
         more = f" and {len(items) - 5} more" if len(items) > 5 else ""
         doc.cause(cid, f"{len(items)} graph(s) with {code}: {items[0].problem} — {where}"
                        f"{more}", 1.0, "data", **{code: len(items)})
@@ -142,6 +267,54 @@ def _target_causes(doc: Diagnosis, summary: dict[str, Any]) -> bool:
                   f"(mean {batches['pairs_mean']:.1f} pairs per batch)",
                   0.5 + 0.4 * frac, "data", fraction_without_pairs=frac)
     return False
+
+
+def _scale_causes(doc: Diagnosis, summary: dict[str, Any]) -> None:
+    """``unscaled_targets`` (0.92, above ``exploding_gradients``' 0.9, which it causes; not
+    definitive: the runs go on) for targets with |mean| or std above :data:`TARGET_SCALE`
+    under a loss that is not scale-invariant in them
+    (:func:`~gatrank.checks.static.target_scale_sensitivity` on the real targets)."""
+    y = doc.gs.table["y"].to_numpy(dtype=np.float64)
+    mean, std = float(y.mean()), float(y.std(ddof=1))
+    summary["y_mean"] = mean
+    if max(abs(mean), std) <= TARGET_SCALE:
+        return
+    try:
+        res = target_scale_sensitivity(make_loss_fn(doc.loss or None, doc.cfg), y,
+                                       seed=doc.cfg.training.seed)
+    except Exception as exc:  # the user's loss: the loss stage runs it and reports it
+        summary["target_scale"] = f"not measured: the loss raised {type(exc).__name__}"
+        return
+    summary["target_scale"] = "invariant" if res["invariant"] else "sensitive"
+    if res["invariant"]:
+        return
+    lc, builtin = doc.cfg.loss, not doc.loss
+    name = "gatrank's pairwise loss" if builtin else "your loss " + (
+        doc.loss if isinstance(doc.loss, str) else getattr(doc.loss, "__name__", "(callable)"))
+    ratio = res["grad_norm_raw"] / res["grad_norm_standardized"] \
+        if res["grad_norm_standardized"] > 0 else float("inf")
+    evidence = (f"targets far from unit scale: mean {mean:.4g}, std {std:.4g}, min "
+                f"{float(y.min()):.4g}, max {float(y.max()):.4g} (|mean| or std above "
+                f"{TARGET_SCALE:g}), and {name} is not scale-invariant in them: at fixed scores "
+                f"it is {res['loss_raw']:.4g} on these targets and "
+                f"{res['loss_standardized']:.4g} on the same targets standardized, gradient "
+                f"norm {res['grad_norm_raw']:.4g} against {res['grad_norm_standardized']:.4g} "
+                f"({ratio:.3g}x; relative change {res['loss_change']:.3g} in the loss, "
+                f"{res['grad_change']:.3g} in the gradient)")
+    how = (f"Standardize the targets before training: y = (y - {mean:.4g}) / {std:.4g}, or "
+           "log-transform concentrations such as IC50 in nM (pIC50 = 9 - log10(IC50)). ")
+    fix = how + (f"gatrank's pairwise loss depends on the targets' order only, except for "
+                 f"loss.tie_eps={lc.tie_eps:g} and loss.margin_eps={lc.margin_eps:g}, which "
+                 "are in target units: set them for the standardized targets; "
+                 "loss.weight_by_diff weights pairs by |y_i - y_j| in target units too (a "
+                 "log-transform changes which pairs dominate, standardizing does not)."
+                 if builtin else
+                 f"Y{name[1:]} changes with the targets' units, so its gradients are {ratio:.3g}x "
+                 "those on standardized targets; or leave the loss to gatrank's pairwise "
+                 "loss, which depends on the targets' order only.")
+    doc.cause("unscaled_targets", evidence, 0.92, "data", fix=fix, y_mean=mean, y_std=std,
+              y_min=float(y.min()), y_max=float(y.max()), loss_change=res["loss_change"],
+              grad_change=res["grad_change"])
 
 
 def _feature_causes(doc: Diagnosis, summary: dict[str, Any]) -> bool:

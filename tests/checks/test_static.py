@@ -20,6 +20,7 @@ from gatrank.checks.static import (
     gradient_path,
     loss_ratio,
     pair_stats,
+    target_scale_sensitivity,
     valid_pairs_per_batch,
     wl_signatures,
 )
@@ -92,6 +93,57 @@ def test_check_loss_targets_spaced_beyond_tie_eps_keep_the_gradient():
     wide_ties = make_loss_fn(None, Config().updated({"loss.tie_eps": 20.0}))
     assert not check_loss(wide_ties)["has_gradient"]  # targets 0..15: every pair is a tie
     assert check_loss(wide_ties, scale=41.0)["has_gradient"]
+
+
+def _raw_ic50(n: int = 200, seed: int = 0) -> torch.Tensor:
+    """IC50 in nM from pIC50 in [5, 8] with two decimals, as a ChEMBL table gives them."""
+    gen = torch.Generator().manual_seed(seed)
+    pic50 = torch.round((5 + 3 * torch.rand(n, generator=gen, dtype=torch.float64)) * 100) / 100
+    return 10 ** (9 - pic50)
+
+
+@pytest.mark.parametrize("weight_by_diff", [False, True])
+def test_target_scale_sensitivity_pairwise_loss_is_invariant(weight_by_diff):
+    """The pairwise loss reads targets through the order of pairs and, with weight_by_diff,
+    a weighted *mean* of |y_i - y_j| (the weights' scale cancels): standardizing raw IC50s
+    changes neither its value nor its gradient."""
+    fn = make_loss_fn(None, Config().updated({"loss.weight_by_diff": weight_by_diff}))
+    res = target_scale_sensitivity(fn, _raw_ic50())
+    assert res["std"] > 1000 and res["invariant"]
+    assert res["loss_raw"] == pytest.approx(res["loss_standardized"], rel=1e-12)
+    assert res["grad_norm_raw"] == pytest.approx(res["grad_norm_standardized"], rel=1e-12)
+
+
+def test_target_scale_sensitivity_flags_mse_and_pairs_weighted_in_target_units():
+    y = _raw_ic50()
+    mse = make_loss_fn(lambda s, t: ((s - t) ** 2).mean(), Config())
+    res = target_scale_sensitivity(mse, y)
+    assert not res["invariant"] and res["grad_norm_raw"] > 100 * res["grad_norm_standardized"]
+    assert res["loss_change"] > 0.99  # the raw targets' MSE dwarfs the standardized one
+    # a loss that standardizes the targets itself is invariant
+    own = make_loss_fn(lambda s, t: ((s - (t - t.mean()) / t.std()) ** 2).mean(), Config())
+    assert target_scale_sensitivity(own, y)["invariant"]
+
+    def weighted_sum(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Pairs weighted by |y_i - y_j| and summed, not averaged: the weights' scale stays."""
+        dy, ds = t[:, None] - t[None, :], s[:, None] - s[None, :]
+        return (dy.abs() * torch.nn.functional.softplus(-ds) * (dy > 0)).sum()
+
+    base = torch.randn(50, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    base = (base - base.mean()) / base.std()  # already standardized: an exact oracle
+    res = target_scale_sensitivity(make_loss_fn(weighted_sum, Config()), 1000 * base + 5000)
+    assert not res["invariant"]
+    assert res["grad_norm_raw"] / res["grad_norm_standardized"] == pytest.approx(1000)
+    # tie_eps/margin_eps are in target units: which pairs count changes with the scale
+    margin = make_loss_fn(None, Config().updated({"loss.margin_eps": 0.5}))
+    assert not target_scale_sensitivity(margin, 3 * base + 6)["invariant"]
+
+
+def test_target_scale_sensitivity_samples_large_sets_and_refuses_nan():
+    res = target_scale_sensitivity(make_loss_fn(None, Config()), _raw_ic50(1000))
+    assert res["n"] == 256 and res["invariant"]
+    with pytest.raises(ValueError, match="1 not finite"):
+        target_scale_sensitivity(make_loss_fn(None, Config()), [1.0, float("nan"), 3.0])
 
 
 def test_pair_stats_matches_brute_force_over_the_real_loader(make_graphs):
