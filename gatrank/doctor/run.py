@@ -25,7 +25,8 @@ first, each with the measured evidence and the runbook's fix. :func:`diagnose_hi
 the history-only part cheaply for a run that already happened (a notebook's overfit run).
 
 This module loads the graphs and orders the stages (:func:`_run_stages`); the stages live in
-:mod:`~gatrank.doctor.stages`, the reading of a run in :mod:`~gatrank.doctor.symptoms`, the
+:mod:`~gatrank.doctor.data_stage` and :mod:`~gatrank.doctor.stages`, the reading of a run in
+:mod:`~gatrank.doctor.symptoms`, the
 ablations in :mod:`~gatrank.doctor.ablations`, and the state they share in
 :mod:`~gatrank.doctor.state`.
 """
@@ -46,11 +47,12 @@ from gatrank.checks.verdict import THRESHOLDS, evaluate_verdict
 from gatrank.config import Config, load_config
 from gatrank.datasets import check_data, load_data, with_source
 from gatrank.doctor.ablations import overfit_ablations, user_ablations
+from gatrank.doctor.data_stage import data_stage, droppable
 from gatrank.doctor.faults import Fault
 from gatrank.doctor.faults import inject as inject_fault
 from gatrank.doctor.report import CAUSES, DOCTOR_THRESHOLDS, DoctorOptions, DoctorReport
 from gatrank.doctor.runs import train_run
-from gatrank.doctor.stages import data_stage, droppable, heldout_stage, loss_stage, model_stage
+from gatrank.doctor.stages import heldout_stage, loss_stage, model_stage
 from gatrank.doctor.state import Diagnosis
 from gatrank.doctor.symptoms import Run, failure_verdict, lr_symptom, median_grad, symptoms
 from gatrank.doctor.trace import signal_trace

@@ -19,7 +19,7 @@ from gatrank.config import Config, DataConfig
 from gatrank.data import GraphSet, load_graphs
 from gatrank.datasets import check_data, write_dataset
 from gatrank.doctor import DoctorOptions, diagnose
-from gatrank.doctor.stages import TOLERABLE_FRACTION, data_stage
+from gatrank.doctor.data_stage import TOLERABLE_FRACTION, data_stage
 from gatrank.doctor.state import Diagnosis
 from gatrank.model import GATRanker, LinearBaseline, adds_self_loops
 
