@@ -41,8 +41,10 @@ _PROBLEM_CAUSE = {"nonfinite_features": "nan_or_inf_inputs",
 
 
 # to move to DOCTOR_THRESHOLDS as "tolerable_fraction" and "target_scale"
-TOLERABLE_FRACTION = 0.05  # rows with problems the model survives, left out, at most
-TARGET_SCALE = 100.0  # targets with |mean| or std above this are far from unit scale
+TOLERABLE_FRACTION = DOCTOR_THRESHOLDS["tolerable_fraction"]
+"""Rows with problems the model survives are left out when they are at most this fraction."""
+TARGET_SCALE = DOCTOR_THRESHOLDS["target_scale"]
+"""Targets with |mean| or std above this are far from unit scale."""
 UNLOADABLE = frozenset({
     "invalid_smiles", "unsupported_molecule", "empty_graph", "missing_file", "unreadable_file",
     "unsafe_file", "unknown_extension", "bad_graph_content", "missing_features", "not_a_graph",

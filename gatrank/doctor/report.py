@@ -129,9 +129,9 @@ CAUSES: dict[str, dict[str, str]] = {
     "unscaled_targets": {
         "meaning": "targets far from unit scale under a loss that is not scale-invariant",
         "fix": "Standardize the targets ((y - mean) / std, or log-transform concentrations "
-               "such as IC50 to pIC50) before training; gatrank's pairwise loss is "
-               "scale-invariant in the ordering but loss.temperature and "
-               "loss.weight_by_diff are in target units."},
+               "such as IC50 to pIC50) before training; gatrank's pairwise loss depends on "
+               "the targets' order only, but loss.tie_eps and loss.margin_eps are in target "
+               "units."},
     "user_code_error": {
         "meaning": "the user's model or loss raised an exception",
         "fix": "Fix the line of your code the evidence names (the exception, the stage it "
@@ -167,6 +167,8 @@ DOCTOR_THRESHOLDS: dict[str, float] = {
     "heavy_dropout": 0.5,
     "heavy_weight_decay": 0.1,
     "strong": 0.85,                 # a cause this likely needs no ablation to confirm it
+    "tolerable_fraction": 0.05,     # rows with problems the model survives, left out, at most
+    "target_scale": 100.0,          # targets with |mean| or std above this: far from unit scale
 }
 """Every threshold the doctor uses, beside the runbook's
 (:data:`gatrank.checks.verdict.THRESHOLDS`)."""
