@@ -196,18 +196,34 @@ def _static_symptoms(doc: Diagnosis, run: Run, stage: str) -> bool:
             if frac >= t["frozen_fraction"]:
                 explained = True
     big = path is not None and path["grad_norm"] >= t["exploding_grad_norm"]
+    fix = _exploding_fix(doc)
     if path is not None and (not path["finite"] or big):
         gn = path["grad_norm"]
         doc.cause("exploding_gradients",
                   f"gradient norm {gn:.3g} before any update (threshold "
                   f"{t['exploding_grad_norm']:g}); loss {path['loss']:.4g} = "
-                  f"{path['loss'] / LN2:.3g} x ln 2", 0.9, stage, grad_norm_at_init=gn)
+                  f"{path['loss'] / LN2:.3g} x ln 2", 0.9, stage, fix=fix,
+                  grad_norm_at_init=gn)
         explained = True
     at = re.search(r"at epoch (\d+), batch (\d+)", run.error)
     if run.nonfinite and at and at.groups() == ("1", "0"):
         doc.cause("exploding_gradients", f"{run.error} — at the very first step, so no "
-                  "learning-rate step caused it", 0.9, stage)
+                  "learning-rate step caused it", 0.9, stage, fix=fix)
     return explained
+
+
+def _exploding_fix(doc: Diagnosis) -> str:
+    """The exploding-gradient fix that follows the evidence: targets far from unit scale
+    (``unscaled_targets`` raised) are what to fix first, not the features or the learning
+    rate."""
+    unscaled = doc.causes.get("unscaled_targets")
+    if unscaled is None:
+        return ""  # the cause's own fix
+    m = unscaled.measured
+    return (f"The gradients are large because the targets are (mean {m['y_mean']:.4g}, std "
+            f"{m['y_std']:.4g}; see unscaled_targets): standardize y first, and keep "
+            "training.grad_clip at 1.0; the features and the learning rate are not what to "
+            "change.")
 
 
 def _unit_symptoms(doc: Diagnosis, h: Sequence[dict[str, Any]], stage: str) -> bool:
