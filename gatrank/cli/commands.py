@@ -128,10 +128,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     opts = DoctorOptions(n=args.n)
     if args.zoo_table:
         def show(r: ZooResult) -> None:
-            print(f"{r.name:<24} {'ok   ' if r.ok else 'WRONG'} {r.verdict:<18} "
+            print(f"{r.name:<34} {'ok   ' if r.ok else 'WRONG'} {r.verdict:<18} "
                   f"{', '.join(r.named[:3]) or '-'}  ({r.seconds:.1f}s)", flush=True)
 
-        results = run_zoo(zoo_graphs(args.zoo_graphs), options=opts, on_result=show)
+        results = run_zoo(zoo_graphs(args.zoo_graphs), options=opts, n=args.zoo_graphs,
+                          on_result=show)
         write_zoo_page(args.zoo_table, results,
                        command=f"gatrank doctor --zoo-table {args.zoo_table}"
                                + (f" --zoo-graphs {args.zoo_graphs}" if args.zoo_graphs != 128

@@ -34,7 +34,7 @@ class ZooResult:
     """What the doctor said about one fault (or about the healthy setup: ``fault`` None)."""
 
     name: str
-    """Fault name, or ``healthy (seed k)``."""
+    """Fault name, or ``healthy DATASET (seed k)``."""
     expected: str | None
     """The fault's cause id; None for a healthy run (no cause may be named)."""
     named: list[str]
@@ -66,10 +66,16 @@ def zoo_graphs(n: int = 128, seed: int = 0, dataset: str = DEFAULT_DATASET):
     return full.subset(keep.tolist())
 
 
+HEALTHY_DATASETS = ("chembl-activity", "nci-tpsa", "nci-logp")
+"""The real data sets of the healthy check: on each, the doctor must raise no cause."""
+
+
 def run_zoo(graphs=None, *, names: Sequence[str] | None = None,
             healthy_seeds: Sequence[int] = (0, 1, 2), seed: int = 0, options=None,
+            healthy_datasets: Sequence[str] = HEALTHY_DATASETS, n: int = 128,
             on_result: Callable[[ZooResult], None] | None = None) -> list[ZooResult]:
-    """Run the doctor on every fault (and on the healthy setup for each of ``healthy_seeds``).
+    """Run the doctor on every fault, then on each healthy real data set for each of
+    ``healthy_seeds``.
 
     Args:
         graphs: the GraphSet to inject into (default: :func:`zoo_graphs`).
@@ -77,16 +83,20 @@ def run_zoo(graphs=None, *, names: Sequence[str] | None = None,
         healthy_seeds: seeds of the runs without a fault.
         seed: seed of the fault runs.
         options: :class:`gatrank.doctor.DoctorOptions` for every run.
+        healthy_datasets: embedded data sets of the healthy runs, ``n`` graphs of each
+            (:func:`zoo_graphs`); the first uses ``graphs`` when given.
         on_result: called with each result as it arrives (progress display).
     """
-    gs = zoo_graphs() if graphs is None else graphs
-    jobs: list[tuple[str, Fault | None, int]] = [
-        (name, get_fault(name), seed) for name in (names if names is not None else FAULTS)]
-    jobs += [(f"healthy (seed {s})", None, s) for s in healthy_seeds]
+    gs = zoo_graphs(n) if graphs is None else graphs
+    jobs: list[tuple[str, Fault | None, int, Any]] = [
+        (name, get_fault(name), seed, gs) for name in (names if names is not None else FAULTS)]
+    for k, dataset in enumerate(healthy_datasets):
+        data = gs if k == 0 else zoo_graphs(n, dataset=dataset)
+        jobs += [(f"healthy {dataset} (seed {s})", None, s, data) for s in healthy_seeds]
     results = []
-    for label, fault, run_seed in jobs:
+    for label, fault, run_seed, data in jobs:
         t0 = time.perf_counter()
-        report = diagnose(gs, inject=fault.name if fault else None, options=options,
+        report = diagnose(data, inject=fault.name if fault else None, options=options,
                           seed=run_seed)
         res = ZooResult(label, fault.cause if fault else None, report.cause_ids, report.verdict,
                         time.perf_counter() - t0, fault.also if fault else (), report.to_dict())
