@@ -192,7 +192,7 @@ def _static_symptoms(doc: Diagnosis, run: Run, stage: str) -> bool:
                       f"requires_grad=False or get no gradient: {frac:.2%} of the weights, "
                       f"{left} left to train",
                       0.9 if frac >= t["frozen_fraction"] else 0.5, stage,
-                      frozen_fraction=frac)
+                      fix=_frozen_fix(frozen, stuck), frozen_fraction=frac)
             if frac >= t["frozen_fraction"]:
                 explained = True
     big = path is not None and path["grad_norm"] >= t["exploding_grad_norm"]
@@ -212,13 +212,31 @@ def _static_symptoms(doc: Diagnosis, run: Run, stage: str) -> bool:
     return explained
 
 
+def _frozen_fix(frozen: dict[str, Any], stuck: set[str]) -> str:
+    """The frozen-parameter fix naming what to change for each kind of stuck parameter."""
+    parts = []
+    for what, names in (("set requires_grad=True on", frozen["frozen"]),
+                        ("add to the optimizer", frozen["not_in_optimizer"]),
+                        ("use in forward() (no gradient reaches them)",
+                         sorted(stuck - set(frozen["frozen"]) - set(frozen["not_in_optimizer"])))):
+        if names:
+            parts.append(f"{what} {', '.join(sorted(names)[:4])}"
+                         + (f" and {len(names) - 4} more" if len(names) > 4 else ""))
+    return f"{CAUSES['frozen_parameters']['fix']} Here: {'; '.join(parts)}."
+
+
 def _exploding_fix(doc: Diagnosis) -> str:
     """The exploding-gradient fix that follows the evidence: targets far from unit scale
     (``unscaled_targets`` raised) are what to fix first, not the features or the learning
-    rate."""
+    rate; otherwise the stabilizers the config switched off."""
     unscaled = doc.causes.get("unscaled_targets")
     if unscaled is None:
-        return ""  # the cause's own fix
+        tc, mc = doc.cfg.training, doc.cfg.model
+        off = ([f"training.grad_clip is {tc.grad_clip:g} (off): set 1.0"]
+               if tc.grad_clip <= 0 else [])
+        off += ([f"model.head is {mc.head!r}: set layernorm"]
+                if doc.builtin and mc.head != "layernorm" else [])
+        return f"{CAUSES['exploding_gradients']['fix']} Here: {'; '.join(off)}." if off else ""
     m = unscaled.measured
     return (f"The gradients are large because the targets are (mean {m['y_mean']:.4g}, std "
             f"{m['y_std']:.4g}; see unscaled_targets): standardize y first, and keep "

@@ -140,3 +140,42 @@ def test_constant_weights_lists_identical_units_and_skips_biases_and_scales():
     shares = [c["share"] for c in constant_weights(net)]
     assert shares == pytest.approx([6 / 20, 2 / 20])
     assert constant_weights(nn.Linear(4, 3)) == []  # default initialisation
+
+
+class DeadReluHead(nn.Module):
+    """A user's GCN whose head ReLU never fires (its input shifted far below 0, as after a
+    learning-rate spike): every score the same."""
+
+    def __init__(self, in_channels: int, hidden: int = 16) -> None:
+        super().__init__()
+        self.conv = GCNConv(in_channels, hidden)
+        self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        with torch.no_grad():
+            self.head[0].bias.fill_(-100.0)
+
+    def forward(self, x, edge_index, batch):
+        return self.head(global_mean_pool(self.conv(x, edge_index).relu(), batch))
+
+
+def test_a_dead_relu_in_a_users_head_is_dead_activations_named_by_the_trace(zoo_set):
+    report = diagnose(zoo_set, model=DeadReluHead(zoo_set.num_features), options=FAST)
+    assert report.cause_ids[0] == "dead_activations", report.format_text()
+    cause = report.causes[0]
+    assert "head.1 (ReLU)" in cause.evidence and "head.1 (ReLU)" in cause.fix
+    assert cause.measured["culprit"]["path"] == "head.1"
+    trace = report.to_dict()["trace"]["init"]
+    assert trace["culprit"]["cause"] == "dead_activations" and trace["scores_constant"]
+    head = next(m for m in trace["modules"] if m["path"] == "head.1")
+    assert head["zero_fraction"] == 1.0 and head["constant"]
+    assert "signal trace at initialisation" in report.format_text()
+    assert "<- culprit (dead_activations)" in report.format_text()
+
+
+def test_a_healthy_models_trace_is_in_the_report_without_a_culprit(zoo_set):
+    report = diagnose(zoo_set, options=DoctorOptions(heldout=False))
+    assert report.verdict == "healthy"
+    trace = report.to_dict()["trace"]
+    assert set(trace) == {"init"}  # no trace after a passing overfit run
+    assert trace["init"]["culprit"] is None and trace["init"]["scores_std"] > 0.01
+    assert all(m["graph_std"] > 0 for m in trace["init"]["modules"])
+    assert "no layer makes them constant" in report.format_text()
