@@ -123,7 +123,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     if args.list_faults:
         for f in list_faults():
-            print(f"{f['name']:<24} {f['cause']:<24} [{f['where']}] {f['description']}")
+            code = f" ({f['user_code']})" if f["user_code"] else ""
+            print(f"{f['name']:<24} {f['cause']:<24} [{f['where']}] {f['description']}{code}")
         return 0
     opts = DoctorOptions(n=args.n)
     if args.zoo_table:

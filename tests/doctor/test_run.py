@@ -183,6 +183,8 @@ def test_cli_lists_the_fault_zoo(capsys):
     assert main(["doctor", "--list-faults"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in FAULTS)
+    line = next(ln for ln in out.splitlines() if ln.startswith("layernorm_one_head "))
+    assert "(gatrank.doctor.buggy:LayerNormScoreHead)" in line  # the user code it runs
 
 
 def test_cli_writes_a_report_for_a_user_model(tmp_path, capsys):
