@@ -74,8 +74,8 @@ class ModuleTrace:
     (edge level, a scalar, one row for the whole batch)."""
     shape: list[int]
     graph_std: float
-    """Std across graphs per feature, then root-mean-square over features; node level: the
-    same on the per-graph means of the nodes. NaN at level ``other``."""
+    """Std across graphs (population, ddof 0) per feature, then root-mean-square over
+    features; node level: the same on the per-graph means of the nodes. NaN at ``other``."""
     node_std: float | None
     """Node level only: std across all nodes, RMS over features."""
     zero_fraction: float
