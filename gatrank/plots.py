@@ -25,6 +25,7 @@ __all__ = [
     "training_curves",
     "layer_grad_norms",
     "embedding_spread",
+    "signal_trace",
     "histogram",
     "size_degree_histograms",
     "feature_spread",
@@ -210,6 +211,75 @@ def embedding_spread(
            f"pass: std > {threshold}")
     fig.update_layout(title="Pooled graph embedding (Step 2C)", xaxis_title="epoch",
                       yaxis_title="value", template=_TEMPLATE, height=380)
+    return fig
+
+
+def _trace_points(trace: Mapping[str, Any]) -> list[tuple[str, float | None, str]]:
+    """``(x, std across graphs, hover)`` per module of a ``SignalTrace.to_dict()``, then the
+    scores; modules of level ``other`` (no spread across graphs) are left out."""
+    pts = []
+    for m in trace["modules"]:
+        if m["level"] == "other" or m["graph_std"] is None:
+            continue
+        node = (f"<br>node std {m['node_std']:.3g} (per-graph means above)"
+                if m.get("node_std") is not None else "")
+        pts.append((m["path"], m["graph_std"],
+                    f"{m['path']} ({m['type']})<br>{m['level']} level, shape {m['shape']}"
+                    f"<br>std across graphs {m['graph_std']:.3g}"
+                    f"{' (same for every graph)' if m['constant'] else ''}{node}"
+                    f"<br>zeros {100 * m['zero_fraction']:.0f}%"))
+    if trace.get("scores_std") is not None:
+        pts.append(("scores", trace["scores_std"],
+                    f"scores {trace['score_shape']}<br>std across graphs "
+                    f"{trace['scores_std']:.3g}"))
+    return pts
+
+
+def signal_trace(init: Mapping[str, Any], end: Mapping[str, Any] | None = None, *,
+                 title: str = "Where the signal dies: spread across graphs per module"
+                 ) -> go.Figure:
+    """Across-graph std of every module's output in forward order, then the scores (log y),
+    at initialisation and, when given, at the end of training; each culprit ringed in red.
+
+    A drop to the floor line is where every graph gets the same output: a std of 0 cannot sit
+    on a log axis, so it is drawn (as an ``x``) one decade below the smallest positive value.
+
+    Args:
+        init, end: ``SignalTrace.to_dict()`` of :func:`gatrank.doctor.trace.signal_trace` on
+            the same batch (node-level modules show the spread of their per-graph means).
+    """
+    traces = [("at initialisation", init, _TRAIN), ("after training", end, _VAL)]
+    traces = [(name, t, colour, _trace_points(t)) for name, t, colour in traces if t]
+    order = list(dict.fromkeys(x for *_, pts in traces for x, _, _ in pts
+                               if x != "scores")) + ["scores"]
+    positive = [v for *_, pts in traces for _, v, _ in pts if v and v > 0]
+    floor = 10 ** (np.floor(np.log10(min(positive))) - 1) if positive else 1e-6
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[order[0], order[-1]], y=[floor, floor], mode="lines",
+                             line=_REF, name="std 0: the same for every graph",
+                             hovertemplate="std 0 across graphs (drawn here)<extra></extra>"))
+    for name, t, colour, pts in traces:
+        fig.add_trace(go.Scatter(
+            x=[x for x, _, _ in pts], y=[v if v > 0 else floor for _, v, _ in pts],
+            mode="lines+markers", name=name, line={"color": colour},
+            marker={"size": [7 if v > 0 else 11 for _, v, _ in pts],
+                    "symbol": ["circle" if v > 0 else "x" for _, v, _ in pts]},
+            hovertext=[h for _, _, h in pts], hoverinfo="text"))
+        c = t.get("culprit")
+        if c:
+            x = c["path"] if c["where"] == "module" else "scores"
+            y = next((v for px, v, _ in pts if px == x), 0.0)
+            fig.add_trace(go.Scatter(
+                x=[x], y=[y if y > 0 else floor], mode="markers",
+                name=f"culprit {name}: {c['cause']}",
+                marker={"size": 20, "symbol": "circle-open", "color": _FLAG["color"],
+                        "line": {"width": 2.5}},
+                hovertext=[c["evidence"]], hoverinfo="text"))
+    fig.update_xaxes(categoryorder="array", categoryarray=order, tickangle=-45)
+    fig.update_layout(title=title, xaxis_title="module, in forward order",
+                      yaxis_title="std across graphs (log)", yaxis_type="log",
+                      template=_TEMPLATE, height=500, margin={"t": 90},
+                      legend={"orientation": "h", "x": 0, "y": 1.0, "yanchor": "bottom"})
     return fig
 
 

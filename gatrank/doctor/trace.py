@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import copy
 import math
-from collections import Counter
+import re
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
@@ -32,11 +33,10 @@ CONSTANT_RTOL = 1e-6
 """Outputs are *constant* across graphs when, for every feature, max - min over the graphs is at
 most this times ``max(1, max |value|)``: float32 round-off, not a signal."""
 
+# activations that die: a unit below the kink for every graph gives every graph the same value
 _RECTIFIERS: tuple[type[nn.Module], ...] = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU,
     nn.SiLU, nn.Mish, nn.Hardswish)
-"""Activations that die: a unit whose input is below the kink for every graph outputs the same
-value (0 for ReLU) for every graph."""
 
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm,
           nn.modules.instancenorm._InstanceNorm, nn.RMSNorm)
@@ -74,8 +74,8 @@ class ModuleTrace:
     (edge level, a scalar, one row for the whole batch)."""
     shape: list[int]
     graph_std: float
-    """Std across graphs per feature, then root-mean-square over features; node level: the
-    same on the per-graph means of the nodes. NaN at level ``other``."""
+    """Std across graphs (population, ddof 0) per feature, then root-mean-square over
+    features; node level: the same on the per-graph means of the nodes. NaN at ``other``."""
     node_std: float | None
     """Node level only: std across all nodes, RMS over features."""
     zero_fraction: float
@@ -135,15 +135,11 @@ class SignalTrace:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, floats to 4 significant digits."""
-        return {
-            "num_graphs": self.num_graphs,
-            "num_nodes": self.num_nodes,
-            "score_shape": list(self.score_shape),
-            "scores_std": _r(self.scores_std),
-            "scores_constant": self.scores_constant,
-            "culprit": self.culprit.to_dict() if self.culprit else None,
-            "modules": [m.to_dict() for m in self.modules],
-        }
+        return {"num_graphs": self.num_graphs, "num_nodes": self.num_nodes,
+                "score_shape": list(self.score_shape), "scores_std": _r(self.scores_std),
+                "scores_constant": self.scores_constant,
+                "culprit": self.culprit.to_dict() if self.culprit else None,
+                "modules": [m.to_dict() for m in self.modules]}
 
     def format_lines(self, limit: int = 12) -> list[str]:
         """A short table for a terminal: one line per module (path, type, level, std across
@@ -193,18 +189,11 @@ def _window(n: int, limit: int, centre: int | None) -> list[int]:
 # --------------------------------------------------------------------------- short types
 
 
-def _split_top(s: str) -> list[str]:
-    """``s`` split at the commas outside brackets."""
-    parts, depth, cur = [], 0, ""
-    for ch in s:
-        depth += ch in "([{"
-        depth -= ch in ")]}"
-        if ch == "," and depth == 0:
-            parts.append(cur)
-            cur = ""
-        else:
-            cur += ch
-    return [p.strip() for p in [*parts, cur] if p.strip()]
+_TOP_COMMA = re.compile(r",(?![^(]*\))")  # a comma outside parentheses
+
+
+def _items(s: str) -> list[str]:
+    return [p.strip() for p in _TOP_COMMA.split(s) if p.strip()]
 
 
 def short_type(module: nn.Module) -> str:
@@ -216,14 +205,14 @@ def short_type(module: nn.Module) -> str:
     if "\n" in text or not (text.startswith(name + "(") and text.endswith(")")):
         return name
     items = []
-    for item in _split_top(text[len(name) + 1:-1]):
+    for item in _items(text[len(name) + 1:-1]):
         key, eq, value = (s.strip() for s in item.partition("="))
         if eq and key in _DROPPED_KEYS:
             continue
         if eq and key in _SIZE_KEYS:
             item = value
         if item.startswith("(") and item.endswith(")"):  # a shape tuple: (1,) -> 1
-            item = ", ".join(_split_top(item[1:-1]))
+            item = ", ".join(_items(item[1:-1]))
         items.append(item)
     while items and len(f"{name}({', '.join(items)})") > _TYPE_MAX:
         items.pop()
@@ -291,12 +280,21 @@ class _Batch:
         return _Measure("node", means, _spread(means), _spread(flat), same)
 
 
-def _first_input(args: tuple, kwargs: dict, b: _Batch) -> Tensor | None:
-    """The first floating tensor argument with one row per graph or per node."""
+class _Input(NamedTuple):
+    """A call's first float argument with a row per graph or node, before an in-place call."""
+
+    measure: _Measure
+    shape: tuple[int, ...]
+    mean: float
+    abs_mean: float
+
+
+def _input_of(args: tuple, kwargs: dict, b: _Batch) -> _Input | None:
     for v in (*args, *kwargs.values()):
-        if (isinstance(v, Tensor) and v.is_floating_point() and v.dim() > 0
+        if (isinstance(v, Tensor) and v.is_floating_point() and v.numel() > 0
                 and v.shape[0] in (b.num_graphs, b.num_nodes)):
-            return v
+            d = v.detach().double()
+            return _Input(b.measure(v), tuple(v.shape), float(d.mean()), float(d.abs().mean()))
     return None
 
 
@@ -324,36 +322,30 @@ def _constant_weights(module: nn.Module, path: str) -> list[str]:
     return found
 
 
-def _cause(module: nn.Module, path: str, inp: Tensor, out: Tensor) -> tuple[str, str]:
+def _cause(module: nn.Module, path: str, inp: _Input, out: Tensor) -> tuple[str, str]:
     """The doctor cause a constant-output module points to, and the sentence saying why."""
-    bounds = _bounds(module)
     o = out.detach().double()
-    at_top = bounds is not None and bool((o >= bounds[1] - _SATURATION_EPS
-                                          * (bounds[1] - bounds[0])).all())
+    lo, hi = _bounds(module) or (-math.inf, math.inf)
+    margin = _SATURATION_EPS * (hi - lo)
+    at_top, at_bottom = bool((o >= hi - margin).all()), bool((o <= lo + margin).all())
     if isinstance(module, _RECTIFIERS) and not at_top:
         return "dead_activations", (
             f"a dead activation: {100 * float((o == 0).double().mean()):.0f}% of its outputs "
-            f"are 0 (mean input {float(inp.detach().double().mean()):.3g}, below the kink for "
-            "every graph)")
-    if bounds is not None:
-        lo, hi = bounds
-        margin = _SATURATION_EPS * (hi - lo)
-        if bool(((o <= lo + margin) | (o >= hi - margin)).all()):
-            return "score_head_saturated", (
-                f"saturated: every output within {margin:.2g} of its bounds [{lo:g}, {hi:g}] "
-                f"(mean |input| {float(inp.detach().double().abs().mean()):.3g})")
-    weights = _constant_weights(module, path)
-    if weights:
+            f"are 0 (mean input {inp.mean:.3g}, below the kink for every graph)")
+    if math.isfinite(margin) and bool(((o <= lo + margin) | (o >= hi - margin)).all()):
+        return "score_head_saturated", (
+            f"saturated: every output within {margin:.2g} of its bounds [{lo:g}, {hi:g}] "
+            f"(mean |input| {inp.abs_mean:.3g}{', all at the top' if at_top else ''}"
+            f"{', all at the bottom' if at_bottom else ''})")
+    if weights := _constant_weights(module, path):
         return "bad_initialization", "; ".join(weights)
-    if isinstance(module, _NORMS) and inp.dim() > 1 and inp.shape[-1] == 1:
-        why = ("a normalization over a dimension of size 1: every input becomes 0 (then the "
-               "layer's bias)")
-    elif isinstance(module, _SOFTMAXES) and inp.dim() > 0 and inp.shape[
-            -1 if module.dim is None else module.dim] == 1:
-        why = "a softmax over one unit: the same value for every input"
-    else:
-        why = "it maps inputs that vary across graphs to one output"
-    return "constant_output_layer", why
+    if isinstance(module, _NORMS) and len(inp.shape) > 1 and inp.shape[-1] == 1:
+        return "constant_output_layer", ("a normalization over a dimension of size 1: every "
+                                         "input becomes 0 (then the layer's bias)")
+    if isinstance(module, _SOFTMAXES) and inp.shape[module.dim if module.dim is not None
+                                                    else -1] == 1:
+        return "constant_output_layer", "a softmax over one unit: the same value for every input"
+    return "constant_output_layer", "it maps inputs that vary across graphs to one output"
 
 
 def _every_graph(per_graph: Tensor) -> str:
@@ -371,51 +363,57 @@ def _every_graph(per_graph: Tensor) -> str:
 
 @dataclass
 class _Recorder:
-    """Forward-hook state: the measures of every call so far, and the first culprit."""
+    """Hook state: each call's input (pre-hook) and measures (hook), and the first culprit."""
 
     batch: _Batch
     modules: list[ModuleTrace] = field(default_factory=list)
-    same_as_previous: list[bool] = field(default_factory=list)
-    """The call returned the previous call's tensor (a container returning its last child's
-    output): the forward culprit then names the child."""
+    returns_child: list[bool] = field(default_factory=list)
+    """The call is a container's that returned the previous call's tensor (a Sequential's last
+    child's output): the forward culprit names the child."""
     culprit: Culprit | None = None
     calls: Counter = field(default_factory=Counter)
+    inputs: defaultdict = field(default_factory=lambda: defaultdict(list))
     last_out: Tensor | None = None
+
+    def before(self, path: str):
+        def take(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            self.inputs[path].append(_input_of(args, kwargs, self.batch))
+
+        return take
 
     def hook(self, path: str):
         def record(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
             self.calls[path] += 1
+            inp = self.inputs[path].pop() if self.inputs[path] else None
             out = _first_float(output)
             if out is None:
                 return
             k = self.calls[path]
             name = path if k == 1 else f"{path}#{k}"
-            m = self.batch.measure(out)
-            inp = _first_input(args, kwargs, self.batch)
-            mi = self.batch.measure(inp) if inp is not None else None
+            m, mi = self.batch.measure(out), inp.measure if inp else None
+            known = mi is not None and mi.level != "other"
             self.modules.append(ModuleTrace(
                 path=name, type=short_type(module), level=m.level, shape=list(out.shape),
                 graph_std=m.graph_std, node_std=m.node_std,
                 zero_fraction=float((out == 0).double().mean()) if out.numel() else 0.0,
-                constant=m.constant,
-                input_graph_std=mi.graph_std if mi and mi.level != "other" else None,
-                input_constant=mi.constant if mi and mi.level != "other" else None))
-            self.same_as_previous.append(out is self.last_out)
+                constant=m.constant, input_graph_std=mi.graph_std if known else None,
+                input_constant=mi.constant if known else None))
+            self.returns_child.append(out is self.last_out
+                                      and next(module.children(), None) is not None)
             self.last_out = out
-            if self.culprit is None and m.constant and mi is not None and mi.level != "other" \
-                    and not mi.constant:  # the first module where the variation dies
-                self.culprit = self._module_culprit(module, name, inp, out, m, mi)
+            if self.culprit is None and m.constant and known and not mi.constant:
+                self.culprit = self._module_culprit(module, name, inp, out, m)  # first one
 
         return record
 
-    def _module_culprit(self, module: nn.Module, name: str, inp: Tensor, out: Tensor,
-                        m: _Measure, mi: _Measure) -> Culprit:
+    def _module_culprit(self, module: nn.Module, name: str, inp: _Input, out: Tensor,
+                        m: _Measure) -> Culprit:
         cause, why = _cause(module, name.split("#")[0], inp, out)
-        kind = short_type(module)
-        evidence = (f"{name} ({kind}): input std {mi.graph_std:.3g} across graphs, output std "
+        kind, std_in = short_type(module), inp.measure.graph_std
+        evidence = (f"{name} ({kind}): input std {std_in:.3g} across graphs, output std "
                     f"{m.graph_std:.3g} ({_every_graph(m.per_graph)}); {why}")
-        return Culprit(path=name, type=kind, where="module", cause=cause,
-                       input_std=mi.graph_std, output_std=m.graph_std, evidence=evidence)
+        return Culprit(path=name, type=kind, where="module", cause=cause, input_std=std_in,
+                       output_std=m.graph_std, evidence=evidence)
 
     def forward_culprit(self, scores_std: float, scores: Tensor) -> Culprit | None:
         """The model's code after its last varying module made the scores constant; None when
@@ -425,7 +423,7 @@ class _Recorder:
         if not varying:
             return None
         i = varying[-1]
-        while i > 0 and self.same_as_previous[i]:
+        while i > 0 and self.returns_child[i]:
             i -= 1
         last = self.modules[i]
         every = ("every module's output varies across graphs but the scores do not: "
@@ -471,7 +469,8 @@ def signal_trace(model: nn.Module, batch, *, device: torch.device | str | None =
     try:
         for path, mod in model.named_modules():
             if mod is not model:
-                handles.append(mod.register_forward_hook(rec.hook(path), with_kwargs=True))
+                handles += [mod.register_forward_pre_hook(rec.before(path), with_kwargs=True),
+                            mod.register_forward_hook(rec.hook(path), with_kwargs=True)]
         with eval_mode(model):
             output = model(batch)
     finally:

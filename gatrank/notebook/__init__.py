@@ -53,6 +53,7 @@ from gatrank.notebook.session import (
     resolve_run_dir,
     start,
 )
+from gatrank.notebook.trace import initial_model, overfit_traces
 from gatrank.notebook.widgets import (
     LiveCurves,
     draw_graph,
@@ -75,6 +76,9 @@ __all__ = [
     "checkpoint_for_eval",
     "train_or_read",
     "run_checkpoint",
+    # the signal trace
+    "initial_model",
+    "overfit_traces",
     # display
     "RENDERER",
     "setup",

@@ -340,3 +340,23 @@ def test_short_type_keeps_what_the_layer_is_and_drops_its_settings():
     assert short_type(nn.BatchNorm1d(8)) == "BatchNorm1d(8)"
     assert short_type(nn.Sequential(nn.ReLU())) == "Sequential"
     assert len(short_type(nn.Conv2d(3, 8, 3, stride=2, padding=1, dilation=2))) <= 40
+
+
+def test_an_in_place_relu_that_dies_is_still_the_culprit():
+    torch.manual_seed(0)
+    head = nn.Sequential(nn.Linear(H, H), nn.ReLU(inplace=True), nn.Linear(H, 1))
+    nn.init.constant_(head[0].bias, -100.0)
+    trace = signal_trace(_user(head), _batch())
+    c = trace.culprit
+    assert (c.path, c.cause) == ("head.1", "dead_activations")  # its input, taken before it ran
+    assert c.input_std == pytest.approx(_entry(trace, "head.0").graph_std) and c.input_std > 0
+    assert "mean input -10" in c.evidence
+
+
+def test_a_softmax_module_over_one_unit_is_the_culprit_layer():
+    torch.manual_seed(0)
+    head = nn.Sequential(nn.Linear(H, 1), nn.Softmax(dim=-1))
+    c = signal_trace(_user(head), _batch()).culprit
+    assert (c.path, c.type, c.where, c.cause) == ("head.1", "Softmax(dim=-1)", "module",
+                                                  "constant_output_layer")
+    assert "every graph 1" in c.evidence and "softmax over one unit" in c.evidence
