@@ -10,8 +10,13 @@ import torch
 import gatrank.datasets as ds
 from gatrank.config import ConfigError, DataConfig
 from gatrank.data import load_graphs, read_manifest
-from gatrank.datasets import DATASETS, dataset_manifest, default_manifest, list_datasets, \
-    write_dataset
+from gatrank.datasets import (
+    DATASETS,
+    dataset_manifest,
+    default_manifest,
+    list_datasets,
+    write_dataset,
+)
 
 
 def test_list_datasets_names_and_sizes():

@@ -175,6 +175,13 @@ def test_overfit_notebook_with_tiny_parameters_records_a_passing_verdict(tmp_pat
     assert traces[0]["x"][-1] == 60
     html = figures[0]["data"]["text/html"]
     assert "cdn" not in html.lower() and "<script src" not in html
+    # the signal trace at initialisation and after training: recorded, no culprit, drawn once
+    trace = res["signal_trace"]
+    assert set(trace) == {"init", "end"}
+    assert trace["init"]["culprit"] is None and trace["end"]["culprit"] is None
+    assert trace["end"]["scores_std"] > trace["init"]["scores_std"]  # training spread them
+    cell = next(c for c in nb.cells if "nb.overfit_traces(" in c.source)
+    assert sum("application/vnd.plotly.v1+json" in o.get("data", {}) for o in cell.outputs) == 1
 
 
 @pytest.mark.slow
@@ -259,6 +266,10 @@ def test_overfit_notebook_judges_a_monitors_log_instead_of_training(tmp_path, ti
                                      metrics=str(tmp_path / "mine"))
     assert not (run_dir / "03_overfit" / "metrics.jsonl").exists()  # nothing was trained
     assert res["read_from"] == str(tmp_path / "mine" / "metrics.jsonl")
+    assert res["signal_trace"] is None  # no model to trace
+    cell = next(c for c in nbformat.read(str(out), as_version=4).cells
+                if "nb.overfit_traces(" in c.source)
+    assert "No signal trace" in "".join(o.get("text", "") for o in cell.outputs)
     assert res["verdict"] == json.loads(json.dumps(monitor.verdict().to_dict()))
     assert res["epochs_run"] == 25 and res["label"] == monitor.verdict().label
     step_2c = next(c for c in res["checks"] if c["name"] == "embedding_spread")

@@ -17,6 +17,7 @@ from gatrank.data import DataError, check_dataset, load_dataset, load_graphs, sp
 from gatrank.datasets import default_manifest
 from tools.failure_modes import MARKER
 
+
 @pytest.fixture
 def saved(tmp_path):
     """``saved(graphs)``: the spec of a .pt file holding the list ``graphs``."""
