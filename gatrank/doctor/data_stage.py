@@ -40,7 +40,6 @@ _PROBLEM_CAUSE = {"nonfinite_features": "nan_or_inf_inputs",
 """The cause of each data problem code (any other code: ``invalid_data``)."""
 
 
-# to move to DOCTOR_THRESHOLDS as "tolerable_fraction" and "target_scale"
 TOLERABLE_FRACTION = DOCTOR_THRESHOLDS["tolerable_fraction"]
 """Rows with problems the model survives are left out when they are at most this fraction."""
 TARGET_SCALE = DOCTOR_THRESHOLDS["target_scale"]
