@@ -174,7 +174,7 @@ def _load(graphs, manifest, dataset, cfg: Config) -> tuple[Any, list, list, str]
     """(GraphSet or None, problems that count, rows dropped, where the graphs came from).
 
     Under ``data.on_error=raise`` a manifest (or dataset) with problems gives no graphs,
-    except when they are a few rows the data stage may leave out (:func:`stages.droppable`):
+    except when they are a few rows the data stage may leave out (:func:`data_stage.droppable`):
     then the other rows are loaded and the problems returned for the data stage to judge.
     """
     if graphs is not None:
