@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from custom_plugins import SumModel
 from torch import nn
 from torch_geometric.data import Data
 from torch_geometric.nn import GATConv, global_mean_pool
@@ -132,17 +133,6 @@ def _graph_set(k: int = 40, edgeless: tuple[int, ...] = (7,)) -> GraphSet:
     return GraphSet(graphs, table, 3, Path("manifest.csv"))
 
 
-class PooledMLP(nn.Module):
-    """A user's model without message passing: an MLP over mean-pooled node features."""
-
-    def __init__(self, in_channels: int) -> None:
-        super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(in_channels, 16), nn.ReLU(), nn.Linear(16, 1))
-
-    def forward(self, batch) -> torch.Tensor:
-        return self.mlp(global_mean_pool(batch.x, batch.batch, batch.num_graphs)).squeeze(-1)
-
-
 class GATWithoutSelfLoops(nn.Module):
     """A user's GAT whose layer adds no self-loops: a node without edges gets only the bias."""
 
@@ -159,10 +149,10 @@ class GATWithoutSelfLoops(nn.Module):
 def test_adds_self_loops_reads_every_message_passing_layer():
     assert adds_self_loops(GATRanker(3))
     assert not adds_self_loops(GATWithoutSelfLoops(3))
-    assert not adds_self_loops(PooledMLP(3)) and not adds_self_loops(LinearBaseline(3))
+    assert not adds_self_loops(SumModel(3)) and not adds_self_loops(LinearBaseline(3))
 
 
-@pytest.mark.parametrize("model", [None, PooledMLP])
+@pytest.mark.parametrize("model", [None, SumModel])
 def test_an_edgeless_graph_in_memory_is_left_out_for_a_model_that_survives_it(model):
     """gatrank's GAT adds self-loops; an MLP over pooled features passes no messages: either
     scores a graph without edges from its nodes, so one such graph of 40 does not stop it."""
