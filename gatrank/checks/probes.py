@@ -30,6 +30,7 @@ from gatrank.metrics import layer_name
 
 __all__ = [
     "eval_mode",
+    "weight_kind",
     "param_snapshot",
     "update_ratios",
     "UpdateTracker",
@@ -59,6 +60,22 @@ _SATURATION_EPS = 1e-3  # an output this close (as a fraction of the range) to a
 
 
 # --------------------------------------------------------------------------- parameter updates
+
+
+def weight_kind(p: Tensor) -> str:
+    """How a weight (a parameter of 2 or more dimensions) starts with identical units:
+    ``"all 0"``/``"all 0.5"`` (every entry the same value), ``"identical rows"`` (every row,
+    i.e. unit, the same), or ``""`` (neither; also for 1-D parameters and single entries:
+    biases and normalization scales start constant by design)."""
+    if p.dim() < 2 or p.numel() < 2:
+        return ""
+    w = p.detach().reshape(p.shape[0], -1)  # (units, fan-in)
+    first = float(w.reshape(-1)[0])
+    if bool((w == first).all()):
+        return f"all {first:g}"
+    if w.shape[0] >= 2 and bool((w == w[0]).all()):
+        return "identical rows"
+    return ""
 
 
 def param_snapshot(model: nn.Module) -> dict[str, Tensor]:

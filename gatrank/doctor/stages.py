@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch_geometric.data import Batch
 
+from gatrank.checks.probes import weight_kind
 from gatrank.checks.static import (
     check_configured_loss,
     frozen_parameters,
@@ -181,16 +182,8 @@ def constant_weights(model: nn.Module) -> list[dict[str, Any]]:
     """
     weights = [(n, p) for n, p in model.named_parameters() if p.dim() >= 2 and p.numel() >= 2]
     total = sum(p.numel() for _, p in weights) or 1
-    out = []
-    for name, p in weights:
-        w = p.detach().reshape(p.shape[0], -1)
-        first = float(w.reshape(-1)[0])
-        kind = (f"all {first:g}" if bool((w == first).all()) else
-                "identical rows" if w.shape[0] > 1 and bool((w == w[0]).all()) else "")
-        if kind:
-            out.append({"name": name, "shape": list(p.shape), "kind": kind,
-                        "share": p.numel() / total})
-    return out
+    return [{"name": name, "shape": list(p.shape), "kind": kind, "share": p.numel() / total}
+            for name, p in weights if (kind := weight_kind(p))]
 
 
 def _init_cause(doc: Diagnosis, constant: list[dict[str, Any]]) -> None:

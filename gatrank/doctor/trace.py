@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
-from gatrank.checks.probes import _SATURATION_EPS, BOUNDED_TYPES, eval_mode
+from gatrank.checks.probes import _SATURATION_EPS, BOUNDED_TYPES, eval_mode, weight_kind
 
 __all__ = ["ModuleTrace", "Culprit", "SignalTrace", "signal_trace", "short_type",
            "CONSTANT_RTOL"]
@@ -308,17 +308,15 @@ def _bounds(module: nn.Module) -> tuple[float, float] | None:
 
 
 def _constant_weights(module: nn.Module, path: str) -> list[str]:
-    """The module's own >= 2-D weights that are constant: every entry equal, or identical rows
-    (identical units, which stay identical under training)."""
+    """The module's own constant weights (:func:`weight_kind`), in words."""
     found = []
     for name, p in module.named_parameters(recurse=False):
-        if p.dim() < 2 or p.numel() < 2:
-            continue
-        w = p.detach().reshape(p.shape[0], -1)  # (units, fan-in)
-        if bool((w == w.reshape(-1)[0]).all()):
-            found.append(f"{path}.{name} is constant (every entry {float(w.reshape(-1)[0]):.3g})")
-        elif w.shape[0] >= 2 and bool((w == w[0]).all()):
-            found.append(f"{path}.{name} has {w.shape[0]} identical rows (identical units)")
+        kind = weight_kind(p)
+        if kind == "identical rows":
+            found.append(f"{path}.{name} has {p.shape[0]} identical rows (identical units)")
+        elif kind:
+            found.append(f"{path}.{name} is constant (every entry "
+                         f"{float(p.detach().reshape(-1)[0]):.3g})")
     return found
 
 
