@@ -277,8 +277,7 @@ def _scale_causes(doc: Diagnosis, summary: dict[str, Any]) -> None:
     if res["invariant"]:
         return
     lc, builtin = doc.cfg.loss, not doc.loss
-    name = "gatrank's pairwise loss" if builtin else "your loss " + (
-        doc.loss if isinstance(doc.loss, str) else getattr(doc.loss, "__name__", "(callable)"))
+    name = "gatrank's pairwise loss" if builtin else f"your loss {doc.loss_name}"
     ratio = res["grad_norm_raw"] / res["grad_norm_standardized"] \
         if res["grad_norm_standardized"] > 0 else float("inf")
     evidence = (f"targets far from unit scale: mean {mean:.4g}, std {std:.4g}, min "

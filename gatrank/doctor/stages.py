@@ -58,7 +58,7 @@ def loss_stage(doc: Diagnosis) -> bool:
         summary["ignores_pairing"] = True
         said = (f"; PyTorch warned: {pairing['warnings'][0]}" if pairing["warnings"] else "")
         doc.cause("score_shape_mismatch",
-                  f"the loss {_loss_name(doc.loss)} is {pairing['loss']:.6g} for the perfect "
+                  f"the loss {doc.loss_name} is {pairing['loss']:.6g} for the perfect "
                   "ordering of 16 synthetic "
                   f"graphs and the same (within 1e-6) for {pairing['permutations']} random "
                   "permutations of the scores against their targets: it never pairs score i "
@@ -79,13 +79,6 @@ def loss_stage(doc: Diagnosis) -> bool:
                   & set(doc.causes))
     doc.add_stage("loss", "failed" if failed else "ok", summary, t0)
     return failed
-
-
-def _loss_name(loss: Any) -> str:
-    """How the report names the loss: its import string, its function name, or gatrank's."""
-    if not loss:
-        return "pairwise_rank_loss"
-    return loss if isinstance(loss, str) else getattr(loss, "__name__", type(loss).__name__)
 
 
 _BROADCAST_FIX = ("Give the loss's two tensors the same shape before combining them: "

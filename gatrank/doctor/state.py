@@ -115,6 +115,15 @@ class Diagnosis:
                                 "training.log_every": 10, "training.patience": 0})
         return cfg.updated(overrides) if overrides else cfg
 
+    @property
+    def loss_name(self) -> str:
+        """How the report names the loss: its import string, its function name, or gatrank's
+        ``pairwise_rank_loss``."""
+        loss = self.loss
+        if not loss:
+            return "pairwise_rank_loss"
+        return loss if isinstance(loss, str) else getattr(loss, "__name__", type(loss).__name__)
+
     def begin(self, name: str) -> float:
         """Mark the stage ``name`` as running; its start time."""
         self.stage, self.stage_t0 = name, time.perf_counter()
