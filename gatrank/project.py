@@ -32,6 +32,7 @@ import yaml
 
 __all__ = [
     "NOTEBOOKS",
+    "NEEDS",
     "BUNDLED",
     "PRESETS",
     "project_root",
@@ -50,7 +51,11 @@ NOTEBOOKS: tuple[str, ...] = (
     "04_full_train",
     "05_eval",
 )
-"""The notebooks in the order the suite runs them (each one step of the runbook)."""
+"""The notebooks in the runbook's order (each one step of it): the order of the suite's report."""
+
+NEEDS: dict[str, tuple[str, ...]] = {"05_eval": ("04_full_train",)}
+"""Notebooks that read another's output (05_eval scores 04_full_train's checkpoint): the suite
+starts them only once those have finished. The others need nothing from each other."""
 
 BUNDLED = Path(__file__).resolve().parent / "_bundled"
 """Where a built wheel holds its copies of ``notebooks/`` and ``params/`` (setup.py puts them

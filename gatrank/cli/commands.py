@@ -96,6 +96,8 @@ def cmd_suite(args: argparse.Namespace) -> int:
         parameters=overrides,
         timeout=args.timeout,
         threads=args.threads,
+        jobs=args.jobs,
+        self_contained=args.self_contained,
         progress=lambda line: print(line, flush=True),
     )
     print(f"suite {res.summary['status']} in {res.duration_s:.1f} s; report: "

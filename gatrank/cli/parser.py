@@ -124,9 +124,15 @@ def _add_suite(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--notebooks-dir", default="", help="default: the project's (else bundled)")
     p.add_argument("--params-dir", default="", help="default: the params/ beside the notebooks")
     p.add_argument("--timeout", type=int, default=None, help="seconds a single cell may run")
+    p.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="notebooks run at once, where they do not need each other's output "
+                        "(default: the CPU count, capped by free memory; 1: one after another)")
     p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads per notebook kernel (OMP_NUM_THREADS); 1 is often fastest "
-                        "on a small or shared machine")
+                   help="CPU threads per notebook kernel (OMP_NUM_THREADS; default: the cores "
+                        "shared out among the notebooks running at once)")
+    p.add_argument("--self-contained", action="store_true",
+                   help="embed plotly.js in every HTML report (one file to mail) instead of one "
+                        "plotly.min.js shared by the report folder")
     _add_model_loss(p)
     _add_common(p)
 

@@ -1,21 +1,36 @@
-"""The kernel the suite runs notebooks in: this interpreter's ipykernel, over unix sockets where
-they fit, with environment variables set for the kernels started meanwhile."""
+"""The kernels the suite runs notebooks in: this interpreter's ipykernel, over unix sockets where
+they fit, started with the suite's environment and working folder, one started ahead of need.
+
+:class:`KernelSupply` hands out started kernels. While notebooks run, it starts the next one
+in the background and runs the notebooks' own import lines in it, silently (no output, no
+history, the execution counter untouched), so the next notebook finds torch and PyG already
+imported instead of paying ~5 s of kernel start and imports after a slot frees up."""
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import sys
+import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
+from pathlib import Path
 
 from jupyter_client.kernelspec import KernelSpec
 from jupyter_client.manager import KernelManager
 from jupyter_core.paths import jupyter_runtime_dir
 from traitlets import default
 
-__all__ = ["kernel_manager_class", "environ"]
+__all__ = ["kernel_manager_class", "environ", "start_kernel", "KernelSupply", "import_lines",
+           "adopting"]
+
+logger = logging.getLogger(__name__)
+
+STARTUP_TIMEOUT_S = 60
+"""Seconds a kernel may take to start and answer (papermill's default start_timeout)."""
 
 
 def _transport() -> str:
@@ -85,3 +100,130 @@ def environ(values: Mapping[str, str]):
             else:
                 os.environ[k] = v
 
+
+
+def adopting(km: KernelManager) -> type[KernelManager]:
+    """A kernel manager class whose construction returns the started ``km``: given to papermill
+    (``kernel_manager_class=``), nbclient runs the notebook in that kernel as in one it
+    started itself, and shuts it down and closes its channels when done."""
+
+    class Adopted(type(km)):  # type: ignore[misc, valid-type]
+        def __new__(cls, *args: object, **kwargs: object) -> KernelManager:
+            return km  # not an Adopted instance, so __init__ is not run again on it
+
+    return Adopted
+
+
+def import_lines(notebooks: Sequence[str | Path]) -> list[str]:
+    """The top-level ``import``/``from`` lines of the notebooks' code cells, each once, in the
+    order they first appear: what a kernel started ahead of need imports while it waits."""
+    import nbformat  # deferred: seconds to import, and only a suite run needs it
+
+    seen: dict[str, None] = {}
+    for path in notebooks:
+        nb = nbformat.read(str(path), as_version=4)
+        for cell in nb.cells:
+            if cell.cell_type != "code":
+                continue
+            for line in map(str.rstrip, cell.source.splitlines()):
+                # one-line imports only: a continued one would be cut off mid-statement
+                if line.startswith(("import ", "from ")) and not line.endswith(("(", "\\")):
+                    seen.setdefault(line, None)
+    return list(seen)
+
+
+def start_kernel(cwd: str | Path, env: Mapping[str, str] | None = None,
+                 warm_code: str = "") -> KernelManager:
+    """A started kernel of this interpreter in ``cwd`` with ``os.environ`` plus ``env``, ready
+    to execute; ``warm_code`` runs in it first, silently (no output or history, the execution
+    counter untouched; an error in it is logged and left for the notebook to meet itself).
+
+    Raises:
+        RuntimeError: the kernel did not start or answer within :data:`STARTUP_TIMEOUT_S`.
+    """
+    km = kernel_manager_class()()
+    km.start_kernel(cwd=str(cwd), env={**os.environ, **(env or {})})
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=STARTUP_TIMEOUT_S)
+        if warm_code:
+            reply = kc.execute_interactive(warm_code, silent=True, store_history=False,
+                                           timeout=STARTUP_TIMEOUT_S)
+            if reply["content"].get("status") != "ok":
+                logger.info("warm-up imports failed in a prestarted kernel (%s: %s); the "
+                            "notebook will meet the error itself",
+                            reply["content"].get("ename"), reply["content"].get("evalue"))
+    except Exception:
+        km.shutdown_kernel(now=True)
+        raise
+    finally:
+        kc.stop_channels()
+    return km
+
+
+class KernelSupply:
+    """Started kernels for the suite's notebooks, with at most one started ahead of need.
+
+    :meth:`take` returns a ready kernel (the one started ahead if there is one, waiting for it
+    to be ready, else a new one); :meth:`start_ahead` starts the next in a background thread.
+    Kernels are the caller's to shut down once taken; :meth:`close` shuts down one never taken.
+    Thread-safe: the suite's worker threads take kernels concurrently.
+    """
+
+    def __init__(self, cwd: str | Path, env: Mapping[str, str] | None = None,
+                 warm_code: str = "") -> None:
+        self.cwd, self.env, self.warm_code = Path(cwd), dict(env or {}), warm_code
+        self._lock = threading.Lock()
+        self._ahead: Future[KernelManager] | None = None
+        self.started = 0
+        """How many kernels were started (for progress lines and tests)."""
+        self.taken_ahead = 0
+        """How many of those were started ahead of need and then taken."""
+
+    def _start(self) -> KernelManager:
+        with self._lock:
+            self.started += 1
+        return start_kernel(self.cwd, self.env, self.warm_code)
+
+    def start_ahead(self) -> None:
+        """Start one kernel in the background, unless one is already started ahead."""
+        with self._lock:
+            if self._ahead is not None:
+                return
+            fut: Future[KernelManager] = Future()
+            self._ahead = fut
+
+        def run() -> None:
+            try:
+                fut.set_result(self._start())
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever takes it
+                fut.set_exception(exc)
+
+        threading.Thread(target=run, name="gatrank-kernel-ahead", daemon=True).start()
+
+    def take(self) -> KernelManager:
+        """A started, ready kernel: the one started ahead if any (a failure to start it falls
+        back to starting one now), else a new one."""
+        with self._lock:
+            fut, self._ahead = self._ahead, None
+        if fut is not None:
+            try:
+                km = fut.result()
+            except Exception as exc:  # noqa: BLE001 - start one the plain way instead
+                logger.info("the kernel started ahead failed (%s); starting another", exc)
+            else:
+                with self._lock:
+                    self.taken_ahead += 1
+                return km
+        return self._start()
+
+    def close(self) -> None:
+        """Shut down a kernel started ahead and never taken."""
+        with self._lock:
+            fut, self._ahead = self._ahead, None
+        if fut is not None:
+            try:
+                fut.result().shutdown_kernel(now=True)
+            except Exception as exc:  # noqa: BLE001 - nothing left to clean up
+                logger.debug("kernel started ahead: %s", exc)

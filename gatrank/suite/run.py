@@ -1,18 +1,24 @@
 """The main job: run the five notebooks headlessly and write a report folder.
 
-:func:`run_suite` executes ``notebooks/01_data_checks`` ... ``05_eval`` in order with papermill,
-each with its ``params/<notebook>.yaml``, in a kernel started from *this* Python interpreter (so
-a fresh virtual environment works with no kernel registered by hand). Per run it writes::
+:func:`run_suite` executes ``notebooks/01_data_checks`` ... ``05_eval`` with papermill, each with
+its ``params/<notebook>.yaml``, in a kernel started from *this* Python interpreter (so a fresh
+virtual environment works with no kernel registered by hand). Notebooks that do not need each
+other run concurrently, as many at once as there are cores (``jobs``; 05_eval waits for
+04_full_train's checkpoint, see :data:`gatrank.project.NEEDS`), each kernel with its share of
+the cores as torch threads, and the next kernel started (and its imports done) while the
+current ones run: :mod:`gatrank.suite.schedule`, :mod:`gatrank.suite.kernel`. ``jobs=1`` is the
+plain sequential run. Per run it writes::
 
     <out>/<notebook>.ipynb          the executed notebook (errors included)
-    <out>/<notebook>.html           offline HTML: plotly.js embedded once, no CDN, no require.js
+    <out>/<notebook>.html           offline HTML (no CDN, no require.js)
     <out>/<notebook>.results.json   what the notebook recorded (checks, metrics)
     <out>/<notebook>/               its training output (checkpoints, metrics.jsonl)
     <out>/summary.json              status, duration and results of every notebook
     <out>/index.html                the runbook's checks as a pass/fail table, links to reports
 
 A notebook that fails still gets its executed notebook and HTML (papermill puts the error at
-the top, the HTML adds a banner), the index marks it, and the suite goes on with the next one.
+the top, the HTML adds a banner), the index marks it, and the others still run. The summary and
+the index list the notebooks in their order, whatever order they finished in.
 
 Which notebooks: :func:`gatrank.project.notebook_folders` (the project's ``notebooks/`` and
 ``params/``, else the copies an installed wheel bundles).
@@ -23,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -36,10 +43,11 @@ from gatrank import __version__
 from gatrank.data import is_dataset_file
 from gatrank.io import atomic_write_text, write_json
 from gatrank.notebook.session import STEPS
-from gatrank.project import NOTEBOOKS, notebook_folders, project_root
+from gatrank.project import NEEDS, NOTEBOOKS, notebook_folders, project_root
 from gatrank.suite.export import export_html
 from gatrank.suite.index import render_index
-from gatrank.suite.kernel import environ, kernel_manager_class
+from gatrank.suite.kernel import KernelSupply, adopting, import_lines, start_kernel
+from gatrank.suite.schedule import default_jobs, kernel_threads, run_concurrently
 
 __all__ = [
     "NOTEBOOKS",
@@ -141,17 +149,20 @@ def _read_results(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _execute(src: Path, dst: Path, params: dict[str, Any], cwd: Path,
+def _execute(src: Path, dst: Path, params: dict[str, Any], km: Any,
              timeout: int | None) -> str:
-    """Run one notebook; returns '' or the error text. The output notebook is written either
-    way (papermill saves it with the traceback and an error cell at the top)."""
+    """Run one notebook in the started kernel ``km`` (shut down when done); returns '' or the
+    error text. The output notebook is written either way (papermill saves it with the
+    traceback and an error cell at the top)."""
     import papermill  # deferred: seconds to import, and only a run needs it
     from papermill.exceptions import PapermillExecutionError
 
     try:
+        # no cwd: papermill would chdir this whole process, which concurrent notebooks share;
+        # the kernel was started in the notebook folder instead
         papermill.execute_notebook(
-            str(src), str(dst), parameters=params, cwd=str(cwd), progress_bar=False,
-            log_output=False, kernel_manager_class=kernel_manager_class(),
+            str(src), str(dst), parameters=params, progress_bar=False, log_output=False,
+            kernel_manager_class=adopting(km), shutdown_kernel="immediate",
             execution_timeout=timeout,
         )
     except PapermillExecutionError as exc:
@@ -163,6 +174,9 @@ def _execute(src: Path, dst: Path, params: dict[str, Any], cwd: Path,
             nb = nbformat.read(str(src), as_version=4)
             nbformat.write(nb, str(dst))
         return f"{type(exc).__name__}: {exc}"
+    finally:
+        if km.has_kernel:  # papermill failed before nbclient took the kernel over
+            km.shutdown_kernel(now=True)
     return ""
 
 
@@ -177,9 +191,11 @@ def run_suite(
     parameters: Mapping[str, Any] | None = None,
     timeout: int | None = None,
     threads: int | None = None,
+    jobs: int | None = None,
+    self_contained: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> SuiteResult:
-    """Execute the notebooks in order and write the report folder (see the module docstring).
+    """Execute the notebooks and write the report folder (see the module docstring).
 
     Args:
         manifest: passed to every notebook (``None``: the embedded default).
@@ -193,28 +209,71 @@ def run_suite(
         parameters: overrides for every notebook that declares them (e.g. ``config``,
             ``model``, ``loss``, ``seed``); applied after the params files.
         timeout: seconds a single cell may run (default: no limit).
-        threads: CPU threads per kernel (``OMP_NUM_THREADS``); on a shared or small machine 1 is
-            often fastest. Default: torch's choice.
-        progress: called with one line per notebook when it finishes.
+        threads: CPU threads per kernel (``OMP_NUM_THREADS``). Default: the cores shared out
+            among the notebooks running at once; torch's own choice when ``jobs`` is 1.
+        jobs: notebooks run at once (default :func:`~gatrank.suite.schedule.default_jobs`: the
+            CPU count, capped by free memory); 1 runs them one after another.
+        self_contained: each HTML report carries its own copy of plotly.js (one file to mail)
+            instead of sharing one ``plotly.min.js`` in the report folder.
+        progress: called with a line when a notebook starts and when it finishes.
+
+    Raises:
+        ValueError: an unknown notebook, ``jobs`` below 1, or a params file naming a parameter
+            its notebook lacks (all checked before any notebook starts).
     """
     t0 = time.perf_counter()
     nb_dir, p_dir, names = _notebooks_to_run(notebooks, notebooks_dir, params_dir)
+    if jobs is not None and jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
+    jobs = min(jobs, len(names)) if jobs else default_jobs(len(names))
     out = (Path(out_dir) if out_dir else default_out_dir()).resolve()
     out.mkdir(parents=True, exist_ok=True)
     overrides = _overrides(manifest, dataset, parameters, out)
-    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {}
-    results: list[NotebookResult] = []
-    with environ(env):
-        for i, name in enumerate(names, 1):
-            tag = f"[{i}/{len(names)}]"
-            res = _run_notebook(name, nb_dir, p_dir / f"{name}.yaml", out, overrides, timeout,
-                                tag=tag)
-            results.append(res)
-            if progress is not None:
-                progress(f"{tag} {name:<15} {res.status:<20} {res.duration_s:6.1f} s"
-                         + (f"  {res.error.splitlines()[0][:120]}" if res.error else ""))
+    params = {n: notebook_parameters(nb_dir / f"{n}.ipynb", p_dir / f"{n}.yaml", overrides)
+              for n in names}
+    per_kernel = kernel_threads(jobs, threads)
+    env = {"OMP_NUM_THREADS": str(per_kernel), "MKL_NUM_THREADS": str(per_kernel)
+           } if per_kernel else {}
+    # one after another (jobs=1) is the plain sequential run: each kernel started when needed
+    supply = KernelSupply(nb_dir, env, "\n".join(import_lines(
+        [nb_dir / f"{n}.ipynb" for n in names]))) if jobs > 1 else None
+    lock, taken = threading.Lock(), [0]
+    tags = {n: f"[{i}/{len(names)}]" for i, n in enumerate(names, 1)}
+
+    def kernel() -> Any:
+        if supply is None:
+            return start_kernel(nb_dir, env)
+        km = supply.take()
+        with lock:
+            taken[0] += 1
+            more = taken[0] < len(names)
+        if more:
+            supply.start_ahead()
+        return km
+
+    def run_one(name: str) -> NotebookResult:
+        return _run_notebook(name, nb_dir, params[name], out, timeout, kernel,
+                             tag=tags[name], self_contained=self_contained)
+
+    def started(name: str, running: list[str]) -> None:
+        if progress is not None and jobs > 1:
+            progress(f"  start {name:<15} (running: {', '.join(running)})")
+
+    def done(name: str, res: NotebookResult, running: list[str]) -> None:
+        if progress is not None:
+            progress(f"{tags[name]} {name:<15} {res.status:<20} {res.duration_s:6.1f} s"
+                     + (f"  {res.error.splitlines()[0][:120]}" if res.error else "")
+                     + (f"  (running: {', '.join(running)})" if running else ""))
+
+    try:
+        by_name = run_concurrently(names, run_one, jobs=jobs, needs=NEEDS, on_start=started,
+                                   on_done=done)
+    finally:
+        if supply is not None:
+            supply.close()
+    results = list(by_name.values())
     duration = round(time.perf_counter() - t0, 1)
-    summary = _summary(results, out, overrides, duration, threads)
+    summary = _summary(results, out, overrides, duration, per_kernel, jobs)
     write_json(out / "summary.json", summary)
     atomic_write_text(out / "index.html", render_index(summary))
     if out_dir is None:
@@ -268,26 +327,27 @@ def _overrides(manifest: str | Path | None, dataset: str | None,
     return overrides
 
 
-def _run_notebook(name: str, nb_dir: Path, params_file: Path, out: Path,
-                  overrides: Mapping[str, Any], timeout: int | None, *,
-                  tag: str) -> NotebookResult:
-    """Execute one notebook into ``out``, read what it recorded and export its HTML."""
+def _run_notebook(name: str, nb_dir: Path, params: dict[str, Any], out: Path,
+                  timeout: int | None, kernel: Callable[[], Any], *, tag: str,
+                  self_contained: bool = False) -> NotebookResult:
+    """Execute one notebook into ``out`` in a kernel from ``kernel()``, read what it recorded
+    and export its HTML."""
     src = nb_dir / f"{name}.ipynb"
-    params = notebook_parameters(src, params_file, overrides)
     (out / f"{name}.results.json").unlink(missing_ok=True)
-    logger.info("%s %s: running with %s", tag, name, params)
+    logger.debug("%s %s: running with %s", tag, name, params)
+    km = kernel()
     t = time.perf_counter()
-    error = _execute(src, out / f"{name}.ipynb", params, nb_dir, timeout)
+    error = _execute(src, out / f"{name}.ipynb", params, km, timeout)
     duration = round(time.perf_counter() - t, 1)
     rec = _read_results(out / f"{name}.results.json")
     status = "ERROR" if error else rec["label"] if rec else "NO RESULTS"
-    export_html(out / f"{name}.ipynb", out / f"{name}.html", error=error)
+    export_html(out / f"{name}.ipynb", out / f"{name}.html", error=error)  # MERGE: self_contained
     return NotebookResult(name=name, status=status, duration_s=duration, ipynb=f"{name}.ipynb",
                           html=f"{name}.html", parameters=params, error=error, results=rec)
 
 
 def _summary(results: Sequence[NotebookResult], out: Path, overrides: Mapping[str, Any],
-             duration: float, threads: int | None) -> dict[str, Any]:
+             duration: float, threads: int | None, jobs: int) -> dict[str, Any]:
     """What ``summary.json`` holds (and ``index.html`` shows)."""
     return {
         "gatrank": __version__,
@@ -299,6 +359,7 @@ def _summary(results: Sequence[NotebookResult], out: Path, overrides: Mapping[st
         "status": "PASS" if all(r.ok for r in results) else "FAIL",
         "duration_s": duration,
         "threads": threads,
+        "jobs": jobs,
         "python": sys.executable,
         "notebooks": [{**asdict(r), "step": STEPS.get(r.name, r.name)} for r in results],
     }

@@ -1,11 +1,18 @@
-"""gatrank.suite.kernel: kernels of the running interpreter, over unix sockets where they fit."""
+"""gatrank.suite.kernel: kernels of the running interpreter, over unix sockets where they fit,
+one started ahead with the notebooks' imports done."""
 
 from __future__ import annotations
 
+import ast
 import os
 import sys
+from pathlib import Path
 
-from gatrank.suite.kernel import kernel_manager_class
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from gatrank.suite.kernel import KernelSupply, adopting, import_lines, kernel_manager_class
 
 
 def test_kernel_manager_starts_the_running_interpreter():
@@ -22,3 +29,64 @@ def test_kernels_talk_over_unix_sockets_unless_their_path_is_too_long(tmp_path, 
     os.rmdir(short)
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / ("x" * 80)))
     assert kernel_manager_class()().transport == "tcp"
+
+
+def _ask(km, code: str) -> dict:
+    """Run ``code`` in the kernel; its last expression's value and the execution count."""
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        reply = kc.execute_interactive(code, user_expressions={"v": "answer"}, timeout=60)
+    finally:
+        kc.stop_channels()
+    content = reply["content"]
+    assert content["status"] == "ok", content
+    return {"value": ast.literal_eval(content["user_expressions"]["v"]["data"]["text/plain"]),
+            "count": content["execution_count"]}
+
+
+@pytest.mark.slow
+def test_a_kernel_started_ahead_has_the_imports_env_and_folder_and_a_clean_counter(tmp_path):
+    supply = KernelSupply(tmp_path, {"GATRANK_TEST_MARK": "7"},
+                          "\n".join(import_lines([_notebook(tmp_path)])))
+    supply.start_ahead()
+    supply.start_ahead()  # one ahead at most
+    km = supply.take()
+    try:
+        got = _ask(km, "import os, sys\nanswer = (os.getcwd(), os.environ['GATRANK_TEST_MARK'], "
+                       "'fractions' in sys.modules, 'wave' in sys.modules)")
+        assert got["value"] == (str(tmp_path), "7", True, False)
+        assert got["count"] == 1  # the warm-up imports left no trace in the history
+        assert supply.started == 1 and supply.taken_ahead == 1
+    finally:
+        km.shutdown_kernel(now=True)
+    other = supply.take()  # none ahead now: started on the spot
+    assert supply.started == 2 and supply.taken_ahead == 1
+    other.shutdown_kernel(now=True)
+    supply.start_ahead()
+    supply.close()  # the unused one is shut down, not leaked
+    assert supply.started == 3
+
+
+def test_import_lines_are_the_notebooks_one_line_imports_once(tmp_path):
+    assert import_lines([_notebook(tmp_path), _notebook(tmp_path)]) == [
+        "import fractions", "from json import dumps"]
+
+
+def test_adopting_hands_the_started_kernel_to_whoever_constructs_the_class():
+    km = kernel_manager_class()()
+    cls = adopting(km)
+    assert cls(kernel_name="python3", config=None) is km and issubclass(cls, type(km))
+
+
+def _notebook(folder: Path) -> Path:
+    nb = new_notebook(cells=[
+        new_markdown_cell("import wave  (markdown: not code)"),
+        new_code_cell("import fractions\nfrom json import dumps\nfrom os import (\n    sep)\n"
+                      "x = 1  # import nothing"),
+        new_code_cell("    import wave  # indented: inside a block"),
+    ])
+    path = folder / "nb.ipynb"
+    nbformat.write(nb, str(path))
+    return path

@@ -56,8 +56,10 @@ def test_a_failing_notebook_is_reported_and_the_suite_goes_on(tmp_path, capsys):
     code = main(["suite", "--notebooks-dir", str(nbs), "--params-dir", str(nbs),
                  "--notebooks", "01_broken,02_ok", "--out", str(out), "-q"])
     assert code == 1
-    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[")]
-    assert len(lines) == 2 and "ERROR" in lines[0] and "PASS" in lines[1]
+    lines = {ln.split()[1]: ln for ln in capsys.readouterr().out.splitlines()
+             if ln.startswith("[")}  # one line per finished notebook, in the order they finish
+    assert len(lines) == 2
+    assert "ERROR" in lines["01_broken"] and "PASS" in lines["02_ok"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "FAIL"
     assert [n["status"] for n in summary["notebooks"]] == ["ERROR", "PASS"]
@@ -133,3 +135,42 @@ def test_a_dataset_replaces_the_params_files_manifest(tmp_path, monkeypatch):
     assert over["manifest"] == str(tmp_path / "m.csv") and over["dataset"] == ""
     with pytest.raises(ValueError, match="not both"):
         _overrides("m.csv", "mod:ds", None, tmp_path)
+
+
+_TIMED = ("import json, os, pathlib, time\n"
+          "start = time.time()\n"
+          "time.sleep(seconds)\n"
+          "rec = {'start': start, 'end': time.time(), 'cwd': os.getcwd(),\n"
+          "       'threads': os.environ.get('OMP_NUM_THREADS'), 'label': 'PASS', 'checks': []}\n"
+          "pathlib.Path(run_dir, name + '.results.json').write_text(json.dumps(rec))")
+
+
+@pytest.mark.slow
+def test_independent_notebooks_overlap_and_a_needed_one_finishes_first(tmp_path, monkeypatch):
+    """Three notebooks, two at once: the two independent ones overlap; the one needing the slow
+    one starts after it ended; kernels run in the notebook folder with the cores shared out;
+    the summary keeps the given order; this process's working folder is left alone."""
+    from gatrank.suite import run as suite_run
+    from gatrank.suite.schedule import cpu_count
+
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    for name, seconds in (("a_slow", 4), ("b_fast", 0), ("c_after", 0)):
+        _write_nb(nbs / f"{name}.ipynb", f'run_dir: str = ""  # out\nname = "{name}"  # me\n'
+                  f"seconds: float = {seconds}  # how long", _TIMED)
+    monkeypatch.setattr(suite_run, "NEEDS", {"c_after": ("a_slow",)})
+    here = Path.cwd()
+    lines: list[str] = []
+    res = run_suite(out_dir=tmp_path / "out", notebooks=["a_slow", "b_fast", "c_after"],
+                    notebooks_dir=nbs, params_dir=nbs, jobs=2, progress=lines.append)
+    assert Path.cwd() == here
+    assert [nb.name for nb in res.notebooks] == ["a_slow", "b_fast", "c_after"] and res.ok
+    rec = {nb.name: nb.results for nb in res.notebooks}
+    assert rec["b_fast"]["start"] < rec["a_slow"]["end"], "independent notebooks ran in turn"
+    assert rec["c_after"]["start"] >= rec["a_slow"]["end"]
+    assert {r["cwd"] for r in rec.values()} == {str(nbs)}
+    assert {r["threads"] for r in rec.values()} == {str(max(1, cpu_count() // 2))}
+    assert res.summary["jobs"] == 2
+    assert any(ln.startswith("  start b_fast") and "a_slow" in ln for ln in lines), lines
+    assert [ln.split()[1] for ln in lines if ln.startswith("[")] == ["b_fast", "a_slow",
+                                                                     "c_after"]
