@@ -149,6 +149,22 @@ def test_overfit_n_below_two_is_a_clear_error(data, capsys, n):
     assert f"--overfit-n {n}" in err and "allowed 0 (off) or >= 2" in err
 
 
+def test_stop_at_verdict_needs_the_overfit_test(data, capsys):
+    assert _train(data, "run", "--stop-at-verdict") == 2
+    err = capsys.readouterr().err
+    assert "--stop-at-verdict" in err and "--overfit-n N" in err and "Traceback" not in err
+
+
+def test_stop_at_verdict_ends_the_overfit_test_and_says_where(data, capsys):
+    out = data / "run"
+    assert _train(data, "run", "--overfit-n", "8", "--epochs", "300", "--stop-at-verdict") == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs_run"] < 300
+    assert f"every pass criterion held at epoch {summary['epochs_run']}" in printed
+    assert "verdict: PASS" in printed
+
+
 @pytest.mark.parametrize("n", [0, 1, -5, 2.5, True])
 def test_overfit_config_rejects_n_below_two(n):
     with pytest.raises(ConfigError, match=r"overfit n = .* allowed an integer >= 2"):

@@ -185,6 +185,18 @@ def test_overfit_notebook_with_tiny_parameters_records_a_passing_verdict(tmp_pat
 
 
 @pytest.mark.slow
+def test_overfit_notebook_with_stop_at_verdict_ends_at_the_first_passing_epoch(tmp_path,
+                                                                              tiny_manifest):
+    res, _, run_dir = _run_overfit(tmp_path, tiny_manifest, n=8, epochs=300,
+                                   stop_at_verdict=True)
+    assert res["label"] == "PASS" and res["epochs_run"] < 300
+    logged = [json.loads(line)["epoch"]
+              for line in (run_dir / "03_overfit" / "metrics.jsonl").read_text().splitlines()]
+    assert logged[-1] == res["epochs_run"]
+    assert res["verdict"]["epochs_to_pass"] <= res["epochs_run"]
+
+
+@pytest.mark.slow
 def test_overfit_notebook_that_fails_shows_and_records_the_doctors_causes(tmp_path,
                                                                           tiny_manifest):
     res, out, _ = _run_overfit(tmp_path, tiny_manifest, n=8, epochs=30, learning_rate=1e-7)

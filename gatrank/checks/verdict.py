@@ -22,6 +22,7 @@ __all__ = [
     "summarize_checks",
     "runbook_check",
     "evaluate_verdict",
+    "stop_at_verdict",
     "format_verdict",
     "loss_drop",
 ]
@@ -242,6 +243,19 @@ def evaluate_verdict(history: Sequence[dict[str, Any]], prefix: str = "") -> Ver
         epochs_to_pass=epochs_to_pass,
         epochs_to_ideal=first_epoch(t["pairwise_accuracy_ideal"], t["spearman_ideal"]),
     )
+
+
+def stop_at_verdict(history: Sequence[dict[str, Any]]) -> str | None:
+    """A ``stop_when`` rule for :func:`gatrank.training.train` (``--stop-at-verdict``): a reason
+    to stop at the first logged epoch where every pass criterion holds, None before.
+
+    Needs two records at least: "loss decreasing" compares the first logged loss with the last,
+    so a single record can never pass it.
+    """
+    if len(history) < 2 or not evaluate_verdict(history).passed:
+        return None
+    return (f"stopped at the verdict: every pass criterion held at epoch "
+            f"{int(history[-1]['epoch'])} (--stop-at-verdict)")
 
 
 def format_verdict(verdict: Verdict) -> str:

@@ -52,6 +52,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default="", help="YAML config; keys it omits keep their defaults")
     p.add_argument("--overfit-n", type=int, default=0,
                    help="runbook overfit test: first N graphs, 500 epochs, lr 5e-3, no dropout")
+    p.add_argument("--stop-at-verdict", action="store_true",
+                   help="end the overfit test at the first logged epoch where every pass "
+                        "criterion holds (default: the runbook's full 500 epochs)")
     p.add_argument("--epochs", type=int, default=None, help="override training.epochs")
     p.add_argument("--seed", type=int, default=None, help="override training.seed")
     p.add_argument("--device", default=None, help="override training.device (auto, cpu, cuda)")

@@ -66,6 +66,10 @@ def _train_config(args: argparse.Namespace) -> Config:
         cfg = overfit_config(cfg, args.overfit_n)
     if args.epochs is not None:
         cfg = cfg.updated({"training.epochs": args.epochs})
+    if args.stop_at_verdict and not cfg.training.overfit_n:
+        raise ConfigError("--stop-at-verdict ends the overfit test at its verdict: give "
+                          "--overfit-n N (the runbook: 32); full training stops on validation "
+                          "(training.patience)")
     return cfg
 
 
@@ -99,6 +103,7 @@ def _resume_config(args: argparse.Namespace) -> Config:
 
 def _run_training(args: argparse.Namespace, cfg: Config) -> tuple[TrainResult, bool]:
     """Train; also whether this process is rank 0 (asked before the process group is left)."""
+    from gatrank.checks.verdict import stop_at_verdict
     from gatrank.training import distributed, train
 
     logging.getLogger("gatrank.training").setLevel(
@@ -114,6 +119,7 @@ def _run_training(args: argparse.Namespace, cfg: Config) -> tuple[TrainResult, b
             progress=not args.no_progress,
             with_baseline=not args.no_baseline,
             resume=args.resume or None,
+            stop_when=stop_at_verdict if args.stop_at_verdict else None,
         )
         return res, distributed.is_main()
     finally:
@@ -136,6 +142,7 @@ def _print_training(args: argparse.Namespace, res: TrainResult) -> None:
             where = f"line {p['line']}" if p.get("index") is None else f"index {p['index']}"
             print(f"  {where}  id {p['id']}  {p['file']}: {p['problem']} [{p['code']}]")
     final = s["final"]
+    stopped_early = s["status"] == "completed" and s.get("stop_reason")
     print(
         f"\n{s['mode']} run {s['status']} after {s['epochs_run']} epochs in "
         f"{s['wall_time_s']:.1f}s "
@@ -143,6 +150,8 @@ def _print_training(args: argparse.Namespace, res: TrainResult) -> None:
            if s["mode"] == "overfit" else
            f"on {s['num_graphs']} graphs (splits {s['split_sizes']})")
     )
+    if stopped_early:
+        print(f"  {s['stop_reason']}")
     if final:
         print(
             f"train: pairwise accuracy {final['pairwise_accuracy']:.3f}  spearman "

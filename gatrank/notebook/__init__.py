@@ -13,7 +13,7 @@ from gatrank.checks.steps import (
     loss_tests,
     training_checks,
 )
-from gatrank.checks.verdict import THRESHOLDS, evaluate_verdict
+from gatrank.checks.verdict import THRESHOLDS, evaluate_verdict, stop_at_verdict
 from gatrank.config import overfit_config
 from gatrank.data import check_manifest
 from gatrank.datasets import check_data
@@ -119,6 +119,7 @@ __all__ = [
     "evaluation_checks",
     "THRESHOLDS",
     "evaluate_verdict",
+    "stop_at_verdict",
     "overfit_config",
     "train",
     "diagnose_history",

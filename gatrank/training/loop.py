@@ -50,6 +50,8 @@ logger = logging.getLogger(__name__)
 
 Callback = Callable[[dict[str, Any]], None]
 """Called with each logged record (rank 0 only)."""
+StopRule = Callable[[Sequence[dict[str, Any]]], "str | None"]
+"""``stop_when(history)``: a reason to stop after this logged epoch, or None/"" to go on."""
 
 
 class _Terminated(KeyboardInterrupt):
@@ -111,6 +113,7 @@ def train(
     with_baseline: bool = False,
     probes: Sequence[Probe] = (),
     resume: str | Path | None = None,
+    stop_when: StopRule | None = None,
 ) -> TrainResult:
     """Train a ranking model and return it with its history.
 
@@ -134,6 +137,10 @@ def train(
             ``training.epochs``/``device``/``nonfinite``/``log_every``/``patience``/
             ``enable_debug_logs`` may change): continues after its last complete epoch. On CPU
             the result equals an uninterrupted run's, weights and metrics.
+        stop_when: called with the history after each logged epoch; a non-empty string it
+            returns stops training there, as early stopping does (status ``completed``, the
+            string as ``stop_reason``), e.g. :func:`gatrank.checks.verdict.stop_at_verdict`
+            ends the overfit test once every pass criterion holds.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) the loop trains with DistributedDataParallel: each of
     the W processes takes ``batch_size // W`` graphs per step from a seeded
@@ -161,7 +168,8 @@ def train(
         st.resume(load_resume(resume, s.run))
         logger.info("resuming from %s after epoch %d", resume, st.epoch)
     _start_metrics_log(s, st)
-    failure = _run_epochs(s, st, progress=progress, callbacks=callbacks, probes=probes)
+    failure = _run_epochs(s, st, progress=progress, callbacks=callbacks, probes=probes,
+                          stop_when=stop_when)
     summary = _finish(s, st, failure, loss=loss, resume=resume, with_baseline=with_baseline)
     if failure is not None:
         raise failure
@@ -178,7 +186,7 @@ def _start_metrics_log(s: Setup, st: LoopState) -> None:
 
 def _run_epochs(
     s: Setup, st: LoopState, *, progress: bool, callbacks: Sequence[Callback],
-    probes: Sequence[Probe],
+    probes: Sequence[Probe], stop_when: StopRule | None,
 ) -> NonFiniteError | None:
     """The epoch loop, and where an interruption or a non-finite step leaves the state: after
     the last complete epoch. Returns the error to raise once the summary is written."""
@@ -194,7 +202,7 @@ def _run_epochs(
     try:
         for epoch in range(st.epoch + 1, last_epoch + 1):
             st.epoch = epoch
-            _run_epoch(s, st, last_epoch, bar, callbacks, probes)
+            _run_epoch(s, st, last_epoch, bar, callbacks, probes, stop_when)
             if st.early_stopped:
                 break
     except KeyboardInterrupt as exc:
@@ -225,7 +233,7 @@ def _run_epochs(
 
 def _run_epoch(
     s: Setup, st: LoopState, last_epoch: int, bar: tqdm | None, callbacks: Sequence[Callback],
-    probes: Sequence[Probe],
+    probes: Sequence[Probe], stop_when: StopRule | None,
 ) -> None:
     """Epoch ``st.epoch``: train, validate, decide on stopping, log, snapshot."""
     tc = s.tc
@@ -243,6 +251,9 @@ def _run_epoch(
     # logging
     if log_now or early:
         _log(s, st, epoch_record(s, st, stats, val_metrics, probes), callbacks)
+        reason = stop_when(st.history) if stop_when is not None and not early else None
+        if reason:  # every rank holds the same reduced history, so all stop together
+            st.early_stopped, st.stop_reason, early = True, reason, True
     if bar is not None:
         bar.update(1)
         bar.set_postfix(loss=f"{stats.loss:.4f}")

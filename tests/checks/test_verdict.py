@@ -10,6 +10,7 @@ from gatrank.checks.verdict import (
     evaluate_verdict,
     format_verdict,
     runbook_check,
+    stop_at_verdict,
     summarize_checks,
 )
 
@@ -136,3 +137,13 @@ def test_runbook_check_wording_and_strictness():
     assert flag.kind == "red_flag" and flag.ok  # at the threshold: not collapsed
     with pytest.raises(ValueError, match="unknown runbook rule"):
         runbook_check("accuracy", 1.0)
+
+
+def test_stop_at_verdict_stops_at_the_first_record_where_every_criterion_holds():
+    h = _healthy()
+    reasons = [stop_at_verdict(h[:i]) for i in range(1, len(h) + 1)]
+    assert reasons[:2] == [None, None]
+    assert reasons[2] is not None and "at epoch 20" in reasons[2]
+    assert stop_at_verdict([_rec(1, 0.1, 0.99, 0.99, 2.0, 1.0)]) is None  # no loss drop yet
+    collapsed = [_rec(1, 0.69, 0.5, 0.0, 0.001, 1e-6), _rec(10, 0.69, 0.5, 0.0, 0.001, 1e-6)]
+    assert stop_at_verdict(collapsed) is None

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 import torch_geometric
-from tiny_training import assert_same_run, tiny
+from tiny_training import assert_same_run, strip, tiny
 
-from gatrank.checks.verdict import evaluate_verdict
+from gatrank.checks.verdict import evaluate_verdict, stop_at_verdict
 from gatrank.config import Config, overfit_config
 from gatrank.data import load_graphs
 from gatrank.datasets import write_dataset
@@ -43,6 +43,44 @@ def test_overfit_mode_reaches_the_runbook_thresholds(chembl_small):
     assert res.summary["split_sizes"] == {"train": 16, "val": 0, "test": 0}
     # Logged every 10 epochs, plus the first.
     assert [h["epoch"] for h in res.history[:3]] == [1, 10, 20]
+
+
+@pytest.mark.slow
+def test_stop_at_verdict_ends_the_overfit_test_at_the_first_passing_epoch(chembl_small,
+                                                                          tmp_path):
+    """The same run as the full one up to the first logged epoch where every criterion holds,
+    then stopped there: same records, same verdict, status completed, the reason recorded."""
+    _, gs = chembl_small
+    cfg = overfit_config(Config(), n=16).updated({"training.epochs": 150})
+    full = train(cfg, graphs=gs, progress=False)
+    first = evaluate_verdict(full.history)
+    assert first.passed and first.epochs_to_pass < 150
+    short = train(cfg, graphs=gs, progress=False, out_dir=tmp_path, stop_when=stop_at_verdict)
+    stop = next(i for i in range(2, len(full.history) + 1)
+                if evaluate_verdict(full.history[:i]).passed)
+    assert strip(short.history) == strip(full.history[:stop])
+    s = short.summary
+    assert s["status"] == "completed" and s["epochs_run"] == full.history[stop - 1]["epoch"]
+    assert f"at epoch {s['epochs_run']}" in s["stop_reason"]
+    assert evaluate_verdict(short.history).passed
+    assert json.loads((tmp_path / "summary.json").read_text())["stop_reason"] == s["stop_reason"]
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    logged = [json.loads(ln)["epoch"] for ln in lines]
+    assert logged[-1] == s["epochs_run"]
+    assert read_checkpoint(tmp_path / "last.pt")["status"] == "completed"
+
+
+def test_a_stop_rule_is_asked_after_every_logged_epoch_only(graphs):
+    seen: list[int] = []
+
+    def rule(history):
+        seen.append(history[-1]["epoch"])
+        return "enough" if history[-1]["epoch"] >= 4 else None
+
+    res = train(tiny(training__epochs=9, training__log_every=2, data__val_fraction=0.0,
+                     data__test_fraction=0.0), graphs=graphs, progress=False, stop_when=rule)
+    assert seen == [1, 2, 4]
+    assert res.summary["epochs_run"] == 4 and res.summary["stop_reason"] == "enough"
 
 
 @pytest.mark.slow
