@@ -5,7 +5,8 @@ each with its ``params/<notebook>.yaml``, in a kernel started from *this* Python
 a fresh virtual environment works with no kernel registered by hand). Per run it writes::
 
     <out>/<notebook>.ipynb          the executed notebook (errors included)
-    <out>/<notebook>.html           offline HTML: plotly.js embedded once, no CDN, no require.js
+    <out>/<notebook>.html           offline HTML, no CDN, no require.js; it loads plotly.js from
+    <out>/plotly.min.js             (one copy for all; inlined instead with ``self_contained``)
     <out>/<notebook>.results.json   what the notebook recorded (checks, metrics)
     <out>/<notebook>/               its training output (checkpoints, metrics.jsonl)
     <out>/summary.json              status, duration and results of every notebook
@@ -37,7 +38,7 @@ from gatrank.data import is_dataset_file
 from gatrank.io import atomic_write_text, write_json
 from gatrank.notebook.session import STEPS
 from gatrank.project import NOTEBOOKS, notebook_folders, project_root
-from gatrank.suite.export import export_html
+from gatrank.suite.export import export_html, prune_widget_state
 from gatrank.suite.index import render_index
 from gatrank.suite.kernel import environ, kernel_manager_class
 
@@ -178,6 +179,7 @@ def run_suite(
     timeout: int | None = None,
     threads: int | None = None,
     progress: Callable[[str], None] | None = None,
+    self_contained: bool = False,
 ) -> SuiteResult:
     """Execute the notebooks in order and write the report folder (see the module docstring).
 
@@ -196,6 +198,8 @@ def run_suite(
         threads: CPU threads per kernel (``OMP_NUM_THREADS``); on a shared or small machine 1 is
             often fastest. Default: torch's choice.
         progress: called with one line per notebook when it finishes.
+        self_contained: each HTML report inlines plotly.js (one file to mail) instead of
+            loading the folder's one ``plotly.min.js``.
     """
     t0 = time.perf_counter()
     nb_dir, p_dir, names = _notebooks_to_run(notebooks, notebooks_dir, params_dir)
@@ -208,7 +212,7 @@ def run_suite(
         for i, name in enumerate(names, 1):
             tag = f"[{i}/{len(names)}]"
             res = _run_notebook(name, nb_dir, p_dir / f"{name}.yaml", out, overrides, timeout,
-                                tag=tag)
+                                tag=tag, self_contained=self_contained)
             results.append(res)
             if progress is not None:
                 progress(f"{tag} {name:<15} {res.status:<20} {res.duration_s:6.1f} s"
@@ -270,7 +274,7 @@ def _overrides(manifest: str | Path | None, dataset: str | None,
 
 def _run_notebook(name: str, nb_dir: Path, params_file: Path, out: Path,
                   overrides: Mapping[str, Any], timeout: int | None, *,
-                  tag: str) -> NotebookResult:
+                  tag: str, self_contained: bool = False) -> NotebookResult:
     """Execute one notebook into ``out``, read what it recorded and export its HTML."""
     src = nb_dir / f"{name}.ipynb"
     params = notebook_parameters(src, params_file, overrides)
@@ -279,9 +283,11 @@ def _run_notebook(name: str, nb_dir: Path, params_file: Path, out: Path,
     t = time.perf_counter()
     error = _execute(src, out / f"{name}.ipynb", params, nb_dir, timeout)
     duration = round(time.perf_counter() - t, 1)
+    prune_widget_state(out / f"{name}.ipynb")
     rec = _read_results(out / f"{name}.results.json")
     status = "ERROR" if error else rec["label"] if rec else "NO RESULTS"
-    export_html(out / f"{name}.ipynb", out / f"{name}.html", error=error)
+    export_html(out / f"{name}.ipynb", out / f"{name}.html", error=error,
+                self_contained=self_contained)
     return NotebookResult(name=name, status=status, duration_s=duration, ipynb=f"{name}.ipynb",
                           html=f"{name}.html", parameters=params, error=error, results=rec)
 
