@@ -1,6 +1,6 @@
-"""gatrank.suite.export: HTML that opens offline, loading the folder's one plotly.min.js (or, self
-contained, its own inlined copy), with an error banner on top of a failed notebook; and the
-executed notebook rid of the saved state of widgets no output shows."""
+"""gatrank.suite.export: HTML that opens offline, loading the folder's one plotly.min.js and
+notebook.css (or, self contained, its own inlined copies), with an error banner on top of a failed
+notebook; and the executed notebook rid of the saved state of widgets no output shows."""
 
 from __future__ import annotations
 
@@ -16,10 +16,12 @@ import plotly.io as pio
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from gatrank.notebook.display import RENDERER, setup
-from gatrank.suite.export import PLOTLY_JS, export_html, prune_widget_state
+from gatrank.suite.export import NOTEBOOK_CSS, PLOTLY_JS, export_html, prune_widget_state
 
 PLOTLY_BANNER = re.compile(r"\* plotly\.js v\d+\.\d+\.\d+")
 SCRIPT_SRC = re.compile(r"<script[^>]*\ssrc\s*=\s*[\"']?([^\"' >]+)", re.I)
+LINK_HREF = re.compile(r"<link[^>]*\shref\s*=\s*[\"']?([^\"' >]+)", re.I)
+CSS_RULE = "--jp-layout-color0:"  # defined by JupyterLab's theme
 
 
 def _package_plotly_js() -> bytes:
@@ -72,17 +74,19 @@ def test_export_loads_the_folders_one_plotly_js_and_nothing_from_the_network(tmp
     html = export_html(src, out / "nb.html").read_text()
     assert SCRIPT_SRC.findall(html) == [PLOTLY_JS]
     assert html.index(f'src="{PLOTLY_JS}"') < html.index("Plotly.newPlot(")  # loaded first
-    assert not PLOTLY_BANNER.search(html)  # no inline copy
+    assert LINK_HREF.findall(html) == [NOTEBOOK_CSS]
+    assert not PLOTLY_BANNER.search(html) and CSS_RULE not in html  # no inline copies
     _assert_offline_page(html, external_ref)
     js = out / PLOTLY_JS
     assert js.read_bytes() == _package_plotly_js()
+    assert CSS_RULE in (out / NOTEBOOK_CSS).read_text()
     # a second report in the folder finds it there and leaves it alone (the same file, not a
     # rewrite), and no temporary file is left behind
-    before = js.stat()
+    before = [(p.stat().st_ino, p.stat().st_mtime_ns) for p in (js, out / NOTEBOOK_CSS)]
     export_html(src, out / "again.html")
-    after = js.stat()
-    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
-    assert sorted(p.name for p in out.iterdir()) == ["again.html", "nb.html", PLOTLY_JS]
+    assert [(p.stat().st_ino, p.stat().st_mtime_ns) for p in (js, out / NOTEBOOK_CSS)] == before
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["again.html", "nb.html", NOTEBOOK_CSS, PLOTLY_JS])
 
 
 def test_a_stale_or_broken_plotly_js_beside_the_report_is_replaced(tmp_path):
@@ -98,7 +102,7 @@ def test_a_stale_or_broken_plotly_js_beside_the_report_is_replaced(tmp_path):
         assert js.read_bytes() == package
 
 
-def test_self_contained_export_inlines_plotly_js_and_needs_nothing_beside_it(tmp_path,
+def test_self_contained_export_inlines_plotly_js_and_css_and_needs_nothing_beside_it(tmp_path,
                                                                             external_ref):
     src = _notebook_with_plots(tmp_path / "nb.ipynb", n_figures=3)
     out = tmp_path / "mail"
@@ -106,12 +110,12 @@ def test_self_contained_export_inlines_plotly_js_and_needs_nothing_beside_it(tmp
     assert len(PLOTLY_BANNER.findall(html)) == 1
     assert html.index(PLOTLY_BANNER.search(html).group()) < html.index("Plotly.newPlot(")
     assert SCRIPT_SRC.findall(html) == []  # no script loaded from anywhere, sibling or remote
-    assert not re.search(r"<link[^>]+href", html, re.I)
+    assert LINK_HREF.findall(html) == [] and CSS_RULE in html
     _assert_offline_page(html, external_ref)
     assert sorted(p.name for p in out.iterdir()) == ["nb.html"]
 
 
-def test_concurrent_exports_into_one_folder_leave_one_correct_plotly_js(tmp_path):
+def test_concurrent_exports_into_one_folder_leave_one_correct_plotly_js_and_css(tmp_path):
     src = _notebook_with_plots(tmp_path / "nb.ipynb", n_figures=1)
     out = tmp_path / "report"
     n = 6
@@ -125,8 +129,11 @@ def test_concurrent_exports_into_one_folder_leave_one_correct_plotly_js(tmp_path
         pages = list(pool.map(export, range(n)))
     assert all(SCRIPT_SRC.findall(p) == [PLOTLY_JS] for p in pages)
     assert (out / PLOTLY_JS).read_bytes() == _package_plotly_js()
+    alone = tmp_path / "alone"
+    export_html(src, alone / "nb.html")
+    assert (out / NOTEBOOK_CSS).read_bytes() == (alone / NOTEBOOK_CSS).read_bytes()
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [PLOTLY_JS] + [f"nb{i}.html" for i in range(n)])  # no temporary file left
+        [PLOTLY_JS, NOTEBOOK_CSS] + [f"nb{i}.html" for i in range(n)])  # no temporary file left
 
 
 def test_export_of_a_failed_notebook_puts_the_error_on_top(tmp_path):
