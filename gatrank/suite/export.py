@@ -95,7 +95,7 @@ def _write_if_changed(path: Path, data: bytes) -> Path:
     except OSError:
         same = False
     if not same:
-        logger.info("writing %s (%d bytes)", path, len(data))
+        logger.debug("writing %s (%d bytes)", path, len(data))
         atomic_write_bytes(path, data)
     return path
 
@@ -181,7 +181,7 @@ def prune_widget_state(ipynb: str | Path) -> list[str]:
         if not state:
             del nb.metadata["widgets"]
         atomic_write_text(ipynb, nbformat.writes(nb))
-        logger.info("%s: dropped the state of %d widget(s) no output shows: %s", ipynb,
+        logger.debug("%s: dropped the state of %d widget(s) no output shows: %s", ipynb,
                     len(dropped), dropped)
     return dropped
 
