@@ -5,8 +5,9 @@ each with its ``params/<notebook>.yaml``, in a kernel started from *this* Python
 a fresh virtual environment works with no kernel registered by hand). Per run it writes::
 
     <out>/<notebook>.ipynb          the executed notebook (errors included)
-    <out>/<notebook>.html           offline HTML, no CDN, no require.js; it loads plotly.js from
-    <out>/plotly.min.js             (one copy for all; inlined instead with ``self_contained``)
+    <out>/<notebook>.html           offline HTML, no CDN, no require.js; it loads plotly.js and
+    <out>/plotly.min.js             JupyterLab's stylesheet from these two, one copy for all
+    <out>/notebook.css              (inlined in each instead with ``self_contained``)
     <out>/<notebook>.results.json   what the notebook recorded (checks, metrics)
     <out>/<notebook>/               its training output (checkpoints, metrics.jsonl)
     <out>/summary.json              status, duration and results of every notebook
@@ -198,8 +199,8 @@ def run_suite(
         threads: CPU threads per kernel (``OMP_NUM_THREADS``); on a shared or small machine 1 is
             often fastest. Default: torch's choice.
         progress: called with one line per notebook when it finishes.
-        self_contained: each HTML report inlines plotly.js (one file to mail) instead of
-            loading the folder's one ``plotly.min.js``.
+        self_contained: each HTML report inlines plotly.js and its stylesheet (one file to
+            mail) instead of loading the folder's one ``plotly.min.js`` and ``notebook.css``.
     """
     t0 = time.perf_counter()
     nb_dir, p_dir, names = _notebooks_to_run(notebooks, notebooks_dir, params_dir)
