@@ -1,6 +1,8 @@
 """Browser checks with Debian's Chromium driven by Playwright (no browser download):
 
-- a ``gatrank suite`` HTML report opens with the network off and its plotly figures render;
+- a ``gatrank suite`` HTML report opens with the network off, styled, and its plotly figures
+  render, both as the report folder holds it (loading the folder's one plotly.min.js and
+  notebook.css) and self contained (copied alone into an empty folder);
 - a notebook runs inside a real JupyterLab server on localhost and shows its live figure.
 
 CI installs ``chromium`` with apt (``.ci/run``); without it these tests are skipped.
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -49,6 +52,7 @@ def _offline_page(browser, allowed: tuple[str, ...]):
                                                                         "height": 900})
     blocked: list[str] = []
     errors: list[str] = []
+    failed: list[str] = []
 
     def route(r):
         url = r.request.url
@@ -61,25 +65,20 @@ def _offline_page(browser, allowed: tuple[str, ...]):
     ctx.route("**/*", route)
     page = ctx.new_page()
     page.on("pageerror", lambda e: errors.append(str(e)))
+    # a file: that is not there (a sibling script a copied page lacks) fails, it is not blocked
+    page.on("requestfailed", lambda r: failed.append(r.url))
+    ctx.failed = failed
     return ctx, page, blocked, errors
 
 
-def test_suite_report_renders_its_plots_with_the_network_off(tmp_path, browser, tiny_manifest):
-    from gatrank.suite import run_suite
+def _styled(page) -> bool:
+    """JupyterLab's stylesheet applies (its theme's variables are defined)."""
+    return page.evaluate("() => getComputedStyle(document.documentElement)"
+                         ".getPropertyValue('--jp-layout-color0').trim() !== ''")
 
-    res = run_suite(tiny_manifest, tmp_path / "report", notebooks=["03_overfit"],
-                    parameters={"n": 8, "epochs": 30})
-    assert res.ok, res.summary
-    executed = nbformat.read(str(res.out_dir / "03_overfit.ipynb"), as_version=4)
-    n_figures = sum(PLOTLY_MIME in o.get("data", {})
-                    for c in executed.cells for o in c.get("outputs", []))
-    assert n_figures >= 3
-    ctx, page, blocked, errors = _offline_page(browser, ("file:",))
-    page.goto((res.out_dir / "index.html").as_uri())
-    assert "pairwise accuracy > 0.9" in page.inner_text("body")
-    page.click("text=03_overfit >> nth=0")
-    page.wait_for_load_state("load")
-    assert page.url.endswith("03_overfit.html")
+
+def _figures_drawn(page, n_figures: int) -> None:
+    """Every plotly figure of the page has been drawn, with its traces."""
     page.wait_for_function(
         f"document.querySelectorAll('div.gatrank-plot .main-svg').length >= {n_figures}",
         timeout=60_000)
@@ -87,7 +86,64 @@ def test_suite_report_renders_its_plots_with_the_network_off(tmp_path, browser, 
                                       "e.classList.contains('js-plotly-plot') && "
                                       "e.querySelectorAll('.scatterlayer .trace').length)")
     assert len(drawn) == n_figures and all(n > 0 for n in drawn)  # every figure has its traces
-    assert blocked == [] and errors == []
+
+
+def _n_figures(ipynb: Path) -> int:
+    executed = nbformat.read(str(ipynb), as_version=4)
+    return sum(PLOTLY_MIME in o.get("data", {})
+               for c in executed.cells for o in c.get("outputs", []))
+
+
+def test_suite_report_renders_its_plots_with_the_network_off(tmp_path, browser, tiny_manifest):
+    from gatrank.suite import run_suite
+    from gatrank.suite.export import NOTEBOOK_CSS, PLOTLY_JS
+
+    params = {"n": 8, "epochs": 30}
+    res = run_suite(tiny_manifest, tmp_path / "report", notebooks=["03_overfit"],
+                    parameters=params)
+    assert res.ok, res.summary
+    n_figures = _n_figures(res.out_dir / "03_overfit.ipynb")
+    assert n_figures >= 3
+    # the live curves' FigureWidget (closed once training ended) left no state behind: its
+    # JavaScript bundle is as big as plotly.js
+    assert '"_esm"' not in (res.out_dir / "03_overfit.ipynb").read_text()
+    html = (res.out_dir / "03_overfit.html").read_text()
+    assert re.findall(r"<script[^>]*\ssrc=\"([^\"]*)\"", html) == [PLOTLY_JS]
+    assert "* plotly.js v" not in html and len(html) < 200_000  # no inline copies
+    ctx, page, blocked, errors = _offline_page(browser, ("file:",))
+    page.goto((res.out_dir / "index.html").as_uri())
+    assert "pairwise accuracy > 0.9" in page.inner_text("body")
+    page.click("text=03_overfit >> nth=0")
+    page.wait_for_load_state("load")
+    assert page.url.endswith("03_overfit.html")
+    _figures_drawn(page, n_figures)
+    assert _styled(page)
+    assert blocked == [] and errors == [] and ctx.failed == []
+    ctx.close()
+
+    # the shared-script page copied alone cannot draw: the check below would see missing files
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(res.out_dir / "03_overfit.html", alone / "shared.html")
+    ctx, page, blocked, errors = _offline_page(browser, ("file:",))
+    page.goto((alone / "shared.html").as_uri())
+    assert "plotly.js is not loaded in this page" in page.inner_text("body")
+    assert not _styled(page)
+    assert sorted(ctx.failed) == sorted((alone / f).as_uri() for f in (PLOTLY_JS, NOTEBOOK_CSS))
+    ctx.close()
+
+    # self contained (gatrank suite --self-contained): the page alone draws every figure
+    mail = run_suite(tiny_manifest, tmp_path / "mail", notebooks=["03_overfit"],
+                     parameters=params, self_contained=True)
+    assert mail.ok, mail.summary
+    assert not (mail.out_dir / PLOTLY_JS).exists() and not (mail.out_dir / NOTEBOOK_CSS).exists()
+    shutil.copy(mail.out_dir / "03_overfit.html", alone / "03_overfit.html")
+    ctx, page, blocked, errors = _offline_page(browser, ("file:",))
+    page.goto((alone / "03_overfit.html").as_uri())
+    page.wait_for_load_state("load")
+    _figures_drawn(page, _n_figures(mail.out_dir / "03_overfit.ipynb"))
+    assert _styled(page)
+    assert blocked == [] and errors == [] and ctx.failed == []
     ctx.close()
 
 

@@ -10,7 +10,9 @@ current ones run: :mod:`gatrank.suite.schedule`, :mod:`gatrank.suite.kernel`. ``
 plain sequential run. Per run it writes::
 
     <out>/<notebook>.ipynb          the executed notebook (errors included)
-    <out>/<notebook>.html           offline HTML (no CDN, no require.js)
+    <out>/<notebook>.html           offline HTML, no CDN, no require.js; it loads plotly.js and
+    <out>/plotly.min.js             JupyterLab's stylesheet from these two, one copy for all
+    <out>/notebook.css              (inlined in each instead with ``self_contained``)
     <out>/<notebook>.results.json   what the notebook recorded (checks, metrics)
     <out>/<notebook>/               its training output (checkpoints, metrics.jsonl)
     <out>/summary.json              status, duration and results of every notebook
@@ -44,7 +46,7 @@ from gatrank.data import is_dataset_file
 from gatrank.io import atomic_write_text, write_json
 from gatrank.notebook.session import STEPS
 from gatrank.project import NEEDS, NOTEBOOKS, notebook_folders, project_root
-from gatrank.suite.export import export_html
+from gatrank.suite.export import export_html, prune_widget_state
 from gatrank.suite.index import render_index
 from gatrank.suite.kernel import KernelSupply, adopting, import_lines, start_kernel
 from gatrank.suite.schedule import default_jobs, kernel_threads, run_concurrently
@@ -213,8 +215,8 @@ def run_suite(
             among the notebooks running at once; torch's own choice when ``jobs`` is 1.
         jobs: notebooks run at once (default :func:`~gatrank.suite.schedule.default_jobs`: the
             CPU count, capped by free memory); 1 runs them one after another.
-        self_contained: each HTML report carries its own copy of plotly.js (one file to mail)
-            instead of sharing one ``plotly.min.js`` in the report folder.
+        self_contained: each HTML report inlines plotly.js and its stylesheet (one file to
+            mail) instead of loading the folder's one ``plotly.min.js`` and ``notebook.css``.
         progress: called with a line when a notebook starts and when it finishes.
 
     Raises:
@@ -339,9 +341,11 @@ def _run_notebook(name: str, nb_dir: Path, params: dict[str, Any], out: Path,
     t = time.perf_counter()
     error = _execute(src, out / f"{name}.ipynb", params, km, timeout)
     duration = round(time.perf_counter() - t, 1)
+    prune_widget_state(out / f"{name}.ipynb")
     rec = _read_results(out / f"{name}.results.json")
     status = "ERROR" if error else rec["label"] if rec else "NO RESULTS"
-    export_html(out / f"{name}.ipynb", out / f"{name}.html", error=error)  # MERGE: self_contained
+    export_html(out / f"{name}.ipynb", out / f"{name}.html", error=error,
+                self_contained=self_contained)
     return NotebookResult(name=name, status=status, duration_s=duration, ipynb=f"{name}.ipynb",
                           html=f"{name}.html", parameters=params, error=error, results=rec)
 
