@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "write_json", "append_jsonl",
-           "read_jsonl"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "write_if_changed", "write_json",
+           "append_jsonl", "read_jsonl"]
+
+logger = logging.getLogger(__name__)
 
 
 def _atomic(path: Path, write) -> None:
@@ -33,6 +36,23 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_if_changed(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` unless it holds those bytes already; returns ``path``.
+
+    Safe to call from several threads or processes at once: each write goes to its own temporary
+    file renamed over the target, so a reader sees the old file or the new one, never a part.
+    """
+    path = Path(path)
+    try:
+        same = path.stat().st_size == len(data) and path.read_bytes() == data
+    except OSError:
+        same = False
+    if not same:
+        logger.debug("writing %s (%d bytes)", path, len(data))
+        atomic_write_bytes(path, data)
+    return path
 
 
 def _jsonable(obj: Any) -> Any:

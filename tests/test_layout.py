@@ -25,7 +25,7 @@ LAYERS: list[set[str]] = [
     {"datasets"},
     {"training"},
     {"checks"},
-    {"plots"},
+    {"plots", "offline"},
     {"evaluate"},
     {"doctor"},
     {"notebook"},

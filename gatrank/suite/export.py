@@ -18,17 +18,14 @@ from typing import Any
 
 from jinja2 import DictLoader
 from markupsafe import Markup
-from plotly.offline import get_plotlyjs
 
-from gatrank.io import atomic_write_bytes, atomic_write_text
+from gatrank.io import atomic_write_text, write_if_changed
+from gatrank.offline import PLOTLY_JS, plotly_js_bytes, write_plotly_js
 
 __all__ = ["PLOTLY_JS", "NOTEBOOK_CSS", "export_html", "write_plotly_js", "prune_widget_state"]
 
 logger = logging.getLogger(__name__)
 
-PLOTLY_JS = "plotly.min.js"
-"""File name of the plotly.js that reports exported with ``self_contained=False`` load from
-their own folder."""
 NOTEBOOK_CSS = "notebook.css"
 """File name of the stylesheet (JupyterLab's, about 260 kB) those reports load from their folder."""
 
@@ -76,34 +73,6 @@ _WIDGET_NOTE = (
 )
 _WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 _WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
-
-
-@functools.cache
-def _plotly_js_bytes() -> bytes:
-    """The installed plotly package's plotly.js (read once per process: it is megabytes)."""
-    return get_plotlyjs().encode("utf-8")
-
-
-def _write_if_changed(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` unless it holds those bytes already; returns ``path``.
-
-    Safe to call from several threads or processes at once: each write goes to its own temporary
-    file renamed over the target, so a reader sees the old file or the new one, never a part.
-    """
-    try:
-        same = path.stat().st_size == len(data) and path.read_bytes() == data
-    except OSError:
-        same = False
-    if not same:
-        logger.debug("writing %s (%d bytes)", path, len(data))
-        atomic_write_bytes(path, data)
-    return path
-
-
-def write_plotly_js(folder: str | Path) -> Path:
-    """Put the installed plotly package's plotly.js in ``folder`` as :data:`PLOTLY_JS`, unless
-    the same bytes are already there (safe from concurrent exports); returns its path."""
-    return _write_if_changed(Path(folder) / PLOTLY_JS, _plotly_js_bytes())
 
 
 @functools.cache
@@ -206,13 +175,13 @@ def export_html(ipynb: str | Path, html_path: str | Path, *, error: str = "",
     folder = Path(html_path).parent
     css: list[str] = []
     if self_contained:
-        assets = {"gatrank_plotly_js": _plotly_js_bytes().decode("utf-8")}
+        assets = {"gatrank_plotly_js": plotly_js_bytes().decode("utf-8")}
     else:
         write_plotly_js(folder)
         assets = {"gatrank_plotly_src": PLOTLY_JS, "gatrank_css_href": NOTEBOOK_CSS,
                   "gatrank_shared_css": css}
     body, _ = exporter.from_notebook_node(nb, resources={**assets, "gatrank_error": error})
     if not self_contained:
-        _write_if_changed(folder / NOTEBOOK_CSS, "\n".join(css).encode("utf-8"))
+        write_if_changed(folder / NOTEBOOK_CSS, "\n".join(css).encode("utf-8"))
     atomic_write_text(html_path, body)
     return Path(html_path)
