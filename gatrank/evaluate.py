@@ -4,6 +4,7 @@ evaluation)."""
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from gatrank.data import split_indices
 from gatrank.datasets import load_data, with_source
 from gatrank.io import atomic_write_text, write_json
 from gatrank.metrics import grouped_metrics, ranking_metrics
+from gatrank.offline import write_plotly_js
 from gatrank.runtime import resolve_device
 from gatrank.training import predict, train
 from gatrank.training.checkpoint import load_model
@@ -110,6 +112,7 @@ def evaluate_checkpoint(
     k: int = 10,
     baselines: bool = True,
     device: str = "",
+    shared_plotly_js: str | Path | None = None,
 ) -> EvalResult:
     """Score ``checkpoint`` on ``split`` (``train``/``val``/``test``/``all``) of ``manifest``
     or ``dataset`` (a PyG dataset spec; default: the data the checkpoint trained on).
@@ -117,8 +120,10 @@ def evaluate_checkpoint(
     The split is recomputed exactly as training made it (same data, seed and fractions).
     ``device`` (``auto``/``cpu``/``cuda``) overrides the checkpoint's ``training.device``
     (default ``auto``: CUDA when present), for scoring and for the baselines trained beside it.
-    With ``out_dir``: ``predictions.csv``, ``metrics.json`` and ``scatter.html`` (plotly.js
-    embedded, opens offline).
+    With ``out_dir``: ``predictions.csv``, ``metrics.json`` and ``scatter.html``, which opens
+    offline: plotly.js embedded, or, given ``shared_plotly_js`` (a folder, e.g. the suite's
+    report folder), loaded from the one ``plotly.min.js`` there (written if missing), so a
+    report folder holds one copy of its 4.8 MB.
     """
     net, config, _ = load_checkpoint(checkpoint, model=model, model_kwargs=model_kwargs)
     if device:
@@ -167,11 +172,12 @@ def evaluate_checkpoint(
     result = EvalResult(metrics=metrics, baselines=base, predictions=preds, grouped=grouped,
                         split=split)
     if out_dir:
-        _write_eval(result, Path(out_dir), checkpoint, gs)
+        _write_eval(result, Path(out_dir), checkpoint, gs, shared_plotly_js)
     return result
 
 
-def _write_eval(result: EvalResult, out: Path, checkpoint, gs) -> None:
+def _write_eval(result: EvalResult, out: Path, checkpoint, gs,
+                shared_plotly_js: str | Path | None) -> None:
     # deferred on purpose: plotly (through gatrank.plots) is a heavy import, needed only here
     from gatrank.plots import scatter_pred_vs_true
 
@@ -190,4 +196,7 @@ def _write_eval(result: EvalResult, out: Path, checkpoint, gs) -> None:
         },
     )
     fig = scatter_pred_vs_true(result.predictions, title=f"Predicted vs true ({result.split})")
-    atomic_write_text(out / "scatter.html", fig.to_html(include_plotlyjs=True, full_html=True))
+    script: bool | str = True  # inlined
+    if shared_plotly_js is not None:  # plotly takes a str ending in .js as the script's src
+        script = Path(os.path.relpath(write_plotly_js(shared_plotly_js), out)).as_posix()
+    atomic_write_text(out / "scatter.html", fig.to_html(include_plotlyjs=script, full_html=True))

@@ -18,6 +18,7 @@ from gatrank.config import Config, overfit_config
 from gatrank.data import load_graphs
 from gatrank.datasets import write_dataset
 from gatrank.evaluate import evaluate_checkpoint
+from gatrank.offline import plotly_js_bytes
 from gatrank.runtime import environment_info
 from gatrank.training import train
 from gatrank.training.checkpoint import read_checkpoint
@@ -118,6 +119,14 @@ def test_full_training_writes_metrics_checkpoints_and_baseline(chembl_small, tmp
     # only as a default for map data, which these plots do not use).
     assert re.search(r"<script[^>]*\bsrc=", html) is None
     assert "Plotly.newPlot" in html
+    # in a report folder: one shared plotly.min.js, loaded by a relative path
+    shared = tmp_path / "report"
+    evaluate_checkpoint(tmp_path / "best.pt", manifest, split="test", baselines=False,
+                        out_dir=shared / "05_eval", shared_plotly_js=shared)
+    light = (shared / "05_eval" / "scatter.html").read_text()
+    assert re.findall(r"<script[^>]*\bsrc=\"([^\"]+)\"", light) == ["../plotly.min.js"]
+    assert len(light) < len(html) / 20 and "Plotly.newPlot" in light
+    assert (shared / "plotly.min.js").read_bytes() == plotly_js_bytes()
 
 
 @pytest.mark.slow
