@@ -114,6 +114,7 @@ def train(
     probes: Sequence[Probe] = (),
     resume: str | Path | None = None,
     stop_when: StopRule | None = None,
+    checkpoints: Sequence[str] = ("best.pt", "last.pt"),
 ) -> TrainResult:
     """Train a ranking model and return it with its history.
 
@@ -141,6 +142,10 @@ def train(
             returns stops training there, as early stopping does (status ``completed``, the
             string as ``stop_reason``), e.g. :func:`gatrank.checks.verdict.stop_at_verdict`
             ends the overfit test once every pass criterion holds.
+        checkpoints: which of ``best.pt`` and ``last.pt`` to write into ``out_dir`` (both by
+            default; ``()`` keeps only ``metrics.jsonl`` and ``summary.json``, e.g. a report
+            folder's overfit test, whose model is not used again; without ``last.pt`` the run
+            cannot be resumed).
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) the loop trains with DistributedDataParallel: each of
     the W processes takes ``batch_size // W`` graphs per step from a seeded
@@ -161,7 +166,8 @@ def train(
             weights, and ``summary.json`` has status ``nonfinite``.
     """
     t_start = time.perf_counter()
-    s = set_up(config, graphs=graphs, model=model, loss=loss, splits=splits, out_dir=out_dir)
+    s = set_up(config, graphs=graphs, model=model, loss=loss, splits=splits, out_dir=out_dir,
+               checkpoints=checkpoints)
     st = LoopState(net=s.net, optimizer=s.optimizer, loader_gen=s.loader_gen, device=s.device,
                    t_start=t_start)
     if resume:
@@ -342,6 +348,7 @@ def _baseline(s: Setup) -> dict[str, Any]:
         out_dir=s.out / "baseline" if s.out else None,
         progress=False,
         splits=s.splits,
+        checkpoints=tuple(s.checkpoints),
     )
     return {
         "model": "linear",

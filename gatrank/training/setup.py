@@ -29,9 +29,13 @@ from gatrank.runtime import resolve_device, set_seed
 from gatrank.training.checkpoint import RunInfo, write_checkpoint
 from gatrank.training.scoring import COLLATE_ONCE_MAX, Collated, collate
 
-__all__ = ["Setup", "set_up"]
+__all__ = ["Setup", "set_up", "CHECKPOINTS"]
 
 logger = logging.getLogger(__name__)
+
+CHECKPOINTS = frozenset({"best.pt", "last.pt"})
+"""The checkpoints a run with an output folder writes: ``best.pt`` (the weights to evaluate)
+and ``last.pt`` (everything ``--resume`` needs)."""
 
 
 @dataclass
@@ -62,6 +66,8 @@ class Setup:
     """The training graphs as the per-epoch record scores them (collated once when small)."""
     run: RunInfo
     out: Path | None
+    checkpoints: frozenset[str] = CHECKPOINTS
+    """The checkpoint files this run writes into ``out`` (a subset of :data:`CHECKPOINTS`)."""
 
     @property
     def tc(self) -> TrainingConfig:
@@ -81,8 +87,9 @@ class Setup:
         return self.config.loss.tie_eps
 
     def save(self, name: str, entries: dict[str, Any], status: str) -> None:
-        """Write checkpoint ``name`` into the output folder (rank 0, with an output folder)."""
-        if self.out and self.main:
+        """Write checkpoint ``name`` into the output folder (rank 0, with an output folder,
+        when the run keeps that checkpoint)."""
+        if self.out and self.main and name in self.checkpoints:
             write_checkpoint(self.out / name, entries, self.run, status)
 
 
@@ -94,9 +101,18 @@ def set_up(
     loss: str | Callable | None,
     splits: dict[str, list[int]] | None,
     out_dir: str | Path | None,
+    checkpoints: Sequence[str] = tuple(CHECKPOINTS),
 ) -> Setup:
     """Everything :func:`gatrank.training.train` needs before its first epoch (see its
-    arguments); joins the torchrun process group when launched by torchrun."""
+    arguments); joins the torchrun process group when launched by torchrun.
+
+    Raises:
+        ValueError: a checkpoint name outside :data:`CHECKPOINTS`.
+    """
+    unknown = sorted(set(checkpoints) - CHECKPOINTS)
+    if unknown:
+        raise ValueError(f"unknown checkpoint(s) {unknown}: a run writes {sorted(CHECKPOINTS)} "
+                         "or a subset of them")
     tc = config.training
     set_seed(tc.seed)
     device = resolve_device(tc.device)
@@ -142,7 +158,7 @@ def set_up(
         loader_gen=loader_gen, sampler=sampler, loader=loader, fixed_batches=fixed_batches,
         val_batches=val_batches, train_eval=train_eval,
         run=RunInfo.of(config, gs, splits, model=model, model_name=model_name, loss=loss),
-        out=Path(out_dir) if out_dir else None,
+        out=Path(out_dir) if out_dir else None, checkpoints=frozenset(checkpoints),
     )
 
 

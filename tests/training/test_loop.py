@@ -71,6 +71,20 @@ def test_stop_at_verdict_ends_the_overfit_test_at_the_first_passing_epoch(chembl
     assert read_checkpoint(tmp_path / "last.pt")["status"] == "completed"
 
 
+def test_a_run_writes_only_the_checkpoints_it_is_asked_for(graphs, tmp_path):
+    cfg = tiny(training__epochs=3)
+    train(cfg, graphs=graphs, progress=False, out_dir=tmp_path / "none", checkpoints=())
+    assert sorted(p.name for p in (tmp_path / "none").iterdir()) == ["metrics.jsonl",
+                                                                     "summary.json"]
+    train(cfg, graphs=graphs, progress=False, out_dir=tmp_path / "best", checkpoints=["best.pt"],
+          with_baseline=True)
+    assert not list((tmp_path / "best").rglob("last.pt"))
+    assert {p.relative_to(tmp_path / "best").as_posix()
+            for p in (tmp_path / "best").rglob("best.pt")} == {"best.pt", "baseline/best.pt"}
+    with pytest.raises(ValueError, match=r"unknown checkpoint\(s\) \['final.pt'\]"):
+        train(cfg, graphs=graphs, progress=False, checkpoints=["final.pt"])
+
+
 def test_a_stop_rule_is_asked_after_every_logged_epoch_only(graphs):
     seen: list[int] = []
 
