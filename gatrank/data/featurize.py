@@ -23,7 +23,7 @@ from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.utils.smiles import e_map, from_rdmol, x_map
 
-from gatrank.data.parallel import _pool_context, _pool_workers
+from gatrank.data.parallel import _pool_map, _pool_workers
 from gatrank.data.safe_load import safe_torch_load
 
 # RDKit is imported inside the functions that use it, on purpose: it is a heavy import that a
@@ -112,8 +112,8 @@ def _featurize_codes(smiles: Sequence[str], num_workers: int) -> list[Any]:
     _silence_rdkit()
     if num_workers > 1 and len(smiles) > _POOL_MIN_MOLECULES:
         chunk = max(16, math.ceil(len(smiles) / (num_workers * 8)))
-        with _pool_context().Pool(num_workers, initializer=_worker_init) as pool:
-            return pool.map(_mol_codes, smiles, chunksize=chunk)
+        return list(_pool_map(_mol_codes, smiles, num_workers, _worker_init,
+                              "featurizing SMILES", chunksize=chunk))
     return [_mol_codes(s) for s in smiles]
 
 

@@ -27,8 +27,11 @@ import math
 import multiprocessing
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,6 +91,27 @@ def _pool_workers(num_items: int, num_workers: int | None, min_items: int) -> in
     return min(workers, num_items)
 
 
+def _pool_map(fn: Callable[[Any], Any], tasks: Sequence[Any], workers: int,
+              initializer: Callable[[], None], what: str, chunksize: int = 1) -> Iterator[Any]:
+    """``fn(task)`` of every task on ``workers`` processes, in order, each as soon as it and
+    those before it are done.
+
+    A ProcessPoolExecutor, not a multiprocessing.Pool: when a worker dies (killed for memory,
+    crashed) the Pool waits forever for its task, the executor says so. An exception of ``fn``
+    is raised here, in the caller, and the tasks not yet started are cancelled.
+    """
+    with ProcessPoolExecutor(workers, mp_context=_pool_context(),
+                             initializer=initializer) as ex:
+        try:
+            yield from ex.map(fn, tasks, chunksize=chunksize)
+        except BrokenProcessPool as exc:
+            raise RuntimeError(
+                f"a worker process {what} ended abruptly (killed, e.g. for lack of memory, or "
+                "crashed); load with num_workers=1 to do the work in this process") from exc
+        finally:
+            ex.shutdown(wait=True, cancel_futures=True)
+
+
 def _worker_init() -> None:
     torch.set_num_threads(1)  # one process per core already: more threads oversubscribe
     # the parent's objects are never garbage here: a collection would only scan them, and
@@ -145,8 +169,8 @@ def _load_files(paths: list[str | None], ok_rows: list[int], root: Path,
     """Load and check the rows' graph files into ``tensors``; report every file problem, in
     row order (the same problems and graphs on a pool as in this process)."""
     items = [(i, rel) for i in ok_rows if (rel := paths[i]) is not None]
-    ctx = _pool_context()
-    min_files = _POOL_MIN_FILES if ctx.get_start_method() == "fork" else _POOL_MIN_FILES_SPAWN
+    forked = _pool_context().get_start_method() == "fork"
+    min_files = _POOL_MIN_FILES if forked else _POOL_MIN_FILES_SPAWN
     workers = _pool_workers(len(items), num_workers, min_files)
     if workers == 1:
         for i, rel in items:
@@ -159,10 +183,10 @@ def _load_files(paths: list[str | None], ok_rows: list[int], root: Path,
     chunks = _chunks(items, workers)
     logger.info("loading %d graph files on %d worker processes (%d chunks)", len(items),
                 workers, len(chunks))
-    with ctx.Pool(workers, initializer=_worker_init) as pool:
-        # in order, each chunk as soon as it is ready: unpacking overlaps the later chunks;
-        # an UnsafeTorchError in a worker is raised here, once, and stops the pool
-        for packed in pool.imap(_load_chunk, [(str(root), c) for c in chunks]):
-            for problem in packed[4]:
-                report(*problem)
-            tensors.update(_unpack(packed))
+    # in order, each chunk as soon as it is ready: unpacking overlaps the later chunks; an
+    # UnsafeTorchError in a worker is raised here, once, and cancels the chunks not started
+    for packed in _pool_map(_load_chunk, [(str(root), c) for c in chunks], workers,
+                            _worker_init, "loading graph files"):
+        for problem in packed[4]:
+            report(*problem)
+        tensors.update(_unpack(packed))
