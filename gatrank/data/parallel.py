@@ -13,10 +13,11 @@ Workers are forked where the platform allows it (Linux), whatever the default st
 forked worker starts in milliseconds with torch already imported and sees the parent's state
 (working folder, torch version checks), where a spawned one imports torch and PyG again (4-9 s
 on a 2-core machine), which only pays on very many files (``_POOL_MIN_FILES_SPAWN``). Workers
-touch no CUDA, print nothing and take no lock another thread of the parent could hold, so
-forking from a notebook kernel, a thread or a pytest-xdist worker is safe; inside a daemonic
-process (a multiprocessing pool's worker), which may not have children, loading stays in the
-process.
+touch no CUDA and print nothing, the locks they take (imports, logging) are made afresh in a
+forked child, and torch runs on one thread in them (as in DataLoader's forked workers), so a
+notebook kernel, a thread or a pytest-xdist worker can start the pool (the tests do all
+three). A daemonic process (a multiprocessing.Pool's worker) may not have children: it loads
+in the process.
 """
 
 from __future__ import annotations
