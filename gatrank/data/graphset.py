@@ -273,9 +273,12 @@ def load_graphs(path: str | Path, *, on_error: str = "raise", allow_outside_root
             Manifest-level problems (no ``y`` column, empty file, ...) always raise.
         allow_outside_root: accept absolute paths and ``..`` in ``path``.
         cache_dir: SMILES feature cache (default ``$GATRANK_CACHE_DIR`` or ``~/.cache/gatrank``).
-        num_workers: processes for featurizing more than 500 SMILES and for loading more than
-            200 graph files (default: every core this process may use; 0 or 1: in this
+        num_workers: processes for featurizing more than 500 SMILES and for loading 500 graph
+            files or more (default: every core this process may use; 0 or 1: in this
             process). Graphs, their order and the problems found are the same either way.
+            Graphs loaded on the pool hold views of a buffer shared with up to 200 others
+            (SMILES graphs: with all the others), so ``clone()`` a graph's tensors before
+            saving it on its own.
 
     Singleton groups are only logged, never raised or dropped: they are harmless, they just form
     no pairs (``check_manifest`` reports them as ``singleton_group`` warnings).

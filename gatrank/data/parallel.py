@@ -46,8 +46,9 @@ __all__: list[str] = []
 
 _POOL_MIN_FILES = 500
 """Fewer graph files than this load in this process. Starting and stopping a forked pool of 2
-costs ~40 ms on a 2-core machine: the time ~100 small .pt files take (0.85 ms each) and ~400
-JSON files of plain arrays (the fastest format, 0.23 ms each), which a pool loads in half."""
+costs 30-40 ms on a 2-core machine, so the pool breaks even at ~100 small .pt files (0.85 ms
+each) and ~300 JSON files of plain arrays (the fastest format, 0.23 ms each); at 500 .pt files
+it is ~1.45x faster than one process (benchmarks/data.py measures it at this threshold)."""
 _POOL_MIN_FILES_SPAWN = 20_000
 """The same for platforms without fork, whose workers import torch and PyG first."""
 _CHUNKS_PER_WORKER = 4

@@ -198,16 +198,24 @@ def test_check_data_command_goes_through_the_pool(mixed, pooled, monkeypatch, ca
     assert outputs[0] == outputs[1] and "unsafe_file" in outputs[0]
 
 
-def test_pool_from_a_thread(mixed, pooled, caplog):
-    serial, _ = _loaded(mixed, 1, caplog)
-    out: dict[str, object] = {}
+def _in_thread(fn, timeout: float = 120) -> dict:
+    """``fn()`` in a thread: ``{"value": ...}`` or ``{"exc": ...}``; ``{}`` if it hung."""
+    out: dict = {}
 
     def target() -> None:
         try:
-            out["gs"] = load_graphs(mixed, on_error="skip", num_workers=2)
+            out["value"] = fn()
         except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
             out["exc"] = exc
 
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return out
+
+
+def test_pool_from_a_thread(mixed, pooled, caplog):
+    serial, _ = _loaded(mixed, 1, caplog)
     busy = threading.Event()  # another thread keeps running torch while the pool forks
 
     def spin() -> None:
@@ -216,16 +224,16 @@ def test_pool_from_a_thread(mixed, pooled, caplog):
 
     spinner = threading.Thread(target=spin)
     spinner.start()
-    worker = threading.Thread(target=target)
-    with caplog.at_level(logging.INFO, logger="gatrank.data"):
-        worker.start()
-        worker.join(timeout=120)
-    busy.set()
-    spinner.join()
-    assert not worker.is_alive(), "load_graphs hung in a thread"
+    try:
+        with caplog.at_level(logging.INFO, logger="gatrank.data"):
+            out = _in_thread(lambda: load_graphs(mixed, on_error="skip", num_workers=2))
+    finally:
+        busy.set()
+        spinner.join()
+    assert out, "load_graphs hung in a thread"
     assert "exc" not in out, out.get("exc")
     assert POOL_LOG in caplog.text
-    assert_same_graphsets(serial, out["gs"])  # type: ignore[arg-type]
+    assert_same_graphsets(serial, out["value"])
 
 
 def _codes_in_child(manifest: str, conn) -> None:
@@ -293,6 +301,24 @@ def test_pool_from_a_notebook_kernel(mixed):
     assert reply["content"]["status"] == "ok", "".join(out)
     assert json.loads("".join(out)) == {"same": True, "problems": 60, "graphs": 27,
                                         "pool": True}
+
+
+def test_a_worker_that_dies_is_an_error_not_a_hang(mixed, pooled, monkeypatch):
+    real = gd_parallel._load_chunk
+
+    def dying(task):
+        if any(rel == "g.gml" for _, rel in task[1]):
+            os._exit(9)  # as the kernel's OOM killer would end it
+        return real(task)
+
+    # pickled by name: the forked workers find this function under the real one's name
+    dying.__module__, dying.__qualname__ = real.__module__, real.__qualname__
+    monkeypatch.setattr(gd_parallel, "_load_chunk", dying)
+    out = _in_thread(lambda: load_graphs(mixed, on_error="skip", num_workers=2))
+    assert out, "load_graphs hung after a worker died"
+    assert isinstance(out.get("exc"), RuntimeError), out
+    assert "worker process loading graph files ended abruptly" in str(out["exc"])
+    assert "num_workers=1" in str(out["exc"])
 
 
 @pytest.mark.parametrize("workers", [-1, -4])
