@@ -1,7 +1,14 @@
-"""Data: first load of nci-tpsa (featurizing every SMILES on all cores) against the cached load.
+"""Data: first load of nci-tpsa (featurizing every SMILES on all cores) against the cached load,
+and many graph files loaded on a process pool against one process.
 
-Both loads run in one fresh process with an empty cache folder; the cached load is repeated
-and its best time kept. Target: the cached load at least 10x faster than the first.
+SMILES: both loads run in one fresh process with an empty cache folder; the cached load is
+repeated and its best time kept. Target: the cached load at least 10x faster than the first.
+
+Graph files: N small synthetic ``.pt`` graphs (what ``gatrank datasets write synthetic`` writes)
+plus a few broken rows, loaded by ``load_graphs`` with one process and with the pool (its
+default: every core) in turns in one fresh process, best of a few rounds each; graphs, table
+and problems are compared. Target: the pool at least 1.7x faster at 10k and 100k graphs (on 2
+cores); the size from which the pool starts (``_POOL_MIN_FILES``) is measured too, untargeted.
 """
 
 from __future__ import annotations
@@ -9,14 +16,23 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from pathlib import Path
+from typing import Any
 
 from benchmarks.common import Check, Options, Section, peak_rss_run
 
-__all__ = ["run", "CACHE_SPEEDUP_TARGET"]
+__all__ = ["run", "CACHE_SPEEDUP_TARGET", "POOL_SPEEDUP_TARGET"]
 
 logger = logging.getLogger(__name__)
 
 CACHE_SPEEDUP_TARGET = 10.0
+POOL_SPEEDUP_TARGET = 1.7
+"""First load of 10k and 100k graph files: the pool against one process, on 2 cores."""
+FILE_SIZES = {"quick": (10_000,), "full": (10_000, 100_000)}
+FILE_ROUNDS = {10_000: 2, 100_000: 2}
+"""Alternating rounds per size (one process, pool): at 10k one round takes ~15 s."""
+_DISTINCT = 2_000  # distinct synthetic graphs; the N files are copies of them
+_BROKEN = 20  # missing and truncated files among the N rows
 
 _SETUP = """
 import os, resource, time
@@ -46,6 +62,131 @@ extra = {{"graphs": len(gs), "first_s": first, "cached_s": min(cached), "cores":
          "cores_busy": first_cpu / first, "identical": same}}
 """
 
+_FILES_SETUP = """
+import gc, logging, resource, time
+import torch
+from gatrank.data import load_graphs
+from gatrank.data.parallel import _cores
+logging.disable(logging.WARNING)  # the broken rows' "dropped ..." warning, once per load
+plan = {plan!r}  # (label, manifest, rounds)
+
+
+def cpu(who):
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+
+
+def timed(manifest, workers):
+    gc.collect()
+    me, kids, t = cpu(resource.RUSAGE_SELF), cpu(resource.RUSAGE_CHILDREN), time.perf_counter()
+    gs = load_graphs(manifest, on_error="skip", num_workers=workers)
+    wall = time.perf_counter() - t
+    busy = (cpu(resource.RUSAGE_SELF) - me + cpu(resource.RUSAGE_CHILDREN) - kids) / wall
+    return gs, wall, busy
+
+
+def same(a, b):
+    if not (a.table.equals(b.table) and a.dropped == b.dropped and len(a) == len(b)):
+        return False
+    for g, h in zip(a.graphs, b.graphs):
+        if sorted(g.keys()) != sorted(h.keys()):
+            return False
+        for k in g.keys():
+            u, v = g[k], h[k]
+            ok = (u.dtype == v.dtype and torch.equal(u, v)) if torch.is_tensor(u) else u == v
+            if not ok:
+                return False
+    return True
+"""
+_FILES_CALL = """
+# untimed: first-call costs off both timings
+load_graphs(plan[0][1], on_error="skip", num_workers=1)
+rows = []
+for label, manifest, rounds in plan:
+    best = {}
+    first = {}
+    for r in range(rounds):
+        for mode in (("one", "pool") if r % 2 == 0 else ("pool", "one")):
+            gs, wall, busy = timed(manifest, 1 if mode == "one" else None)
+            if mode not in first:
+                first[mode] = gs
+            if wall < best.get(mode, (float("inf"),))[0]:
+                best[mode] = (wall, busy)
+            del gs
+    rows.append({"label": label, "graphs": len(first["one"]), "dropped": len(first["one"].dropped),
+                 "one": best["one"], "pool": best["pool"],
+                 "identical": same(first["one"], first["pool"])})
+    del first
+extra = {"rows": rows, "cores": _cores()}
+"""
+
+
+def _write_files(root: Path, sizes: list[int]) -> dict[int, str]:
+    """A manifest of N graph files per size: copies of ``_DISTINCT`` synthetic graphs (writing
+    100k graphs one by one takes minutes, copying them seconds; loading costs the same), plus
+    ``_BROKEN`` rows of missing and truncated files."""
+    import pandas as pd
+
+    from gatrank.datasets import write_dataset
+
+    src = write_dataset("synthetic", root / "src", n=_DISTINCT, seed=0)
+    table = pd.read_csv(src)
+    blobs = [(src.parent / p).read_bytes() for p in table["path"]]
+    files = root / "files"
+    files.mkdir()
+    for k in range(max(sizes)):
+        (files / f"g{k:06d}.pt").write_bytes(blobs[k % _DISTINCT])
+    for k in range(_BROKEN // 2):
+        (files / f"trunc{k}.pt").write_bytes(blobs[k][: len(blobs[k]) // 2])
+    manifests = {}
+    for n in sizes:
+        ys = table["y"].tolist()
+        lines = ["id,y,path"] + [f"g{k:06d},{ys[k % _DISTINCT]},files/g{k:06d}.pt"
+                                 for k in range(n - _BROKEN)]
+        lines += [f"missing{k},1.0,files/missing{k}.pt" for k in range(_BROKEN // 2)]
+        lines += [f"trunc{k},1.0,files/trunc{k}.pt" for k in range(_BROKEN // 2)]
+        path = root / f"manifest_{n}.csv"
+        path.write_text("\n".join(lines) + "\n")
+        manifests[n] = str(path)
+    return manifests
+
+
+def _files_rows(opts: Options) -> tuple[list[dict[str, Any]], list[Check]]:
+    from gatrank.data.parallel import _POOL_MIN_FILES
+
+    sizes = list(FILE_SIZES["quick" if opts.quick else "full"])
+    root = opts.workdir / "data-files"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    try:
+        manifests = _write_files(root, [_POOL_MIN_FILES, *sizes])
+        plan = [("threshold", manifests[_POOL_MIN_FILES], 5)]
+        plan += [(f"{n}", manifests[n], FILE_ROUNDS[n]) for n in sizes]
+        # torch's default threads, as in a user's process (the workers set their own to 1)
+        res = peak_rss_run(_FILES_SETUP.format(plan=plan), _FILES_CALL, threads=0)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    cores = res["extra"]["cores"]
+    rows, checks = [], []
+    for r in res["extra"]["rows"]:
+        (one_s, _), (pool_s, pool_busy) = r["one"], r["pool"]
+        speedup = one_s / pool_s
+        at_threshold = r["label"] == "threshold"
+        rows.append({"load": "graph files (.pt), pool vs one process"
+                             + (" (the pool's threshold)" if at_threshold else ""),
+                     "graphs": r["graphs"] + r["dropped"], "cores": cores,
+                     "baseline s": one_s, "s": pool_s, "speedup": speedup,
+                     "cores busy": pool_busy, "identical": r["identical"]})
+        # the threshold's row justifies it and has no target: its ~0.15 s gain is gone
+        # whenever another process holds a core, which on a shared CI machine is often
+        if not at_threshold:
+            checks.append(Check(f"first load of {r['graphs'] + r['dropped']:,} graph files, "
+                                "pool over one process", speedup, ">=", POOL_SPEEDUP_TARGET,
+                                "x"))
+    checks.append(Check("pool: graphs, table and problems identical to one process",
+                        float(all(r["identical"] for r in rows)), ">=", 1.0))
+    return rows, checks
+
 
 def run(opts: Options) -> Section:
     root = opts.workdir / "data"
@@ -61,26 +202,38 @@ def run(opts: Options) -> Section:
         shutil.rmtree(root, ignore_errors=True)
     x = res["extra"]
     speedup = x["first_s"] / x["cached_s"]
+    file_rows, file_checks = _files_rows(opts)
+    sizes = ", ".join(f"{n:,}" for n in FILE_SIZES["quick" if opts.quick else "full"])
     sec = Section(
         key="data",
-        title="Data loading (nci-tpsa, SMILES featurization cache)",
+        title="Data loading (SMILES featurization cache; graph files on a process pool)",
         method=(
-            "A fresh process, an empty cache folder: first load_graphs (RDKit featurization on a "
-            "process pool over every core), then the cached load, best of "
-            f"{repeat}; both with torch's default threads, as load_graphs runs in a user's "
-            "process. 'cores busy' = CPU time of the process and its workers / wall time of "
-            "the first load. The cached graphs are checked equal to the first load's."
+            "SMILES (nci-tpsa): a fresh process, an empty cache folder: first load_graphs "
+            "(RDKit featurization on a process pool over every core) as the baseline, then the "
+            f"cached load, best of {repeat}. Graph files: {sizes} synthetic .pt graphs (copies "
+            f"of {_DISTINCT:,} written by `gatrank datasets write synthetic`; {_BROKEN} of the "
+            "rows missing or truncated files), loaded with on_error='skip' by one process "
+            "(num_workers=1, the baseline) and by the pool (the default: every core) in turns "
+            "in one fresh process, best of a few rounds each; the first row is the file count "
+            "from which the pool starts. All loads with torch's default threads, as "
+            "load_graphs runs in a user's process. 'cores busy' = CPU time of the process and "
+            "its workers / wall time (SMILES: of the first load). 'identical': the same "
+            "graphs (every tensor and attribute), table and problems. 'peak MB' (SMILES): extra "
+            "peak RSS of the process over both loads; the scaling section measures the peak "
+            "memory of loading graph files."
         ),
-        columns=["graphs", "cores", "first load s", "cores busy", "cached load s", "speedup",
+        columns=["load", "graphs", "cores", "baseline s", "s", "speedup", "cores busy",
                  "identical", "peak MB"],
-        rows=[{"graphs": x["graphs"], "cores": x["cores"], "first load s": x["first_s"],
-               "cores busy": x["cores_busy"], "cached load s": x["cached_s"],
-               "speedup": speedup, "identical": x["identical"], "peak MB": res["peak_mb"]}],
+        rows=[{"load": "SMILES, cached vs first (featurizing) load", "graphs": x["graphs"],
+               "cores": x["cores"], "baseline s": x["first_s"], "s": x["cached_s"],
+               "speedup": speedup, "cores busy": x["cores_busy"], "identical": x["identical"],
+               "peak MB": res["peak_mb"]}, *file_rows],
     )
     sec.checks = [
         Check("cached load speedup over the first load", speedup, ">=", CACHE_SPEEDUP_TARGET,
               "x"),
         Check("cached graphs identical to the first load", float(x["identical"]), ">=", 1.0),
+        *file_checks,
     ]
-    logger.info("data: %s (cpu count %s)", sec.rows[0], os.cpu_count())
+    logger.info("data: %s (cpu count %s)", sec.rows, os.cpu_count())
     return sec

@@ -114,15 +114,19 @@ def _graph_summary(gs: GraphSet | None) -> dict[str, Any]:
 
 
 def check_manifest(path: str | Path, *, allow_outside_root: bool = False,
-                   cache_dir: str | Path | None = None) -> CheckReport:
+                   cache_dir: str | Path | None = None,
+                   num_workers: int | None = None) -> CheckReport:
     """Validate a manifest and its graphs; never raises for data problems, collects them all.
+
+    Graphs load as in :func:`~gatrank.data.load_graphs` (``num_workers`` processes for many
+    graph files or SMILES, default every core), with the same problems either way.
 
     Summary: manifest, num_rows, num_graphs (valid), num_features, num_edge_features, nodes and
     edges {min, mean, max}, y {min, mean, std, max}, tie_fraction (pairs with ``|dy| <= 1e-6``,
     within groups when there are groups; None without pairs), num_groups (None without groups),
     splits (counts per split; None without a split column). Statistics cover valid graphs only.
     """
-    col = _collect(path, allow_outside_root, cache_dir, None)
+    col = _collect(path, allow_outside_root, cache_dir, num_workers)
     table = col.parsed.table
     gs = _assemble(col, []) if table is not None and col.keep else None
     return CheckReport(col.problems, {"manifest": str(col.parsed.manifest),

@@ -1,7 +1,8 @@
 """SMILES -> one-hot graphs (PyG's categories), on a process pool, through an on-disk cache.
 
 Pool workers run ``_worker_init`` and ``_mol_codes``, both top-level functions of this module so
-that every multiprocessing start method can import them.
+that every multiprocessing start method can import them; the pool starts as the graph files'
+does (forked on Linux, none inside a daemonic process, see :mod:`gatrank.data.parallel`).
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import multiprocessing
 import os
 import tempfile
 from collections.abc import Sequence
@@ -23,6 +23,7 @@ from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.utils.smiles import e_map, from_rdmol, x_map
 
+from gatrank.data.parallel import _pool_map, _pool_workers
 from gatrank.data.safe_load import safe_torch_load
 
 # RDKit is imported inside the functions that use it, on purpose: it is a heavy import that a
@@ -111,8 +112,8 @@ def _featurize_codes(smiles: Sequence[str], num_workers: int) -> list[Any]:
     _silence_rdkit()
     if num_workers > 1 and len(smiles) > _POOL_MIN_MOLECULES:
         chunk = max(16, math.ceil(len(smiles) / (num_workers * 8)))
-        with multiprocessing.get_context().Pool(num_workers, initializer=_worker_init) as pool:
-            return pool.map(_mol_codes, smiles, chunksize=chunk)
+        return list(_pool_map(_mol_codes, smiles, num_workers, _worker_init,
+                              "featurizing SMILES", chunksize=chunk))
     return [_mol_codes(s) for s in smiles]
 
 
@@ -207,9 +208,7 @@ def _featurize_all(smiles: Sequence[str], cache_dir: str | Path | None,
     path = _cache_file(smiles, cache_dir)
     packed = _read_cache(path, len(smiles))
     if packed is None:
-        workers = num_workers if num_workers is not None else (
-            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        ) or 1
+        workers = _pool_workers(len(smiles), num_workers, _POOL_MIN_MOLECULES + 1)
         logger.info("featurizing %d SMILES with %d worker(s)", len(smiles), workers)
         packed = _pack(_featurize_codes(smiles, workers))
         _write_cache(path, packed)

@@ -2,8 +2,10 @@
 
 A loader returns ``{"x", "edge_index", "edge_attr"}`` (values may be None) or raises
 ``_FileProblem``; ``_check_graph`` turns that into validated tensors or a list of ``(code,
-problem, fix)``. The same checks and codes apply to graphs already in memory
-(:func:`graph_problems`), so a graph has one set of problem codes wherever it came from.
+problem, fix)``; ``_load_file`` does both for one manifest row (in this process or in a worker
+of the loading pool, see :mod:`gatrank.data.parallel`). The same checks and codes apply to
+graphs already in memory (:func:`graph_problems`), so a graph has one set of problem codes
+wherever it came from.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
-from gatrank.data.problems import DataProblem, _FileProblem
-from gatrank.data.safe_load import safe_torch_load
+from gatrank.data.problems import DataProblem, UnsafeFileError, _FileProblem
+from gatrank.data.safe_load import UnsafeTorchError, safe_torch_load
 
 __all__ = ["graph_problems"]
 
@@ -166,6 +168,39 @@ _LOADERS = {
     ".gml": lambda p: _from_networkx(nx.read_gml(p, label=None)),
     ".npz": _load_npz,
 }
+
+
+_Graph = tuple[Tensor, Tensor, Tensor | None]  # (x, edge_index, edge_attr), checked
+_Found = list[tuple[str, str, str]]  # (code, problem, fix) of each problem found
+
+
+def _load_file(rel: str, root: Path) -> tuple[_Graph | None, _Found]:
+    """Load and check the graph file ``rel`` (as written in the manifest; relative to ``root``
+    unless absolute): its checked tensors, or None and every problem found.
+
+    Raises :class:`UnsafeTorchError` (the installed torch, not this file: no ``.pt`` file can be
+    read, so the caller says it once instead of once per row).
+    """
+    full = Path(rel) if Path(rel).is_absolute() else root / rel
+    try:
+        if not full.is_file():
+            raise _FileProblem("missing_file", f"graph file {rel!r} does not exist "
+                               f"(looked for {full.absolute()})", "check the path: it is "
+                               "relative to the manifest's folder")
+        raw = _LOADERS[full.suffix.lower()](full)
+    except _FileProblem as fp:
+        return None, [(fp.code, fp.problem, fp.fix)]
+    except UnsafeTorchError:
+        raise
+    except UnsafeFileError as exc:
+        return None, [("unsafe_file", str(exc), "re-save it with plain tensors: "
+                       "torch.save({'x': x, 'edge_index': edge_index}, path), or torch.save(Data)")]
+    except Exception as exc:  # parsers raise many exception types on corrupt input
+        msg = str(exc).split(". ")[0].splitlines()[0][:200] if str(exc) else ""
+        return None, [("unreadable_file", f"cannot read {rel!r}: {type(exc).__name__}: {msg}",
+                       "the file is corrupt or truncated, or not in the format its extension "
+                       "says; re-export it")]
+    return _check_graph(raw)
 
 
 def _check_graph(raw: dict[str, Any]) -> tuple[tuple[Tensor, Tensor, Tensor | None] | None,

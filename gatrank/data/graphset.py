@@ -21,10 +21,9 @@ from torch_geometric.data import Data
 from torch_geometric.data.storage import GlobalStorage
 
 from gatrank.data.featurize import _featurize_all
-from gatrank.data.graph_files import _LOADERS, _check_graph
 from gatrank.data.manifest import _parse_manifest, _Parsed
-from gatrank.data.problems import DataError, DataProblem, UnsafeFileError, _FileProblem
-from gatrank.data.safe_load import UnsafeTorchError
+from gatrank.data.parallel import _load_files
+from gatrank.data.problems import DataError, DataProblem
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +113,8 @@ def _collect(path: str | Path, allow_outside_root: bool, cache_dir: str | Path |
 
     _load_smiles(table["smiles"].tolist(), ok_rows, str(parsed.manifest), cache_dir, num_workers,
                  tensors, report)
-    _load_files(table["path"].tolist(), ok_rows, parsed.manifest.parent, tensors, report)
+    _load_files(table["path"].tolist(), ok_rows, parsed.manifest.parent, num_workers, tensors,
+                report)
     _check_widths(table, tensors, parsed.manifest, problems)
     bad_lines = {p.line for p in problems if not p.is_warning}
     keep = [i for i in sorted(tensors) if lines[i] not in bad_lines]
@@ -150,44 +150,6 @@ def _load_smiles(smiles: list[str | None], ok_rows: list[int], mfile: str,
                    "rows, or keep the largest fragment")
         else:
             tensors[i] = out
-
-
-def _load_files(paths: list[str | None], ok_rows: list[int], root: Path,
-                tensors: dict[int, tuple[Tensor, Tensor, Tensor | None]],
-                report: _Report) -> None:
-    """Load and check the rows' graph files into ``tensors``; report every file problem."""
-    for i in ok_rows:
-        rel = paths[i]
-        if rel is None:
-            continue
-        full = Path(rel) if Path(rel).is_absolute() else root / rel
-        try:
-            if not full.is_file():
-                raise _FileProblem("missing_file", f"graph file {rel!r} does not exist "
-                                   f"(looked for {full.absolute()})", "check the path: it is "
-                                   "relative to the manifest's folder")
-            raw = _LOADERS[full.suffix.lower()](full)
-        except _FileProblem as fp:
-            report(i, rel, fp.code, fp.problem, fp.fix)
-            continue
-        except UnsafeTorchError:
-            raise  # the installed torch, not this file: no .pt file can be read, say it once
-        except UnsafeFileError as exc:
-            report(i, rel, "unsafe_file", str(exc), "re-save it with plain tensors: "
-                   "torch.save({'x': x, 'edge_index': edge_index}, path), or torch.save(Data)")
-            continue
-        except Exception as exc:  # parsers raise many exception types on corrupt input
-            msg = str(exc).split(". ")[0].splitlines()[0][:200] if str(exc) else ""
-            report(i, rel, "unreadable_file",
-                   f"cannot read {rel!r}: {type(exc).__name__}: {msg}",
-                   "the file is corrupt or truncated, or not in the format its extension says; "
-                   "re-export it")
-            continue
-        graph, found = _check_graph(raw)
-        for code, problem, fix in found:
-            report(i, rel, code, problem, fix)
-        if graph is not None:
-            tensors[i] = graph
 
 
 def _check_widths(table: pd.DataFrame, tensors: dict[int, tuple[Tensor, Tensor, Tensor | None]],
@@ -311,7 +273,12 @@ def load_graphs(path: str | Path, *, on_error: str = "raise", allow_outside_root
             Manifest-level problems (no ``y`` column, empty file, ...) always raise.
         allow_outside_root: accept absolute paths and ``..`` in ``path``.
         cache_dir: SMILES feature cache (default ``$GATRANK_CACHE_DIR`` or ``~/.cache/gatrank``).
-        num_workers: processes for featurizing more than 500 SMILES (default: all cores).
+        num_workers: processes for featurizing more than 500 SMILES and for loading 500 graph
+            files or more (default: every core this process may use; 0 or 1: in this
+            process). Graphs, their order and the problems found are the same either way.
+            Graphs loaded on the pool hold views of a buffer shared with up to 200 others
+            (SMILES graphs: with all the others), so ``clone()`` a graph's tensors before
+            saving it on its own.
 
     Singleton groups are only logged, never raised or dropped: they are harmless, they just form
     no pairs (``check_manifest`` reports them as ``singleton_group`` warnings).
