@@ -17,8 +17,9 @@ and ``smiles``; nothing is NaN or Inf.
 Modules, one concern each: ``problems`` (DataProblem, DataError), ``safe_load``
 (safe_torch_load), ``featurize`` (SMILES features and their cache), ``graph_files`` (loaders by
 extension and per-graph checks), ``manifest`` (the table), ``graphset`` (GraphSet,
-load_graphs), ``pyg_dataset`` (load_dataset), ``check`` (check_manifest, check_dataset),
-``splits`` (split_indices).
+load_graphs), ``parallel`` (many graph files loaded and checked on a process pool),
+``pyg_dataset`` (load_dataset), ``check`` (check_manifest, check_dataset), ``splits``
+(split_indices).
 """
 
 from gatrank.data.check import TIE_EPS, CheckReport, check_dataset, check_manifest
