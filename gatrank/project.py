@@ -33,6 +33,7 @@ import yaml
 __all__ = [
     "NOTEBOOKS",
     "NEEDS",
+    "HEADLESS_ENV",
     "BUNDLED",
     "PRESETS",
     "project_root",
@@ -56,6 +57,10 @@ NOTEBOOKS: tuple[str, ...] = (
 NEEDS: dict[str, tuple[str, ...]] = {"05_eval": ("04_full_train",)}
 """Notebooks that read another's output (05_eval scores 04_full_train's checkpoint): the suite
 starts them only once those have finished. The others need nothing from each other."""
+
+HEADLESS_ENV = "GATRANK_HEADLESS"
+"""Set to ``1`` by ``gatrank suite`` for its kernels: no front end will see what a notebook draws
+while it runs, so live redraws are skipped (the final figures are the same)."""
 
 BUNDLED = Path(__file__).resolve().parent / "_bundled"
 """Where a built wheel holds its copies of ``notebooks/`` and ``params/`` (setup.py puts them

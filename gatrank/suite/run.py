@@ -45,7 +45,7 @@ from gatrank import __version__
 from gatrank.data import is_dataset_file
 from gatrank.io import atomic_write_text, write_json
 from gatrank.notebook.session import STEPS
-from gatrank.project import NEEDS, NOTEBOOKS, notebook_folders, project_root
+from gatrank.project import HEADLESS_ENV, NEEDS, NOTEBOOKS, notebook_folders, project_root
 from gatrank.suite.export import export_html, prune_widget_state
 from gatrank.suite.index import render_index
 from gatrank.suite.kernel import KernelSupply, adopting, import_lines, start_kernel
@@ -234,8 +234,9 @@ def run_suite(
     params = {n: notebook_parameters(nb_dir / f"{n}.ipynb", p_dir / f"{n}.yaml", overrides)
               for n in names}
     per_kernel = kernel_threads(jobs, threads)
-    env = {"OMP_NUM_THREADS": str(per_kernel), "MKL_NUM_THREADS": str(per_kernel)
-           } if per_kernel else {}
+    env = {HEADLESS_ENV: "1"}  # no live redraws: no front end would ever show them
+    if per_kernel:
+        env.update({"OMP_NUM_THREADS": str(per_kernel), "MKL_NUM_THREADS": str(per_kernel)})
     # one after another (jobs=1) is the plain sequential run: each kernel started when needed
     supply = KernelSupply(nb_dir, env, "\n".join(import_lines(
         [nb_dir / f"{n}.ipynb" for n in names]))) if jobs > 1 else None

@@ -29,3 +29,26 @@ def test_epoch_explorer_reads_the_validation_metrics_when_there(capsys):
     epoch_explorer(history, prefix="val_")
     assert evaluate_verdict(history, prefix="val_").label == "FAIL (red flags)"
     assert "FAIL (red flags)" in capsys.readouterr().out
+
+
+def test_live_curves_redraw_while_training_unless_the_kernel_is_headless(monkeypatch):
+    from gatrank.notebook import widgets
+    from gatrank.project import HEADLESS_ENV
+
+    shown: list[int] = []
+    monkeypatch.setattr(widgets, "in_ipython", lambda: True)
+    monkeypatch.setattr(widgets, "_figure_widget", lambda fig: None)  # redraw by display handle
+    monkeypatch.setattr(widgets, "show", lambda fig, handle=None: shown.append(fig) or "handle")
+
+    def run() -> list[int]:
+        shown.clear()
+        live = widgets.LiveCurves(builder=lambda history: len(history), min_interval_s=0.0)
+        for epoch in (1, 2, 3):
+            live(_rec(epoch, 0.6))
+        live.finish()
+        return list(shown)
+
+    monkeypatch.delenv(HEADLESS_ENV, raising=False)
+    assert run() == [1, 2, 3, 3]  # every record redrawn, then the final figure
+    monkeypatch.setenv(HEADLESS_ENV, "1")
+    assert run() == [3]  # only the final figure, the same one
