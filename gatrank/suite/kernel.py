@@ -14,6 +14,7 @@ import os
 import sys
 import threading
 import uuid
+from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -163,19 +164,19 @@ def start_kernel(cwd: str | Path, env: Mapping[str, str] | None = None,
 
 
 class KernelSupply:
-    """Started kernels for the suite's notebooks, with at most one started ahead of need.
+    """Started kernels for the suite's notebooks, some started ahead of need.
 
-    :meth:`take` returns a ready kernel (the one started ahead if there is one, waiting for it
-    to be ready, else a new one); :meth:`start_ahead` starts the next in a background thread.
-    Kernels are the caller's to shut down once taken; :meth:`close` shuts down one never taken.
-    Thread-safe: the suite's worker threads take kernels concurrently.
+    :meth:`take` returns a ready kernel (the oldest one started ahead if there is one, waiting
+    for it to be ready, else a new one); :meth:`start_ahead` starts kernels in background
+    threads. Kernels are the caller's to shut down once taken; :meth:`close` shuts down those
+    never taken. Thread-safe: the suite's worker threads take kernels concurrently.
     """
 
     def __init__(self, cwd: str | Path, env: Mapping[str, str] | None = None,
                  warm_code: str = "") -> None:
         self.cwd, self.env, self.warm_code = Path(cwd), dict(env or {}), warm_code
         self._lock = threading.Lock()
-        self._ahead: Future[KernelManager] | None = None
+        self._ahead: deque[Future[KernelManager]] = deque()
         self.started = 0
         """How many kernels were started (for progress lines and tests)."""
         self.taken_ahead = 0
@@ -186,27 +187,27 @@ class KernelSupply:
             self.started += 1
         return start_kernel(self.cwd, self.env, self.warm_code)
 
-    def start_ahead(self) -> None:
-        """Start one kernel in the background, unless one is already started ahead."""
+    def start_ahead(self, count: int = 1) -> None:
+        """Start kernels in the background until ``count`` are started ahead and not taken."""
         with self._lock:
-            if self._ahead is not None:
-                return
-            fut: Future[KernelManager] = Future()
-            self._ahead = fut
+            new = [Future() for _ in range(count - len(self._ahead))]
+            self._ahead.extend(new)
 
-        def run() -> None:
+        def run(fut: Future[KernelManager]) -> None:
             try:
                 fut.set_result(self._start())
             except BaseException as exc:  # noqa: BLE001 - handed to whoever takes it
                 fut.set_exception(exc)
 
-        threading.Thread(target=run, name="gatrank-kernel-ahead", daemon=True).start()
+        for fut in new:
+            threading.Thread(target=run, args=(fut,), name="gatrank-kernel-ahead",
+                             daemon=True).start()
 
     def take(self) -> KernelManager:
-        """A started, ready kernel: the one started ahead if any (a failure to start it falls
+        """A started, ready kernel: the oldest started ahead if any (a failure to start it falls
         back to starting one now), else a new one."""
         with self._lock:
-            fut, self._ahead = self._ahead, None
+            fut = self._ahead.popleft() if self._ahead else None
         if fut is not None:
             try:
                 km = fut.result()
@@ -219,10 +220,10 @@ class KernelSupply:
         return self._start()
 
     def close(self) -> None:
-        """Shut down a kernel started ahead and never taken."""
+        """Shut down the kernels started ahead and never taken."""
         with self._lock:
-            fut, self._ahead = self._ahead, None
-        if fut is not None:
+            left, self._ahead = list(self._ahead), deque()
+        for fut in left:
             try:
                 fut.result().shutdown_kernel(now=True)
             except Exception as exc:  # noqa: BLE001 - nothing left to clean up

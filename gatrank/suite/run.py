@@ -231,8 +231,6 @@ def run_suite(
     out = (Path(out_dir) if out_dir else default_out_dir()).resolve()
     out.mkdir(parents=True, exist_ok=True)
     overrides = _overrides(manifest, dataset, parameters, out)
-    params = {n: notebook_parameters(nb_dir / f"{n}.ipynb", p_dir / f"{n}.yaml", overrides)
-              for n in names}
     per_kernel = kernel_threads(jobs, threads)
     env = {HEADLESS_ENV: "1"}  # no live redraws: no front end would ever show them
     if per_kernel:
@@ -240,6 +238,9 @@ def run_suite(
     # one after another (jobs=1) is the plain sequential run: each kernel started when needed
     supply = KernelSupply(nb_dir, env, "\n".join(import_lines(
         [nb_dir / f"{n}.ipynb" for n in names]))) if jobs > 1 else None
+    if supply is not None:  # the first kernels start and import while the parameters are read
+        supply.start_ahead(jobs)
+    params: dict[str, dict[str, Any]] = {}
     lock, taken = threading.Lock(), [0]
     tags = {n: f"[{i}/{len(names)}]" for i, n in enumerate(names, 1)}
 
@@ -249,8 +250,10 @@ def run_suite(
         km = supply.take()
         with lock:
             taken[0] += 1
-            more = taken[0] < len(names)
-        if more:
+            # the first `jobs` were started ahead at the outset; then one more while notebooks
+            # are left to start (not more: a start competes with the running notebooks)
+            ahead = jobs <= taken[0] < len(names)
+        if ahead:
             supply.start_ahead()
         return km
 
@@ -269,6 +272,8 @@ def run_suite(
                      + (f"  (running: {', '.join(running)})" if running else ""))
 
     try:
+        params.update({n: notebook_parameters(nb_dir / f"{n}.ipynb", p_dir / f"{n}.yaml",
+                                              overrides) for n in names})
         by_name = run_concurrently(names, run_one, jobs=jobs, needs=NEEDS, on_start=started,
                                    on_done=done)
     finally:

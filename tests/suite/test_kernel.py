@@ -64,9 +64,11 @@ def test_a_kernel_started_ahead_has_the_imports_env_and_folder_and_a_clean_count
     other = supply.take()  # none ahead now: started on the spot
     assert supply.started == 2 and supply.taken_ahead == 1
     other.shutdown_kernel(now=True)
-    supply.start_ahead()
-    supply.close()  # the unused one is shut down, not leaked
-    assert supply.started == 3
+    supply.start_ahead(2)
+    ahead = list(supply._ahead)
+    supply.close()  # the unused ones are shut down, not leaked
+    assert supply.started == 4 and len(ahead) == 2
+    assert not any(f.result().is_alive() for f in ahead)
 
 
 def test_import_lines_are_the_notebooks_one_line_imports_once(tmp_path):
