@@ -170,13 +170,20 @@ class KernelSupply:
     for it to be ready, else a new one); :meth:`start_ahead` starts kernels in background
     threads. Kernels are the caller's to shut down once taken; :meth:`close` shuts down those
     never taken. Thread-safe: the suite's worker threads take kernels concurrently.
+
+    Given ``needed`` (how many kernels the caller will take in all), :meth:`take` keeps one
+    kernel started ahead while fewer than ``needed`` were asked for: the next notebook's kernel
+    starts while this one runs, and not more of them (a start competes with the running
+    notebooks for the cores).
     """
 
     def __init__(self, cwd: str | Path, env: Mapping[str, str] | None = None,
-                 warm_code: str = "") -> None:
+                 warm_code: str = "", needed: int | None = None) -> None:
         self.cwd, self.env, self.warm_code = Path(cwd), dict(env or {}), warm_code
+        self.needed = needed
         self._lock = threading.Lock()
         self._ahead: deque[Future[KernelManager]] = deque()
+        self._asked = 0  # kernels started or being started, ahead or on the spot
         self.started = 0
         """How many kernels were started (for progress lines and tests)."""
         self.taken_ahead = 0
@@ -187,11 +194,19 @@ class KernelSupply:
             self.started += 1
         return start_kernel(self.cwd, self.env, self.warm_code)
 
+    def _refill(self) -> None:
+        with self._lock:
+            refill = (self.needed is not None and not self._ahead
+                      and self._asked < self.needed)
+        if refill:
+            self.start_ahead()
+
     def start_ahead(self, count: int = 1) -> None:
         """Start kernels in the background until ``count`` are started ahead and not taken."""
         with self._lock:
             new = [Future() for _ in range(count - len(self._ahead))]
             self._ahead.extend(new)
+            self._asked += len(new)
 
         def run(fut: Future[KernelManager]) -> None:
             try:
@@ -205,9 +220,17 @@ class KernelSupply:
 
     def take(self) -> KernelManager:
         """A started, ready kernel: the oldest started ahead if any (a failure to start it falls
-        back to starting one now), else a new one."""
+        back to starting one now), else a new one. With ``needed`` given, the next kernel then
+        starts ahead (once this one is ready, so that the two starts do not compete)."""
+        km = self._take()
+        self._refill()
+        return km
+
+    def _take(self) -> KernelManager:
         with self._lock:
             fut = self._ahead.popleft() if self._ahead else None
+            if fut is None:
+                self._asked += 1
         if fut is not None:
             try:
                 km = fut.result()

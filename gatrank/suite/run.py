@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -237,40 +236,20 @@ def run_suite(
         env.update({"OMP_NUM_THREADS": str(per_kernel), "MKL_NUM_THREADS": str(per_kernel)})
     # one after another (jobs=1) is the plain sequential run: each kernel started when needed
     supply = KernelSupply(nb_dir, env, "\n".join(import_lines(
-        [nb_dir / f"{n}.ipynb" for n in names]))) if jobs > 1 else None
+        [nb_dir / f"{n}.ipynb" for n in names])), needed=len(names)) if jobs > 1 else None
     if supply is not None:  # the first kernels start and import while the parameters are read
         supply.start_ahead(jobs)
     params: dict[str, dict[str, Any]] = {}
-    lock, taken = threading.Lock(), [0]
     tags = {n: f"[{i}/{len(names)}]" for i, n in enumerate(names, 1)}
 
     def kernel() -> Any:
-        if supply is None:
-            return start_kernel(nb_dir, env)
-        km = supply.take()
-        with lock:
-            taken[0] += 1
-            # the first `jobs` were started ahead at the outset; then one more while notebooks
-            # are left to start (not more: a start competes with the running notebooks)
-            ahead = jobs <= taken[0] < len(names)
-        if ahead:
-            supply.start_ahead()
-        return km
+        return start_kernel(nb_dir, env) if supply is None else supply.take()
 
     def run_one(name: str) -> NotebookResult:
         return _run_notebook(name, nb_dir, params[name], out, timeout, kernel,
                              tag=tags[name], self_contained=self_contained)
 
-    def started(name: str, running: list[str]) -> None:
-        if progress is not None and jobs > 1:
-            progress(f"  start {name:<15} (running: {', '.join(running)})")
-
-    def done(name: str, res: NotebookResult, running: list[str]) -> None:
-        if progress is not None:
-            progress(f"{tags[name]} {name:<15} {res.status:<20} {res.duration_s:6.1f} s"
-                     + (f"  {res.error.splitlines()[0][:120]}" if res.error else "")
-                     + (f"  (running: {', '.join(running)})" if running else ""))
-
+    started, done = _progress_lines(progress, tags, jobs)
     try:
         params.update({n: notebook_parameters(nb_dir / f"{n}.ipynb", p_dir / f"{n}.yaml",
                                               overrides) for n in names})
@@ -287,6 +266,24 @@ def run_suite(
     if out_dir is None:
         _link_latest(out)
     return SuiteResult(out_dir=out, notebooks=results, duration_s=duration, summary=summary)
+
+
+def _progress_lines(progress: Callable[[str], None] | None, tags: Mapping[str, str],
+                    jobs: int) -> tuple[Callable[..., None], Callable[..., None]]:
+    """The scheduler's ``on_start`` and ``on_done``: a line to ``progress`` when a notebook
+    starts (only when several run at once) and when it finishes."""
+
+    def started(name: str, running: list[str]) -> None:
+        if progress is not None and jobs > 1:
+            progress(f"  start {name:<15} (running: {', '.join(running)})")
+
+    def done(name: str, res: NotebookResult, running: list[str]) -> None:
+        if progress is not None:
+            progress(f"{tags[name]} {name:<15} {res.status:<20} {res.duration_s:6.1f} s"
+                     + (f"  {res.error.splitlines()[0][:120]}" if res.error else "")
+                     + (f"  (running: {', '.join(running)})" if running else ""))
+
+    return started, done
 
 
 def _notebooks_to_run(notebooks: Sequence[str] | None, notebooks_dir: str | Path | None,

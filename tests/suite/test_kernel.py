@@ -71,6 +71,39 @@ def test_a_kernel_started_ahead_has_the_imports_env_and_folder_and_a_clean_count
     assert not any(f.result().is_alive() for f in ahead)
 
 
+class _FakeKernel:
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def shutdown_kernel(self, now: bool = False) -> None:
+        self.n = -self.n
+
+
+def test_given_needed_take_keeps_one_kernel_ahead_until_all_were_asked_for(monkeypatch, tmp_path):
+    supply = KernelSupply(tmp_path, needed=5)
+    counter = iter(range(1, 100))
+    monkeypatch.setattr(supply, "_start", lambda: _FakeKernel(next(counter)))
+    supply.start_ahead(2)
+    kernels, ahead_after = [], []
+    for _ in range(5):
+        kernels.append(supply.take())
+        ahead_after.append(len(supply._ahead))
+    # 2 started at the outset; the second take leaves none ahead, so one more starts, and so
+    # on until the fifth was asked for; the fifth take starts none
+    assert ahead_after == [1, 1, 1, 1, 0]
+    assert [k.n for k in kernels] == [1, 2, 3, 4, 5] and supply.taken_ahead == 5
+    assert supply._asked == 5
+
+
+def test_without_needed_take_starts_nothing_ahead(monkeypatch, tmp_path):
+    supply = KernelSupply(tmp_path)
+    counter = iter(range(1, 100))
+    monkeypatch.setattr(supply, "_start", lambda: _FakeKernel(next(counter)))
+    supply.start_ahead(1)
+    assert supply.take().n == 1 and supply.take().n == 2  # the second started on the spot
+    assert not supply._ahead and supply.taken_ahead == 1
+
+
 def test_import_lines_are_the_notebooks_one_line_imports_once(tmp_path):
     assert import_lines([_notebook(tmp_path), _notebook(tmp_path)]) == [
         "import fractions", "from json import dumps"]
