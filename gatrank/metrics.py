@@ -131,21 +131,35 @@ def kendall(scores: Any, targets: Any) -> float:
 def ndcg_at_k(scores: Any, targets: Any, k: int = 10) -> float:
     """NDCG@k with gains ``y - min(y)`` (so any real-valued target works).
 
-    Items are ranked by score, descending; tied scores are ordered by index (stable), so a
-    constant model gets the NDCG of the input order. Returns 1.0 when all gains are zero.
+    Items are ranked by score, descending. Tied scores share their group's mean gain over the
+    positions the group spans (scikit-learn's ``ndcg_score``, ``ignore_ties=False``), so the
+    value does not depend on the input order: a constant model gets the NDCG of a random
+    ordering in expectation, never that of a data set that happens to be sorted by target.
+    O(N log N). Returns 1.0 when all gains are zero (nothing to rank) or there are no items.
     """
     s, y = _np(scores), _np(targets)
+    if len(s) != len(y):
+        raise ValueError(f"scores ({len(s)}) and targets ({len(y)}) differ in length")
     if len(s) == 0:
         return 1.0
     k = min(k, len(s))
     gains = y - y.min()
-    discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    top = np.argsort(-s, kind="stable")[:k]
-    ideal = np.sort(gains)[::-1][:k]
-    idcg = float((ideal * discounts).sum())
+    discount = np.zeros(len(s))
+    discount[:k] = 1.0 / np.log2(np.arange(2, k + 2))
+    ideal = np.sort(gains)[::-1]
+    idcg = float((ideal * discount).sum())
     if idcg == 0:
         return 1.0
-    return float((gains[top] * discounts).sum()) / idcg
+    return _tie_averaged_dcg(s, gains, discount) / idcg
+
+
+def _tie_averaged_dcg(s: np.ndarray, gains: np.ndarray, discount: np.ndarray) -> float:
+    """DCG of the ranking by ``s`` (descending) where each group of tied scores contributes its
+    mean gain times the sum of the discounts at the positions it occupies."""
+    _, inv, counts = np.unique(-s, return_inverse=True, return_counts=True)
+    mean_gain = np.bincount(inv.reshape(-1), weights=gains, minlength=len(counts)) / counts
+    ends = np.cumsum(discount)[np.cumsum(counts) - 1]  # cumulative discount at each group's end
+    return float((mean_gain * np.diff(ends, prepend=0.0)).sum())
 
 
 def score_stats(scores: Any) -> dict[str, float]:

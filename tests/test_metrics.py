@@ -95,6 +95,39 @@ def test_ndcg_hand_computed():
     assert ndcg_at_k(s, y, k=2) == pytest.approx(dcg / idcg)
 
 
+def test_ndcg_of_tied_scores_does_not_depend_on_the_row_order():
+    # a constant model on data sorted by target: breaking ties by input order would give it
+    # a perfect NDCG (it once did); tied items share their mean gain whichever way rows lie
+    y = np.linspace(0.0, 9.0, 50)
+    const = np.zeros(50)
+    up, down = ndcg_at_k(const, y, k=10), ndcg_at_k(const, y[::-1], k=10)
+    assert up == pytest.approx(down, abs=1e-12)
+    # every position gets the mean gain: DCG = mean(gain) * sum of the k discounts
+    disc = 1 / np.log2(np.arange(2, 12))
+    ideal = np.sort(y)[::-1][:10]
+    assert up == pytest.approx(y.mean() * disc.sum() / (ideal * disc).sum())
+    assert up < 0.6
+
+
+def test_ndcg_ties_hand_computed():
+    y = np.array([0.0, 3.0, 1.0, 2.0])  # gains = y
+    s = np.array([5.0, 5.0, 1.0, 0.0])  # items 0 and 1 tie at the top: mean gain 1.5 each
+    dcg = 1.5 * (1 / np.log2(2) + 1 / np.log2(3)) + 1 / np.log2(4)
+    idcg = 3 / np.log2(2) + 2 / np.log2(3) + 1 / np.log2(4)
+    assert ndcg_at_k(s, y, k=3) == pytest.approx(dcg / idcg)
+    # a tie group cut by k counts only its positions inside the top k
+    assert ndcg_at_k(s, y, k=1) == pytest.approx(1.5 / 3.0)
+
+
+def test_ndcg_without_ties_is_unchanged_by_the_tie_averaging():
+    rng = np.random.default_rng(3)
+    y, s = rng.normal(size=40), rng.normal(size=40)
+    gains, top = y - y.min(), np.argsort(-s)[:7]
+    disc = 1 / np.log2(np.arange(2, 9))
+    assert ndcg_at_k(s, y, k=7) == pytest.approx(
+        (gains[top] * disc).sum() / (np.sort(gains)[::-1][:7] * disc).sum())
+
+
 def test_score_stats_and_bundle():
     s = np.array([1.0, 3.0])
     assert score_stats(s) == {"score_mean": 2.0, "score_std": 1.0}
