@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import random
+
 import pytest
 from tiny_graphs import save_pt, write_manifest
 
@@ -70,3 +73,33 @@ def test_line_numbers_survive_blank_lines_and_quoted_newlines(tmp_path):
     with pytest.raises(DataError) as err:
         read_manifest(write_manifest(tmp_path, text))
     assert [(p.line, p.id) for p in err.value.problems] == [(5, "b")]
+
+
+def _outside_root_by_pathlib(raw: str) -> bool:
+    """The rule as pathlib reads it (what _outside_root did before it was made fast)."""
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    if PurePosixPath(raw).is_absolute() or PureWindowsPath(raw).drive or raw.startswith("\\"):
+        return True
+    parts = PurePosixPath(os.path.normpath(raw.replace("\\", "/"))).parts
+    return bool(parts) and parts[0] == ".."
+
+
+def test_the_string_path_rules_agree_with_pathlib_on_every_shape_of_path():
+    from pathlib import PurePosixPath
+
+    from gatrank.data.manifest import _outside_root, _suffix
+
+    pieces = ["a", "b.pt", "..", ".", "", "C:", "c:x", "1:", "x.", ".hidden", "g.JSON",
+              "a.b.npz", "\\", "\\\\srv", "/", "//", "...", "..x", "d.gml"]
+    rng = random.Random(0)
+    seen = 0
+    for _ in range(4000):
+        raw = rng.choice(["/", "\\", ""]).join(rng.choice(pieces)
+                                               for _ in range(rng.randint(1, 4)))
+        if not raw:
+            continue
+        seen += 1
+        assert _outside_root(raw) == _outside_root_by_pathlib(raw), raw
+        assert _suffix(raw) == PurePosixPath(raw.replace("\\", "/")).suffix.lower(), raw
+    assert seen > 3000
