@@ -19,6 +19,7 @@ from gatrank.metrics import (
     kendall,
     layer_name,
     ndcg_at_k,
+    paired_bootstrap,
     pairwise_accuracy,
     ranking_metrics,
     score_stats,
@@ -119,6 +120,25 @@ def test_ndcg_ties_hand_computed():
     assert ndcg_at_k(s, y, k=1) == pytest.approx(1.5 / 3.0)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_ndcg_equals_scikit_learns_ndcg_score_with_ties(seed):
+    from sklearn.metrics import ndcg_score
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 60))
+    y = rng.integers(0, 6, size=n).astype(float) + (rng.normal(size=n) if seed % 2 else 0)
+    s = rng.integers(0, 4, size=n).astype(float)  # heavy score ties
+    for k in (1, 3, 10, n):
+        assert ndcg_at_k(s, y, k=k) == pytest.approx(
+            ndcg_score([y - y.min()], [s], k=k), abs=1e-12)
+    const = np.zeros(n)
+    order = np.argsort(y)
+    assert ndcg_at_k(const, y[order], k=10) == pytest.approx(
+        ndcg_at_k(const, y[order[::-1]], k=10), abs=1e-12)
+    assert ndcg_at_k(const, y[order], k=10) == pytest.approx(
+        ndcg_score([y[order] - y.min()], [const], k=10), abs=1e-12)
+
+
 def test_ndcg_without_ties_is_unchanged_by_the_tie_averaging():
     rng = np.random.default_rng(3)
     y, s = rng.normal(size=40), rng.normal(size=40)
@@ -126,6 +146,44 @@ def test_ndcg_without_ties_is_unchanged_by_the_tie_averaging():
     disc = 1 / np.log2(np.arange(2, 9))
     assert ndcg_at_k(s, y, k=7) == pytest.approx(
         (gains[top] * disc).sum() / (np.sort(gains)[::-1][:7] * disc).sum())
+
+
+def test_paired_bootstrap_separates_a_real_lead_from_noise():
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=300)
+    good = y + 0.3 * rng.normal(size=300)
+    bad = y + 3.0 * rng.normal(size=300)
+    lead = paired_bootstrap(good, bad, y, n_boot=500)
+    assert lead["better"] and not lead["worse"] and lead["low"] > 0
+    assert lead["difference"] == pytest.approx(spearman(good, y) - spearman(bad, y))
+    assert lead["low"] < lead["difference"] < lead["high"]
+    assert paired_bootstrap(bad, good, y, n_boot=500)["worse"]
+    # two models of the same quality: the interval covers 0
+    twin = y + 0.3 * rng.normal(size=300)
+    tie = paired_bootstrap(good, twin, y, n_boot=500)
+    assert tie["low"] < 0 < tie["high"] and not tie["better"] and not tie["worse"]
+
+
+def test_paired_bootstrap_rows_are_scipy_spearman_and_a_constant_model_is_zero():
+    from gatrank.metrics import _row_spearman
+
+    rng = np.random.default_rng(1)
+    s, y = rng.integers(0, 5, size=(4, 30)).astype(float), rng.normal(size=(4, 30))
+    for row, got in zip(range(4), _row_spearman(s, y)):
+        assert got == pytest.approx(stats.spearmanr(s[row], y[row]).statistic)
+    assert _row_spearman(np.ones((2, 5)), y[:2, :5]).tolist() == [0.0, 0.0]
+    res = paired_bootstrap(y[0], np.zeros(30), y[0], n_boot=200)
+    assert res["difference"] == pytest.approx(1.0) and res["better"]
+
+
+def test_paired_bootstrap_is_seeded_and_checks_its_input():
+    rng = np.random.default_rng(2)
+    y, a, b = rng.normal(size=(3, 50))
+    assert paired_bootstrap(a, b, y, seed=3) == paired_bootstrap(a, b, y, seed=3)
+    with pytest.raises(ValueError, match=r"scores_a \(50\), scores_b \(49\)"):
+        paired_bootstrap(a, b[:49], y)
+    with pytest.raises(ValueError, match="level must be in"):
+        paired_bootstrap(a, b, y, level=95)
 
 
 def test_score_stats_and_bundle():
