@@ -9,6 +9,7 @@ draws no molecule and opens no explorer does not pay for them.
 from __future__ import annotations
 
 import html
+import re
 import logging
 import os
 import time
@@ -20,6 +21,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from IPython.display import Markdown, display
 
+from gatrank.checks.steps import training_checks
 from gatrank.checks.verdict import evaluate_verdict
 from gatrank.metrics import ndcg_at_k
 from gatrank.notebook.display import checks_table, in_ipython, show
@@ -171,6 +173,18 @@ def draw_graph(graph: Any, title: str = ""):
 # --------------------------------------------------------------------------- explorers
 
 
+def by_id(ids: Sequence[Any]) -> list[int]:
+    """Positions of ``ids`` in ascending id order, numbers inside ids compared as numbers
+    (``g2`` before ``g10``; ``CHEMBL95`` before ``CHEMBL101``)."""
+    ids = list(ids)
+
+    def key(i: int) -> list[tuple[int, Any]]:
+        parts = re.split(r"(\d+)", str(ids[i]))
+        return [(0, int(p)) if p.isdigit() else (1, p) for p in parts if p]
+
+    return sorted(range(len(ids)), key=key)
+
+
 def sample_browser(graphs: Any):
     """An ipywidgets browser: pick a sample (sorted by id) to draw it with its target and
     features. Returns the widget (display it as a cell's last expression)."""
@@ -178,8 +192,9 @@ def sample_browser(graphs: Any):
 
     table = graphs.table
     options = [(f"{table['id'].iloc[i]}  (y={table['y'].iloc[i]:.4g}, "
-                f"{table['num_nodes'].iloc[i]} nodes)", i) for i in range(len(table))]
-    pick = widgets.Dropdown(options=options, value=0, description="sample",
+                f"{table['num_nodes'].iloc[i]} nodes)", i) for i in by_id(table["id"])]
+    pick = widgets.Dropdown(options=options, value=options[0][1] if options else None,
+                            description="sample",
                             layout=widgets.Layout(width="60%"))
     step = widgets.IntSlider(value=0, min=0, max=max(len(table) - 1, 0), description="index",
                              continuous_update=False)
@@ -205,10 +220,36 @@ def sample_browser(graphs: Any):
     return widgets.VBox([widgets.HBox([pick, step]), out])
 
 
+HELD_OUT_SIGNALS = ("validation score std > 0.1 (not collapsing), validation pairwise accuracy "
+                    "above the first logged epoch's, median gradient norm > 0.01")
+"""What the held-out epoch explorer judges: the runbook's "Monitor training" signals, the ones
+04_full_train's verdict checks, not the overfit test's thresholds (those are for memorizing a
+small training set; held-out data is not expected to reach them)."""
+
+
+def held_out_verdict(history: Sequence[Mapping[str, Any]], epoch: int
+                     ) -> tuple[str, pd.DataFrame]:
+    """04_full_train's monitoring checks as if training had stopped at ``epoch`` (the checks of
+    :func:`gatrank.checks.steps.training_checks`, that epoch taken as the best): one verdict
+    line and the checks as a table (check, measured, result; no index)."""
+    k = next(i for i, h in enumerate(history) if int(h["epoch"]) == int(epoch)) + 1
+    checks = training_checks(list(history[:k]), {"best_epoch": int(epoch)})
+    table = checks_table(checks).drop(columns=["kind", "detail"]).set_index("check")
+    failed = [c["name"] for c in checks if c["kind"] == "pass" and not c["ok"]]
+    line = (f"epoch {epoch}: " + ("the held-out signals pass" if not failed else
+                                  f"not yet: {', '.join(failed)}")
+            + f" (judged on: {HELD_OUT_SIGNALS})")
+    return line, table
+
+
 def epoch_explorer(history: Sequence[Mapping[str, Any]], prefix: str = ""):
-    """A slider over logged epochs showing the runbook's verdict as if training stopped there
-    (on the ``prefix`` metrics, e.g. ``val_``; on the training metrics for a history without
-    them, such as a log of :class:`gatrank.Monitor`)."""
+    """A slider over logged epochs showing a verdict as if training stopped there.
+
+    With ``prefix="val_"`` (held-out metrics, 04_full_train): the held-out signals of
+    :func:`held_out_verdict`. Otherwise (an overfit run, or a history without validation
+    metrics, such as a log of :class:`gatrank.Monitor`): the runbook's overfit-test criteria on
+    the training metrics, which that run is meant to meet.
+    """
     import ipywidgets as widgets  # deferred: only the explorers need ipywidgets
 
     if prefix and not all(f"{prefix}pairwise_accuracy" in h for h in history):
@@ -223,12 +264,20 @@ def epoch_explorer(history: Sequence[Mapping[str, Any]], prefix: str = ""):
     out = widgets.Output()
 
     def draw(change: Any = None) -> None:
-        k = epochs.index(slider.value) + 1
-        v = evaluate_verdict(list(history[:k]), prefix=prefix)
+        if prefix:
+            line, table = held_out_verdict(history, slider.value)
+        else:
+            v = evaluate_verdict(list(history[:epochs.index(slider.value) + 1]))
+            line = (f"epoch {slider.value}: overfit test {v.label} (the runbook's pass "
+                    "criteria on the training metrics)")
+            table = checks_table(v.checks).drop(columns=["detail"]).set_index("check")
         out.clear_output(wait=True)
         with out:
-            display(checks_table(v.checks).assign(
-                verdict=v.label).drop(columns="detail"))
+            if in_ipython():
+                display(Markdown(f"**{html.escape(line)}**"))
+            else:  # a Markdown object prints as its repr outside a kernel
+                print(line)
+            display(table)
 
     slider.observe(draw, names="value")
     draw()
@@ -240,7 +289,8 @@ def topk_explorer(predictions: pd.DataFrame, k_max: int = 50):
     true rank."""
     import ipywidgets as widgets  # deferred: only the explorers need ipywidgets
 
-    pred = predictions.assign(true_rank=predictions["y"].rank(ascending=False, method="min"))
+    pred = predictions.assign(
+        true_rank=predictions["y"].rank(ascending=False, method="min").astype(int))
     ranked = pred.sort_values("score", ascending=False, kind="stable")
     slider = widgets.IntSlider(value=min(10, len(pred)), min=1, max=max(1, min(k_max, len(pred))),
                                description="k", continuous_update=False)
