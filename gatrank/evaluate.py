@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +13,15 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
+from gatrank.baselines import DEFAULT, fit_baselines
 from gatrank.config import Config
 from gatrank.data import split_indices
 from gatrank.datasets import load_data, with_source
 from gatrank.io import atomic_write_text, write_json
-from gatrank.metrics import grouped_metrics, ranking_metrics
+from gatrank.metrics import grouped_metrics, paired_bootstrap, ranking_metrics
 from gatrank.offline import write_plotly_js
 from gatrank.runtime import resolve_device
-from gatrank.training import predict, train
+from gatrank.training import predict
 from gatrank.training.checkpoint import load_model
 
 __all__ = ["EvalResult", "load_checkpoint", "evaluate_checkpoint", "baseline_scores"]
@@ -33,13 +34,20 @@ class EvalResult:
     metrics: dict[str, float]
     """The model's metrics on the split."""
     baselines: dict[str, dict[str, float]]
-    """Metrics of the constant, random and linear baselines on the same split."""
+    """Metrics of the constant, random, linear and (for SMILES) fingerprint baselines on the
+    same split."""
     predictions: pd.DataFrame
     """One row per graph: id, y, score, residual (score rescaled to y's scale minus y), smiles,
     group."""
     grouped: dict[str, Any] | None
     """Per-group metrics when the manifest has groups."""
     split: str
+    baseline_fits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """How each fitted baseline was fitted (:class:`gatrank.baselines.Baseline` ``info``), or
+    ``{"skipped": why}``."""
+    margins: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """The model's Spearman lead over each fitted baseline on the split, with its paired
+    bootstrap interval (:func:`gatrank.metrics.paired_bootstrap`)."""
 
     def table(self) -> pd.DataFrame:
         """Model and baselines as rows, metrics as columns."""
@@ -74,30 +82,36 @@ def _residuals(scores: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def baseline_scores(
-    gs, split_idx: list[int], train_idx: list[int], config: Config, seed: int = 0
+    gs, split_idx: list[int], train_idx: list[int], config: Config, seed: int = 0, *,
+    val_idx: list[int] | None = None, names=DEFAULT,
 ) -> dict[str, np.ndarray]:
     """Scores of the reference baselines on ``split_idx``.
 
     - ``constant``: the same score for every graph (what a collapsed model does);
     - ``random``: seeded uniform noise (chance level);
-    - ``linear``: :class:`gatrank.model.LinearBaseline` trained on ``train_idx`` with ``config``.
+    - ``linear``, ``fingerprint`` (graphs from SMILES), ...: :func:`gatrank.baselines.
+      fit_baselines` fitted on ``train_idx``, regularization chosen on ``val_idx``; one that
+      was skipped (no SMILES) is absent.
     """
+    return _baselines(gs, split_idx, train_idx, val_idx or [], config, seed, names)[0]
+
+
+def _baselines(gs, split_idx: list[int], train_idx: list[int], val_idx: list[int],
+               config: Config, seed: int, names=DEFAULT
+               ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:
+    """(scores on ``split_idx`` per baseline, how each fitted one was fitted)."""
     rng = np.random.default_rng(seed)
     n = len(split_idx)
     out = {"constant": np.zeros(n), "random": rng.random(n)}
+    fits: dict[str, dict[str, Any]] = {}
     if len(train_idx) >= 2:
-        if config.training.enable_debug_logs:
-            logger.info("linear baseline: training on the %d training graphs", len(train_idx))
-        res = train(
-            config,
-            graphs=gs,
-            model="linear",
-            progress=False,
-            splits={"train": list(train_idx), "val": [], "test": []},
-        )
-        device = resolve_device(config.training.device)
-        out["linear"] = predict(res.model, [gs[i] for i in split_idx], device)["scores"].numpy()
-    return out
+        fitted = fit_baselines(gs, {"train": train_idx, "val": val_idx}, names=names,
+                               tie_eps=config.loss.tie_eps, seed=seed)
+        for name, b in fitted.items():
+            fits[name] = {"skipped": b.skipped} if b.skipped else dict(b.info)
+            if not b.skipped:
+                out[name] = b.scores(split_idx)
+    return out, fits
 
 
 def evaluate_checkpoint(
@@ -131,7 +145,7 @@ def evaluate_checkpoint(
     gs = load_data(with_source(config.data, manifest, dataset))
     if split == "all":
         idx = list(range(len(gs)))
-        train_idx = idx
+        train_idx, val_idx = idx, []
     else:
         splits = split_indices(
             gs,
@@ -141,7 +155,7 @@ def evaluate_checkpoint(
         )
         if split not in splits:
             raise ValueError(f"unknown split {split!r}; use one of {sorted(splits)} or 'all'")
-        idx, train_idx = splits[split], splits["train"]
+        idx, train_idx, val_idx = splits[split], splits["train"], splits.get("val", [])
         if not idx:
             raise ValueError(f"split {split!r} of {gs.source} is empty")
     device = resolve_device(config.training.device)
@@ -162,15 +176,18 @@ def evaluate_checkpoint(
     for col in ("smiles", "group", "split"):
         if col in table and table[col].notna().any():
             preds[col] = table[col].values
-    base = {}
+    base, fits, margins = {}, {}, {}
     if baselines:
-        for name, b in baseline_scores(gs, idx, train_idx, config, config.training.seed).items():
+        scores, fits = _baselines(gs, idx, train_idx, val_idx, config, config.training.seed)
+        for name, b in scores.items():
             base[name] = ranking_metrics(b, y, tie_eps=tie_eps, k=k)
+            if name in fits:
+                margins[name] = paired_bootstrap(s, b, y, seed=config.training.seed)
     grouped = None
     if "group" in preds:
         grouped = grouped_metrics(s, y, preds["group"].tolist(), tie_eps=tie_eps, k=k)
     result = EvalResult(metrics=metrics, baselines=base, predictions=preds, grouped=grouped,
-                        split=split)
+                        split=split, baseline_fits=fits, margins=margins)
     if out_dir:
         _write_eval(result, Path(out_dir), checkpoint, gs, shared_plotly_js)
     return result
@@ -192,6 +209,8 @@ def _write_eval(result: EvalResult, out: Path, checkpoint, gs,
             "split": result.split,
             "metrics": result.metrics,
             "baselines": result.baselines,
+            "baseline_fits": result.baseline_fits,
+            "margins": result.margins,
             "grouped": result.grouped,
         },
     )

@@ -295,3 +295,39 @@ def test_attentive_fp_by_import_string_passes_the_overfit_test(tmp_path, capsys)
     again = ranking_metrics(scores["scores"], scores["targets"], tie_eps=config.loss.tie_eps)
     assert again["pairwise_accuracy"] == pytest.approx(final["pairwise_accuracy"], abs=1e-6)
     assert again["score_std"] == pytest.approx(final["score_std"], rel=1e-5)
+
+
+def test_train_and_eval_report_the_fitted_baselines_and_the_models_lead(tmp_path, capsys):
+    rows = []
+    for c in range(2, 17):  # a lone carbon has no bond: message passing refuses it
+        for k, (end, bonus) in enumerate((("O", 1.0), ("N", 0.0), ("", 0.0))):
+            split = ("test" if c % 5 == 0 else "val" if c % 5 == 1 else "train")
+            rows.append(f"m{c}_{k},{c + bonus},{'C' * c + end},{split}")
+    (tmp_path / "manifest.csv").write_text("\n".join(["id,y,smiles,split", *rows]) + "\n")
+    (tmp_path / "tiny.yaml").write_text(TINY + "  epochs: 2\n")
+    assert main(["train", "--manifest", str(tmp_path / "manifest.csv"), "--config",
+                 str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "run"), "--no-progress",
+                 "-q"]) == 0
+    out = capsys.readouterr().out
+    for name in ("linear", "fingerprint"):
+        line = next(ln for ln in out.splitlines() if ln.startswith(f"{name} baseline test:"))
+        assert re.search(r"the model (beats|loses to|shows no difference from) the "
+                         rf"{name} baseline .*95% interval", line), line
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["baselines"]["linear"]["fit"]["converged"]
+    assert main(["eval", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--out",
+                 str(tmp_path / "ev")]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^fingerprint +\d", out, re.M) and re.search(r"^linear +\d", out, re.M)
+    assert len(re.findall(r"^the model .* baseline .*\d+ graphs\)$", out, re.M)) == 2
+    written = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert set(written["margins"]) == {"linear", "fingerprint"}
+
+
+def test_eval_on_graph_files_says_why_there_is_no_fingerprint_baseline(data, capsys):
+    assert _train(data, "run") == 0
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(data / "run" / "best.pt"), "--split", "all"]) == 0
+    out = capsys.readouterr().out
+    assert "fingerprint baseline skipped: the graphs have no SMILES" in out
+    assert "linear" in out

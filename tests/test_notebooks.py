@@ -34,9 +34,12 @@ RUNBOOK_RED_FLAGS = {"pairwise_accuracy_random", "spearman_none", "score_collaps
 CHECK_TAG = "nbval-check-output"
 VERDICT_LINES = {"01_data_checks": "data checks: PASS\n", "02_loss_tests": "loss tests: PASS\n",
                  "03_overfit": "overfit verdict: PASS\n", "04_full_train": "full training: PASS\n",
-                 "05_eval": "evaluation: PASS\n"}
+                 "05_eval": "evaluation: PASS (with warnings)\n"}
 """What the cell tagged nbval-check-output prints when a notebook passes on the embedded data:
-the oracle nbval compares against (the notebooks themselves are stored without outputs)."""
+the oracle nbval compares against (the notebooks themselves are stored without outputs). 05's
+warning is the fingerprint baseline: on chembl-activity, Morgan counts with ridge out-rank the
+GAT that 04 trains for 20 epochs (test Spearman about 0.87 against 0.78), and the report says
+so rather than passing quietly."""
 
 
 def _read(name: str):
@@ -335,5 +338,22 @@ def test_nbval_runs_the_five_notebooks(tmp_path):
         res = json.loads((run_dir / f"{name}.results.json").read_text())
         assert res["passed"], (name, res["label"])
     assert (run_dir / "04_full_train" / "best.pt").is_file()
-    assert json.loads((run_dir / "05_eval.results.json").read_text())["checkpoint_source"] \
-        == "04_full_train"
+    evaluation = json.loads((run_dir / "05_eval.results.json").read_text())
+    assert evaluation["checkpoint_source"] == "04_full_train"
+    # the warning is the one the oracle names: the model against each fitted baseline
+    warned = {c["name"] for c in evaluation["checks"] if c["kind"] == "warning" and not c["ok"]}
+    assert warned == {"beats_fingerprint"}, warned
+    assert set(evaluation["margins"]) == {"linear", "fingerprint"}
+    assert evaluation["margins"]["linear"]["better"]  # the GAT does beat the linear baseline
+    # 04's epoch explorer must not mark FAIL what 04's verdict passes (it once applied the
+    # overfit test's thresholds to held-out data): at the epoch it opens on and at the best one
+    from gatrank.notebook.widgets import held_out_verdict
+    from gatrank.training.history import read_run
+
+    full = json.loads((run_dir / "04_full_train.results.json").read_text())
+    assert full["label"] == "PASS"
+    history = read_run(run_dir / "04_full_train").history
+    for epoch in {history[-1]["epoch"], full["best_epoch"]}:
+        line, table = held_out_verdict(history, epoch)
+        assert "FAIL" not in set(table["result"]), (epoch, table)
+        assert "the held-out signals pass" in line

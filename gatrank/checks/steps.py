@@ -54,6 +54,7 @@ __all__ = [
     "embedding_check",
     "training_checks",
     "evaluation_checks",
+    "margin_sentence",
 ]
 
 _NAN_CODES = frozenset({"nan_target", "inf_target", "nonfinite_features",
@@ -449,10 +450,14 @@ def training_checks(history: Sequence[Mapping[str, Any]], summary: Mapping[str, 
     return checks
 
 
-def evaluation_checks(metrics: Mapping[str, float], baselines: Mapping[str, Mapping[str, float]]
+def evaluation_checks(metrics: Mapping[str, float], baselines: Mapping[str, Mapping[str, float]],
+                      margins: Mapping[str, Mapping[str, Any]] | None = None
                       ) -> list[dict[str, Any]]:
-    """Checks on held-out metrics: score std > 0.1 (not collapsed), the runbook's red flags, and
-    the model against the constant, random and linear baselines."""
+    """Checks on held-out metrics: score std > 0.1 (not collapsed), the runbook's red flags, the
+    model against the constant and random baselines, and (warnings) against each fitted
+    baseline: given ``margins`` (:func:`gatrank.metrics.paired_bootstrap` per baseline), a lead
+    larger than the noise (the 95% interval of the Spearman difference above 0); without them,
+    a higher Spearman than the linear baseline's."""
     pa, sp, std = metrics["pairwise_accuracy"], metrics["spearman"], metrics["score_std"]
     checks = [c.to_dict() for c in (
         runbook_check("score_std", std, note="not collapsing to constant"),
@@ -466,10 +471,26 @@ def evaluation_checks(metrics: Mapping[str, float], baselines: Mapping[str, Mapp
             checks.append(check(f"beats_{name}", "pass",
                                 f"pairwise accuracy above the {name} baseline (difference)", d,
                                 d > 0))
-    if "linear" in baselines:
+    if margins:
+        for name, m in margins.items():
+            checks.append(check(f"beats_{name}", "warning",
+                                f"Spearman lead over the {name} baseline beyond the noise "
+                                f"(lower end of its {m['level']:.0%} bootstrap interval)",
+                                m["low"], m["better"], margin_sentence(name, m)))
+    elif "linear" in baselines:
         d = sp - baselines["linear"]["spearman"]
         checks.append(check("beats_linear", "warning",
                             "Spearman above the linear baseline (difference)", d, d > 0))
     return checks
 
 
+def margin_sentence(name: str, m: Mapping[str, Any]) -> str:
+    """One line on the model against baseline ``name`` (a :func:`gatrank.metrics.
+    paired_bootstrap` result): beats it, loses to it, or no difference beyond the noise."""
+    span = (f"Spearman {m['difference']:+.3f}, {m['level']:.0%} interval "
+            f"{m['low']:+.3f} to {m['high']:+.3f}, {m['n']} graphs")
+    if m["better"]:
+        return f"beats the {name} baseline by more than the noise ({span})"
+    if m["worse"]:
+        return f"loses to the {name} baseline by more than the noise ({span})"
+    return f"shows no difference from the {name} baseline beyond the noise ({span})"

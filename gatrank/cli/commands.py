@@ -32,12 +32,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     print(f"split: {res.split} ({len(res.predictions)} graphs)")
     print(res.table().to_string(float_format=lambda v: f"{v:.4f}"))
+    _print_baselines(res.baseline_fits, res.margins)
     if res.grouped and res.grouped["mean"]:
         print(f"\nmean over {len(res.grouped['per_group'])} groups:")
         print(json.dumps(res.grouped["mean"], indent=2))
     if args.out:
         print(f"wrote {args.out}/predictions.csv, metrics.json, scatter.html")
     return 0
+
+
+def _print_baselines(fits: dict[str, dict[str, Any]], margins: dict[str, dict[str, Any]]
+                     ) -> None:
+    """The model against each fitted baseline, one line each (or why one was skipped)."""
+    from gatrank.checks.steps import margin_sentence
+
+    for name, fit in fits.items():
+        if fit.get("skipped"):
+            print(f"{name} baseline skipped: {fit['skipped']}")
+        elif name in margins:
+            print(f"the model {margin_sentence(name, margins[name])}")
 
 
 def cmd_check_data(args: argparse.Namespace) -> int:

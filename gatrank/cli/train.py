@@ -128,6 +128,7 @@ def _run_training(args: argparse.Namespace, cfg: Config) -> tuple[TrainResult, b
 
 def _print_training(args: argparse.Namespace, res: TrainResult) -> None:
     """What the run did: processes, dropped rows, final train metrics, verdict, test scores."""
+    from gatrank.checks.steps import margin_sentence
     from gatrank.checks.verdict import evaluate_verdict, format_verdict
 
     s = res.summary
@@ -164,10 +165,14 @@ def _print_training(args: argparse.Namespace, res: TrainResult) -> None:
         t = s["test"]
         print(f"test (best epoch {s['best_epoch']}): spearman {t['spearman']:.3f}  "
               f"pairwise accuracy {t['pairwise_accuracy']:.3f}  kendall {t['kendall']:.3f}")
-    if "baseline" in s and s["baseline"]["test"]:
-        t = s["baseline"]["test"]
-        print(f"linear baseline test: spearman {t['spearman']:.3f}  "
-              f"pairwise accuracy {t['pairwise_accuracy']:.3f}")
+    for name, b in (s.get("baselines") or {}).items():
+        if b.get("skipped"):
+            print(f"{name} baseline skipped: {b['skipped']}")
+        elif b.get("test"):
+            t = b["test"]
+            print(f"{name} baseline test: spearman {t['spearman']:.3f}  "
+                  f"pairwise accuracy {t['pairwise_accuracy']:.3f}; the model "
+                  f"{margin_sentence(name, b['margin'])}")
     if args.out:
         print(f"wrote {args.out}/metrics.jsonl, summary.json, best.pt, last.pt")
 

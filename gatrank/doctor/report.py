@@ -99,7 +99,8 @@ CAUSES: dict[str, dict[str, str]] = {
         "meaning": "the model memorizes the training set but held-out ranking is at chance",
         "fix": "Runbook 'Pairwise Accuracy ~0.5': check each target belongs to its graph "
                "(ids, row order, joins), that the target is predictable from the graph, and "
-               "compare with the linear baseline."},
+               "compare with the baselines (gatrank eval shows the linear and, for "
+               "molecules, the fingerprint baseline, fitted to convergence)."},
     "insufficient_capacity": {
         "meaning": "the model learns but plateaus below the criteria on a small set that "
                    "gatrank's GAT fits with the same loss and settings",
@@ -139,9 +140,10 @@ CAUSES: dict[str, dict[str, str]] = {
                "(any number of graphs, any graph size), then run the doctor again."},
     "does_not_generalize": {
         "meaning": "the model fits its training graphs but held-out ranking is at chance, "
-                   "while the linear baseline generalizes",
+                   "while a baseline fitted to convergence (linear, or for molecules Morgan "
+                   "fingerprints with ridge) ranks the same held-out graphs above chance",
         "fix": "Train on more graphs, keep dropout/weight decay from the recommended config, "
-               "stop early on validation Spearman, or start from the linear baseline."},
+               "stop early on validation Spearman, or start from the baseline that generalizes."},
     "invalid_data": {
         "meaning": "manifest rows gatrank cannot load (missing files, bad SMILES, ...)",
         "fix": "Run gatrank check-data and fix each row it lists, or set data.on_error: skip."},

@@ -39,6 +39,7 @@ from gatrank.notebook.results import (
     eval_results,
     full_train_results,
     init_loss_metrics,
+    margins_table,
     overfit_results,
     training_outcome,
 )
@@ -106,6 +107,7 @@ __all__ = [
     "checkpoint_check",
     "full_train_results",
     "eval_results",
+    "margins_table",
     # re-exported from where they live
     "check_manifest",
     "check_data",

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from gatrank.checks.steps import check
+from gatrank.checks.steps import check, margin_sentence
 from gatrank.checks.verdict import Check, Verdict
 from gatrank.doctor import DoctorReport
 from gatrank.evaluate import EvalResult
@@ -88,11 +88,20 @@ def training_outcome(summary: Mapping[str, Any]) -> str:
 
 
 def baseline_table(summary: Mapping[str, Any]) -> pd.DataFrame:
-    """Test metrics of the model and of the linear baseline trained beside it (rows ``model``
-    and ``linear baseline``; a summary of ``train(..., with_baseline=True)``). A row the
-    summary lacks (a run read from a log alone) is left out."""
-    rows = {"model": summary.get("test") or {},
-            "linear baseline": (summary.get("baseline") or {}).get("test") or {}}
+    """Test metrics of the model and of the baselines fitted beside it (rows ``model`` and
+    ``<name> baseline``; a summary of ``train(..., with_baseline=True)``), with the model's
+    Spearman lead over each and its 95% bootstrap interval. A row the summary lacks (a run read
+    from a log alone, a baseline skipped for want of SMILES) is left out."""
+    rows = {"model": dict(summary.get("test") or {})}
+    fitted = summary.get("baselines")
+    if fitted is None and (summary.get("baseline") or {}).get("test"):  # an older summary
+        fitted = {"linear": summary["baseline"]}
+    for name, b in (fitted or {}).items():
+        if b.get("test"):
+            m = b.get("margin") or {}
+            rows[f"{name} baseline"] = {**b["test"], **({
+                "model lead": m["difference"], "lead 95% low": m["low"],
+                "lead 95% high": m["high"]} if m else {})}
     return pd.DataFrame({k: v for k, v in rows.items() if v}).T
 
 
@@ -122,6 +131,24 @@ def full_train_results(result: TrainResult, checkpoint: Path) -> dict[str, Any]:
     }
 
 
+def margins_table(res: EvalResult) -> pd.DataFrame:
+    """The model against each fitted baseline on the split scored: both Spearmans, the
+    difference with its paired bootstrap interval, what it means, and how the baseline was
+    fitted; one row per baseline (a skipped one says why)."""
+    rows = {}
+    for name, fit in res.baseline_fits.items():
+        m = res.margins.get(name)
+        if m is None:
+            rows[name] = {"meaning": f"skipped: {fit.get('skipped', '')}"}
+            continue
+        rows[name] = {"model spearman": res.metrics["spearman"],
+                      "baseline spearman": res.baselines[name]["spearman"],
+                      "difference": m["difference"], "95% low": m["low"], "95% high": m["high"],
+                      "meaning": margin_sentence(name, m).split(" (")[0],
+                      "fitted": fit.get("model", "")}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
 def eval_results(res: EvalResult, *, checkpoint: Path, source: str) -> dict[str, Any]:
     """05_eval's record: the model's and the baselines' metrics on the split scored, the split,
     the checkpoint and where it came from (:func:`~gatrank.notebook.session.checkpoint_for_eval`),
@@ -129,6 +156,8 @@ def eval_results(res: EvalResult, *, checkpoint: Path, source: str) -> dict[str,
     return {
         "metrics": res.metrics,
         "baselines": res.baselines,
+        "baseline_fits": res.baseline_fits,
+        "margins": res.margins,
         "split": res.split,
         "checkpoint": checkpoint,
         "checkpoint_source": source,

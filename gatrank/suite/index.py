@@ -7,6 +7,8 @@ import html
 from collections.abc import Mapping
 from typing import Any
 
+from gatrank.checks.steps import margin_sentence
+
 __all__ = ["render_index"]
 
 
@@ -59,6 +61,25 @@ def _check_result(c: Mapping[str, Any]) -> str:
     return '<span class="ok">ok</span>' if c["ok"] else '<span class="badge WARN">WARNING</span>'
 
 
+def _margins_html(nbs: Any) -> str:
+    """One line per fitted baseline a notebook compared the model with (05_eval's paired
+    bootstrap on its split): beats it, loses to it, or no difference beyond the noise."""
+    items = []
+    for nb in nbs:
+        res = nb.get("results") or {}
+        for name, m in (res.get("margins") or {}).items():
+            mark = "PASS" if m.get("better") else "FAIL" if m.get("worse") else "WARN"
+            word = {"PASS": "beats", "FAIL": "loses", "WARN": "no clear lead"}[mark]
+            items.append(f"<li>{_badge_text(mark, word)} {html.escape(nb['name'])} "
+                         f"({html.escape(str(res.get('split', '')))} split): "
+                         f"the model {html.escape(margin_sentence(name, m))}</li>")
+    return f"<h2>The model against the baselines</h2><ul>{''.join(items)}</ul>" if items else ""
+
+
+def _badge_text(key: str, text: str) -> str:
+    return f'<span class="badge {key}">{html.escape(text)}</span>'
+
+
 def render_index(summary: Mapping[str, Any]) -> str:
     """``index.html`` for a suite summary: status per notebook with links, then every check
     of every notebook (the runbook's pass criteria, red flags and warnings) with its measured
@@ -96,6 +117,7 @@ def render_index(summary: Mapping[str, Any]) -> str:
                         f"{e(str(c.get('evidence', '')))} <em>Fix:</em> {e(str(c.get('fix', '')))}"
                         "</li>" for c in causes)
         causes_html = f"<h2>Likely causes</h2><ol>{items}</ol>"
+    causes_html += _margins_html(nbs)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">

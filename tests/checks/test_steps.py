@@ -112,3 +112,34 @@ def test_embedding_check_passes_fails_or_warns_when_unmeasured():
     unmeasured = steps.embedding_check([_rec(1, 0.97, 0.95, 0.5)])  # a Monitor's record
     assert (unmeasured["kind"], unmeasured["ok"], unmeasured["value"]) == ("warning", False, None)
     assert "not measured" in unmeasured["detail"]
+
+
+def _margin(diff: float, low: float, high: float) -> dict:
+    return {"metric": "spearman", "difference": diff, "low": low, "high": high, "level": 0.95,
+            "n": 50, "n_boot": 2000, "better": low > 0, "worse": high < 0}
+
+
+def test_evaluation_checks_judge_each_fitted_baseline_by_its_bootstrap_interval():
+    metrics = {"pairwise_accuracy": 0.8, "spearman": 0.7, "score_std": 1.0}
+    base = {"constant": {"pairwise_accuracy": 0.5, "spearman": 0.0},
+            "linear": {"pairwise_accuracy": 0.7, "spearman": 0.6},
+            "fingerprint": {"pairwise_accuracy": 0.7, "spearman": 0.68}}
+    margins = {"linear": _margin(0.1, 0.02, 0.2), "fingerprint": _margin(0.02, -0.05, 0.09)}
+    checks = {c["name"]: c for c in steps.evaluation_checks(metrics, base, margins)}
+    assert checks["beats_linear"]["ok"] and checks["beats_linear"]["value"] == 0.02
+    assert checks["beats_linear"]["kind"] == "warning"
+    # ahead on the point estimate, but not beyond the noise: warned, with the interval
+    assert not checks["beats_fingerprint"]["ok"]
+    assert "shows no difference from the fingerprint baseline beyond the noise (Spearman " \
+           "+0.020, 95% interval -0.050 to +0.090, 50 graphs)" == checks["beats_fingerprint"][
+               "detail"]
+    # without margins: the old point comparison with the linear baseline
+    plain = {c["name"]: c for c in steps.evaluation_checks(metrics, base)}
+    assert plain["beats_linear"]["ok"] and "beats_fingerprint" not in plain
+
+
+@pytest.mark.parametrize("low, high, start", [(0.01, 0.2, "beats the x baseline"),
+                                              (-0.3, -0.1, "loses to the x baseline"),
+                                              (-0.1, 0.1, "shows no difference from the x")])
+def test_margin_sentence_says_which_side_of_the_noise_the_lead_is(low, high, start):
+    assert steps.margin_sentence("x", _margin((low + high) / 2, low, high)).startswith(start)

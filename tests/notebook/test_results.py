@@ -95,12 +95,16 @@ def test_init_loss_metrics_and_eval_results():
     init = pd.DataFrame({"loss": [0.6, 0.8], "score_std": [0.1, 0.3], "num_pairs": [5, 3]})
     assert init_loss_metrics(init) == pytest.approx(
         {"init_loss_mean": 0.7, "init_score_std_mean": 0.2, "init_pairs_min": 3})
+    margin = {"difference": 0.2, "low": 0.1, "high": 0.3, "level": 0.95, "n": 50,
+              "better": True, "worse": False}
     res = SimpleNamespace(metrics={"spearman": 0.5}, baselines={"random": {}}, split="test",
-                          grouped=None)
+                          grouped=None, baseline_fits={"linear": {"l2": 0.01}},
+                          margins={"linear": margin})
     out = eval_results(res, checkpoint=Path("best.pt"), source="given")
     assert out == {"metrics": {"spearman": 0.5}, "baselines": {"random": {}}, "split": "test",
                    "checkpoint": Path("best.pt"), "checkpoint_source": "given",
-                   "grouped_mean": None}
+                   "grouped_mean": None, "baseline_fits": {"linear": {"l2": 0.01}},
+                   "margins": {"linear": margin}}
     assert eval_results(SimpleNamespace(**{**vars(res), "grouped": {"mean": {"a": 1}}}),
                         checkpoint=Path("x"), source="s")["grouped_mean"] == {"a": 1}
 

@@ -34,3 +34,29 @@ def test_index_lists_every_check_with_its_value_and_marks_failures(external_ref)
     assert "DataError: 3 &lt;problems&gt;" in page
     assert "failed before recording its checks" in page
     assert "<script" not in page and not external_ref.search(page) and "http" not in page
+
+
+def _margin(diff: float, low: float, high: float) -> dict:
+    return {"metric": "spearman", "difference": diff, "low": low, "high": high, "level": 0.95,
+            "n": 102, "n_boot": 2000, "better": low > 0, "worse": high < 0}
+
+
+def test_the_index_says_in_a_line_whether_the_model_beats_each_baseline():
+    ev = {"name": "05_eval", "step": "evaluation", "status": "PASS (with warnings)",
+          "duration_s": 5.0, "html": "05_eval.html", "ipynb": "05_eval.ipynb", "error": "",
+          "results": {"checks": [], "split": "test", "margins": {
+              "linear": _margin(0.105, 0.024, 0.196),
+              "fingerprint": _margin(-0.182, -0.277, -0.101),
+              "fingerprint_rf": _margin(0.01, -0.05, 0.07)}}}
+    page = render_index(_summary([ev]))
+    section = page.split("The model against the baselines")[1].split("</ul>")[0]
+    items = section.split("<li>")[1:]
+    assert len(items) == 3
+    assert 'badge PASS">beats<' in items[0] and "beats the linear baseline by more than the " \
+        "noise (Spearman +0.105, 95% interval +0.024 to +0.196, 102 graphs)" in items[0]
+    assert 'badge FAIL">loses<' in items[1] and "loses to the fingerprint baseline" in items[1]
+    assert "shows no difference from the fingerprint_rf baseline beyond the noise" in items[2]
+    assert "05_eval (test split)" in items[0]
+    # without margins (an older run, or evaluation without baselines): no such section
+    ev["results"].pop("margins")
+    assert "The model against the baselines" not in render_index(_summary([ev]))

@@ -79,8 +79,9 @@ def test_a_run_writes_only_the_checkpoints_it_is_asked_for(graphs, tmp_path):
     train(cfg, graphs=graphs, progress=False, out_dir=tmp_path / "best", checkpoints=["best.pt"],
           with_baseline=True)
     assert not list((tmp_path / "best").rglob("last.pt"))
+    # the baselines are fitted in closed form or by L-BFGS: no training run, no checkpoint
     assert {p.relative_to(tmp_path / "best").as_posix()
-            for p in (tmp_path / "best").rglob("best.pt")} == {"best.pt", "baseline/best.pt"}
+            for p in (tmp_path / "best").rglob("*.pt")} == {"best.pt"}
     with pytest.raises(ValueError, match=r"unknown checkpoint\(s\) \['final.pt'\]"):
         train(cfg, graphs=graphs, progress=False, checkpoints=["final.pt"])
 
@@ -117,6 +118,13 @@ def test_full_training_writes_metrics_checkpoints_and_baseline(chembl_small, tmp
     assert summary["seed"] == 0 and "torch" in summary["versions"]
     assert set(summary["test"]) >= {"spearman", "pairwise_accuracy", "kendall"}
     assert "spearman" in summary["baseline"]["test"]
+    fitted = summary["baselines"]
+    assert set(fitted) == {"linear", "fingerprint"} and fitted["linear"]["fit"]["converged"]
+    for b in fitted.values():
+        m = b["margin"]
+        assert m["low"] <= m["difference"] <= m["high"]
+        assert m["difference"] == pytest.approx(
+            summary["test"]["spearman"] - b["test"]["spearman"], abs=1e-5)
     assert sum(summary["split_sizes"].values()) == len(gs)
     ckpt = read_checkpoint(tmp_path / "best.pt")
     assert {"state_dict", "config", "metrics", "epoch"} <= set(ckpt)
@@ -126,7 +134,8 @@ def test_full_training_writes_metrics_checkpoints_and_baseline(chembl_small, tmp
     ev = evaluate_checkpoint(tmp_path / "best.pt", manifest, split="test", out_dir=tmp_path / "ev")
     assert len(ev.predictions) == summary["split_sizes"]["test"]
     assert ev.metrics["spearman"] == pytest.approx(summary["test"]["spearman"], abs=1e-6)
-    assert set(ev.baselines) == {"constant", "random", "linear"}
+    assert set(ev.baselines) == {"constant", "random", "linear", "fingerprint"}
+    assert set(ev.margins) == {"linear", "fingerprint"} == set(ev.baseline_fits)
     assert ev.baselines["constant"]["pairwise_accuracy"] == 0.5
     html = (tmp_path / "ev" / "scatter.html").read_text()
     # plotly.js is embedded: no external <script src=...> (the bundle itself mentions its CDN
