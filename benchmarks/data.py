@@ -29,7 +29,7 @@ CACHE_SPEEDUP_TARGET = 10.0
 POOL_SPEEDUP_TARGET = 1.7
 """First load of 10k and 100k graph files: the pool against one process, on 2 cores."""
 FILE_SIZES = {"quick": (10_000,), "full": (10_000, 100_000)}
-FILE_ROUNDS = {10_000: 3, 100_000: 2}
+FILE_ROUNDS = {10_000: 5, 100_000: 3}
 """Alternating rounds per size (one process, pool): at 10k one round takes ~15 s."""
 _DISTINCT = 2_000  # distinct synthetic graphs; the N files are copies of them
 _BROKEN = 20  # missing and truncated files among the N rows

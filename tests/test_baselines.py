@@ -86,7 +86,7 @@ def test_pairs_are_the_ordered_pairs_inside_groups_beyond_tie_eps():
     y = np.array([0.0, 1.0, 1.0 + 1e-9, 3.0, 2.0, 5.0])
     groups = np.array(["a", "a", "a", "b", "b", "b"], dtype=object)
     hi, lo = baselines._pairs(y, groups, 1e-6, np.random.default_rng(0))
-    got = set(zip(hi.tolist(), lo.tolist()))
+    got = set(zip(hi.tolist(), lo.tolist(), strict=True))
     want = {(i, j) for i in range(6) for j in range(6)
             if groups[i] == groups[j] and y[i] - y[j] > 1e-6}
     assert got == want and len(hi) == len(got)
@@ -98,7 +98,7 @@ def test_pairs_are_sampled_not_enumerated_beyond_the_limits(monkeypatch):
     y = np.random.default_rng(1).normal(size=400)
     hi, lo = baselines._pairs(y, None, 1e-6, np.random.default_rng(0))
     assert len(hi) == 500 and np.all(y[hi] - y[lo] > 1e-6)
-    assert len(set(zip(hi.tolist(), lo.tolist()))) == 500
+    assert len(set(zip(hi.tolist(), lo.tolist(), strict=True))) == 500
 
 
 def _alcohols_and_amines(n: int):

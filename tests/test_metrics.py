@@ -169,7 +169,7 @@ def test_paired_bootstrap_rows_are_scipy_spearman_and_a_constant_model_is_zero()
 
     rng = np.random.default_rng(1)
     s, y = rng.integers(0, 5, size=(4, 30)).astype(float), rng.normal(size=(4, 30))
-    for row, got in zip(range(4), _row_spearman(s, y)):
+    for row, got in zip(range(4), _row_spearman(s, y), strict=True):
         assert got == pytest.approx(stats.spearmanr(s[row], y[row]).statistic)
     assert _row_spearman(np.ones((2, 5)), y[:2, :5]).tolist() == [0.0, 0.0]
     res = paired_bootstrap(y[0], np.zeros(30), y[0], n_boot=200)

@@ -33,7 +33,7 @@ from gatrank.checks.static import (
     valid_pairs_per_batch,
     wl_signatures,
 )
-from gatrank.checks.verdict import Check, runbook_check, summarize_checks
+from gatrank.checks.verdict import Check, margin_sentence, runbook_check, summarize_checks
 from gatrank.config import Config
 from gatrank.data import CheckReport, GraphSet, check_dataset, check_manifest, split_indices
 from gatrank.losses import LN2, make_loss_fn
@@ -54,7 +54,6 @@ __all__ = [
     "embedding_check",
     "training_checks",
     "evaluation_checks",
-    "margin_sentence",
 ]
 
 _NAN_CODES = frozenset({"nan_target", "inf_target", "nonfinite_features",
@@ -483,14 +482,3 @@ def evaluation_checks(metrics: Mapping[str, float], baselines: Mapping[str, Mapp
                             "Spearman above the linear baseline (difference)", d, d > 0))
     return checks
 
-
-def margin_sentence(name: str, m: Mapping[str, Any]) -> str:
-    """One line on the model against baseline ``name`` (a :func:`gatrank.metrics.
-    paired_bootstrap` result): beats it, loses to it, or no difference beyond the noise."""
-    span = (f"Spearman {m['difference']:+.3f}, {m['level']:.0%} interval "
-            f"{m['low']:+.3f} to {m['high']:+.3f}, {m['n']} graphs")
-    if m["better"]:
-        return f"beats the {name} baseline by more than the noise ({span})"
-    if m["worse"]:
-        return f"loses to the {name} baseline by more than the noise ({span})"
-    return f"shows no difference from the {name} baseline beyond the noise ({span})"

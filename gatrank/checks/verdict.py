@@ -23,6 +23,7 @@ __all__ = [
     "runbook_check",
     "evaluate_verdict",
     "stop_at_verdict",
+    "margin_sentence",
     "format_verdict",
     "loss_drop",
 ]
@@ -269,3 +270,15 @@ def format_verdict(verdict: Verdict) -> str:
                      + (f", ideal at epoch {verdict.epochs_to_ideal}"
                         if verdict.epochs_to_ideal is not None else ""))
     return "\n".join(lines)
+
+
+def margin_sentence(name: str, m: Mapping[str, Any]) -> str:
+    """One line on the model against baseline ``name`` (a :func:`gatrank.metrics.
+    paired_bootstrap` result): beats it, loses to it, or no difference beyond the noise."""
+    span = (f"Spearman {m['difference']:+.3f}, {m['level']:.0%} interval "
+            f"{m['low']:+.3f} to {m['high']:+.3f}, {m['n']} graphs")
+    if m["better"]:
+        return f"beats the {name} baseline by more than the noise ({span})"
+    if m["worse"]:
+        return f"loses to the {name} baseline by more than the noise ({span})"
+    return f"shows no difference from the {name} baseline beyond the noise ({span})"

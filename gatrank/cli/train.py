@@ -128,8 +128,7 @@ def _run_training(args: argparse.Namespace, cfg: Config) -> tuple[TrainResult, b
 
 def _print_training(args: argparse.Namespace, res: TrainResult) -> None:
     """What the run did: processes, dropped rows, final train metrics, verdict, test scores."""
-    from gatrank.checks.steps import margin_sentence
-    from gatrank.checks.verdict import evaluate_verdict, format_verdict
+    from gatrank.checks.verdict import evaluate_verdict, format_verdict, margin_sentence
 
     s = res.summary
     if s.get("distributed"):

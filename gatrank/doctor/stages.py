@@ -21,8 +21,7 @@ from gatrank.checks.static import (
     frozen_parameters,
     gradient_path,
 )
-from gatrank.checks.steps import margin_sentence
-from gatrank.checks.verdict import THRESHOLDS
+from gatrank.checks.verdict import THRESHOLDS, margin_sentence
 from gatrank.doctor.report import CAUSES, DOCTOR_THRESHOLDS
 from gatrank.doctor.runs import model_factory, train_run
 from gatrank.doctor.state import Diagnosis

@@ -14,8 +14,8 @@ from typing import Any
 
 import pandas as pd
 
-from gatrank.checks.steps import check, margin_sentence
-from gatrank.checks.verdict import Check, Verdict
+from gatrank.checks.steps import check
+from gatrank.checks.verdict import Check, Verdict, margin_sentence
 from gatrank.doctor import DoctorReport
 from gatrank.evaluate import EvalResult
 from gatrank.training import TrainResult

@@ -9,9 +9,9 @@ draws no molecule and opens no explorer does not pay for them.
 from __future__ import annotations
 
 import html
-import re
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any

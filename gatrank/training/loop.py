@@ -32,6 +32,7 @@ from tqdm.auto import tqdm  # already imported by torch_geometric: no cost to im
 from gatrank.baselines import fit_baselines
 from gatrank.config import Config
 from gatrank.io import append_jsonl, write_json
+from gatrank.metrics import paired_bootstrap, ranking_metrics
 from gatrank.runtime import environment_info, torch_threads
 from gatrank.training.checkpoint import best_checkpoint, load_resume
 from gatrank.training.epoch import (
@@ -41,7 +42,6 @@ from gatrank.training.epoch import (
     format_record,
     train_epoch,
 )
-from gatrank.metrics import paired_bootstrap, ranking_metrics
 from gatrank.training.scoring import predict, split_metrics
 from gatrank.training.setup import Setup, set_up
 from gatrank.training.state import LoopState

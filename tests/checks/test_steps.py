@@ -8,7 +8,7 @@ import torch
 
 from gatrank.checks import steps
 from gatrank.checks.static import check_loss
-from gatrank.checks.verdict import THRESHOLDS, evaluate_verdict
+from gatrank.checks.verdict import THRESHOLDS, evaluate_verdict, margin_sentence
 from gatrank.config import Config
 from gatrank.losses import LN2, make_loss_fn
 
@@ -142,4 +142,4 @@ def test_evaluation_checks_judge_each_fitted_baseline_by_its_bootstrap_interval(
                                               (-0.3, -0.1, "loses to the x baseline"),
                                               (-0.1, 0.1, "shows no difference from the x")])
 def test_margin_sentence_says_which_side_of_the_noise_the_lead_is(low, high, start):
-    assert steps.margin_sentence("x", _margin((low + high) / 2, low, high)).startswith(start)
+    assert margin_sentence("x", _margin((low + high) / 2, low, high)).startswith(start)
