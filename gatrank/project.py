@@ -54,6 +54,15 @@ NOTEBOOKS: tuple[str, ...] = (
 )
 """The notebooks in the runbook's order (each one step of it): the order of the suite's report."""
 
+STEPS: dict[str, str] = {
+    "01_data_checks": "Step 2B: data pipeline",
+    "02_loss_tests": "Step 2A: loss function",
+    "03_overfit": "Step 1: overfit test",
+    "04_full_train": "Step 3: full training",
+    "05_eval": "Enhanced evaluation",
+}
+"""The runbook step each notebook implements."""
+
 NEEDS: dict[str, tuple[str, ...]] = {"05_eval": ("04_full_train",)}
 """Notebooks that read another's output (05_eval scores 04_full_train's checkpoint): the suite
 starts them only once those have finished. The others need nothing from each other."""

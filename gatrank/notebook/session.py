@@ -33,7 +33,7 @@ from gatrank.datasets import default_manifest, load_data, with_source
 from gatrank.io import write_json
 from gatrank.notebook.display import setup
 from gatrank.notebook.results import check_dicts
-from gatrank.project import project_root
+from gatrank.project import STEPS, project_root
 from gatrank.training import train
 
 __all__ = [
@@ -49,14 +49,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-STEPS: dict[str, str] = {
-    "01_data_checks": "Step 2B: data pipeline",
-    "02_loss_tests": "Step 2A: loss function",
-    "03_overfit": "Step 1: overfit test",
-    "04_full_train": "Step 3: full training",
-    "05_eval": "Enhanced evaluation",
-}
-"""The runbook step each notebook implements."""
 
 
 # --------------------------------------------------------------------------- paths and config

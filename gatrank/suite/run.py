@@ -41,10 +41,8 @@ from typing import Any
 import yaml
 
 from gatrank import __version__
-from gatrank.data import is_dataset_file
 from gatrank.io import atomic_write_text, write_json
-from gatrank.notebook.session import STEPS
-from gatrank.project import HEADLESS_ENV, NEEDS, NOTEBOOKS, notebook_folders, project_root
+from gatrank.project import HEADLESS_ENV, NEEDS, NOTEBOOKS, STEPS, notebook_folders, project_root
 from gatrank.suite.export import export_html, prune_widget_state
 from gatrank.suite.index import render_index
 from gatrank.suite.kernel import KernelSupply, adopting, import_lines, start_kernel
@@ -323,6 +321,10 @@ def _overrides(manifest: str | Path | None, dataset: str | None,
         overrides["manifest"] = str(Path(manifest).expanduser().resolve())
         overrides["dataset"] = ""
     if dataset:
+        # deferred: gatrank.data imports torch (4 s here), which this process, starting and
+        # watching kernels, otherwise never needs
+        from gatrank.data import is_dataset_file
+
         overrides["dataset"] = (str(Path(dataset).expanduser().resolve())
                                 if is_dataset_file(dataset) else dataset)
         overrides["manifest"] = ""

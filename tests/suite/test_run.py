@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -174,3 +176,16 @@ def test_independent_notebooks_overlap_and_a_needed_one_finishes_first(tmp_path,
     assert any(ln.startswith("  start b_fast") and "a_slow" in ln for ln in lines), lines
     assert [ln.split()[1] for ln in lines if ln.startswith("[")] == ["b_fast", "a_slow",
                                                                      "c_after"]
+
+
+def test_the_suite_process_never_imports_torch():
+    """The process that starts and watches the kernels needs no torch (4 s to import on 2
+    cores, on the suite's critical path before the first kernel starts); the kernels import
+    it themselves."""
+    code = ("import sys; from gatrank.cli import parser; import gatrank.suite.run; "
+            "from gatrank.suite.run import _overrides; "
+            "_overrides(None, None, {'seed': 1}, __import__('pathlib').Path('out')); "
+            "print('torch' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert res.stdout.split() == ["False"], res.stderr
