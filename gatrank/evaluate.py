@@ -18,7 +18,7 @@ from gatrank.config import Config
 from gatrank.data import split_indices
 from gatrank.datasets import load_data, with_source
 from gatrank.io import atomic_write_text, write_json
-from gatrank.metrics import grouped_metrics, paired_bootstrap, ranking_metrics
+from gatrank.metrics import bootstrap_intervals, grouped_metrics, paired_bootstrap, ranking_metrics
 from gatrank.offline import write_plotly_js
 from gatrank.runtime import resolve_device
 from gatrank.training import predict
@@ -48,6 +48,16 @@ class EvalResult:
     margins: dict[str, dict[str, Any]] = field(default_factory=dict)
     """The model's Spearman lead over each fitted baseline on the split, with its paired
     bootstrap interval (:func:`gatrank.metrics.paired_bootstrap`)."""
+    intervals: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    """The model's and each baseline's Spearman and pairwise accuracy on the split with a 95%
+    bootstrap interval over its graphs (:func:`gatrank.metrics.bootstrap_intervals`)."""
+
+    def interval_table(self) -> pd.DataFrame:
+        """Model and baselines as rows; per metric its value and interval as ``v [lo, hi]``."""
+        return pd.DataFrame.from_dict(
+            {who: {m: f"{iv['value']:.3f} [{iv['low']:.3f}, {iv['high']:.3f}]"
+                   for m, iv in per.items()} for who, per in self.intervals.items()},
+            orient="index")
 
     def table(self) -> pd.DataFrame:
         """Model and baselines as rows, metrics as columns."""
@@ -176,18 +186,21 @@ def evaluate_checkpoint(
     for col in ("smiles", "group", "split"):
         if col in table and table[col].notna().any():
             preds[col] = table[col].values
-    base, fits, margins = {}, {}, {}
+    base, fits, margins, scorers = {}, {}, {}, {"model": s}
     if baselines:
         scores, fits = _baselines(gs, idx, train_idx, val_idx, config, config.training.seed)
         for name, b in scores.items():
             base[name] = ranking_metrics(b, y, tie_eps=tie_eps, k=k)
+            scorers[name] = b
             if name in fits:
                 margins[name] = paired_bootstrap(s, b, y, seed=config.training.seed)
+    intervals = bootstrap_intervals(scorers, y, seed=config.training.seed, tie_eps=tie_eps)
     grouped = None
     if "group" in preds:
         grouped = grouped_metrics(s, y, preds["group"].tolist(), tie_eps=tie_eps, k=k)
     result = EvalResult(metrics=metrics, baselines=base, predictions=preds, grouped=grouped,
-                        split=split, baseline_fits=fits, margins=margins)
+                        split=split, baseline_fits=fits, margins=margins,
+                        intervals=intervals)
     if out_dir:
         _write_eval(result, Path(out_dir), checkpoint, gs, shared_plotly_js)
     return result
@@ -211,6 +224,7 @@ def _write_eval(result: EvalResult, out: Path, checkpoint, gs,
             "baselines": result.baselines,
             "baseline_fits": result.baseline_fits,
             "margins": result.margins,
+            "intervals": result.intervals,
             "grouped": result.grouped,
         },
     )

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,6 +34,7 @@ __all__ = [
     "ranking_metrics",
     "grouped_metrics",
     "paired_bootstrap",
+    "bootstrap_intervals",
     "layer_name",
     "grad_norms",
     "embedding_stats",
@@ -217,6 +218,28 @@ def _row_spearman(s: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.divide(num, den, out=np.zeros_like(num), where=den > 1e-12)
 
 
+def _resamples(n: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
+    """Chunks of bootstrap resamples of ``n`` items (rows of indices drawn with replacement),
+    ``n_boot`` rows in all, at most ~2M indices per chunk: the same rows for the same seed."""
+    rng = np.random.default_rng(seed)
+    chunk = max(1, 2_000_000 // max(n, 1))
+    for start in range(0, n_boot, chunk):
+        rows = min(chunk, n_boot - start)
+        yield rng.integers(n, size=(rows, n)) if n else np.zeros((rows, 0), dtype=np.int64)
+
+
+def _check_level(level: float) -> None:
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+
+
+def _interval(boots: np.ndarray, level: float, n: int) -> tuple[float, float]:
+    if n < 2:
+        return 0.0, 0.0
+    low, high = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2]).tolist()
+    return float(low), float(high)
+
+
 def paired_bootstrap(scores_a: Any, scores_b: Any, targets: Any, *, n_boot: int = 2000,
                      level: float = 0.95, seed: int = 0) -> dict[str, Any]:
     """Spearman of ``scores_a`` minus Spearman of ``scores_b`` on the same items, with a
@@ -231,23 +254,90 @@ def paired_bootstrap(scores_a: Any, scores_b: Any, targets: Any, *, n_boot: int 
     if not len(a) == len(b) == len(y):
         raise ValueError(f"scores_a ({len(a)}), scores_b ({len(b)}) and targets ({len(y)}) "
                          "differ in length")
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
+    _check_level(level)
     n = len(y)
     diff = spearman(a, y) - spearman(b, y)
     boots = np.empty(n_boot)
-    rng = np.random.default_rng(seed)
-    chunk = max(1, 2_000_000 // max(n, 1))
-    for start in range(0, n_boot, chunk):
-        idx = rng.integers(n, size=(min(chunk, n_boot - start), n)) if n else \
-            np.zeros((0, 0), dtype=np.int64)
+    done = 0
+    for idx in _resamples(n, n_boot, seed):
         yy = y[idx]
-        boots[start:start + len(idx)] = _row_spearman(a[idx], yy) - _row_spearman(b[idx], yy)
-    low, high = (np.quantile(boots, [(1 - level) / 2, (1 + level) / 2]).tolist() if n >= 2
-                 else (0.0, 0.0))
-    return {"metric": "spearman", "difference": float(diff), "low": float(low),
-            "high": float(high), "level": level, "n_boot": n_boot, "n": n,
-            "better": bool(low > 0), "worse": bool(high < 0)}
+        boots[done:done + len(idx)] = _row_spearman(a[idx], yy) - _row_spearman(b[idx], yy)
+        done += len(idx)
+    low, high = _interval(boots, level, n)
+    return {"metric": "spearman", "difference": float(diff), "low": low, "high": high,
+            "level": level, "n_boot": n_boot, "n": n, "better": bool(low > 0),
+            "worse": bool(high < 0)}
+
+
+_DENSE_PAIRS_MAX_N = 1_000
+"""Up to this many items a resample's pairs are compared all at once (n^2 per resample, in
+chunks of ~4M pairs); above it each resample is counted in O(n log n) by :func:`_pair_counts`."""
+
+
+def _row_pairwise_accuracy(s: np.ndarray, y: np.ndarray, tie_eps: float) -> np.ndarray:
+    """:func:`pairwise_accuracy` of each row of ``s`` against the same row of ``y``."""
+    rows, n = s.shape
+    if n > _DENSE_PAIRS_MAX_N:
+        counts = (_pair_counts(a, t, tie_eps) for a, t in zip(s, y, strict=True))
+        return np.array([c / t if t else 0.5 for c, t in counts])
+    out = np.empty(rows)
+    step = max(1, 4_000_000 // max(n * n, 1))
+    for k in range(0, rows, step):
+        ss, yy = s[k:k + step], y[k:k + step]
+        counted = (yy[:, :, None] - yy[:, None, :]) > tie_eps  # [b, hi, lo]
+        ds = ss[:, :, None] - ss[:, None, :]
+        total = counted.sum((1, 2))
+        correct = (counted & (ds > 0)).sum((1, 2)) + 0.5 * (counted & (ds == 0)).sum((1, 2))
+        out[k:k + step] = np.divide(correct, total, out=np.full(len(total), 0.5),
+                                    where=total > 0)
+    return out
+
+
+_ROW_METRICS = {
+    "spearman": lambda s, y, tie_eps: _row_spearman(s, y),
+    "pairwise_accuracy": _row_pairwise_accuracy,
+}
+
+
+def bootstrap_intervals(scorers: Mapping[str, Any], targets: Any, *,
+                        metrics: Sequence[str] = ("spearman", "pairwise_accuracy"),
+                        n_boot: int = 2000, level: float = 0.95, seed: int = 0,
+                        tie_eps: float = 1e-6) -> dict[str, dict[str, dict[str, Any]]]:
+    """Each scorer's metrics on ``targets`` with a percentile bootstrap interval: the items
+    are resampled with replacement, the same resamples for every scorer (so two scorers'
+    intervals are comparable; for their difference use :func:`paired_bootstrap`).
+
+    Returns ``{scorer: {metric: {"value", "low", "high", "level", "n_boot", "n"}}}``; the
+    ``value`` is the metric on all items, as :func:`ranking_metrics` reports it.
+    """
+    unknown = [m for m in metrics if m not in _ROW_METRICS]
+    if unknown:
+        raise ValueError(f"no bootstrap for metric(s) {unknown}; use {sorted(_ROW_METRICS)}")
+    _check_level(level)
+    y = _np(targets)
+    n = len(y)
+    arrays = {name: _np(s) for name, s in scorers.items()}
+    for name, s in arrays.items():
+        if len(s) != n:
+            raise ValueError(f"scorer {name!r} has {len(s)} scores for {n} targets")
+    boots = {(name, m): np.empty(n_boot) for name in arrays for m in metrics}
+    done = 0
+    for idx in _resamples(n, n_boot, seed):
+        yy = y[idx]
+        for name, s in arrays.items():
+            for m in metrics:
+                boots[name, m][done:done + len(idx)] = _ROW_METRICS[m](s[idx], yy, tie_eps)
+        done += len(idx)
+    whole = {"spearman": lambda s: spearman(s, y),
+             "pairwise_accuracy": lambda s: pairwise_accuracy(s, y, tie_eps=tie_eps)}
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for name, s in arrays.items():
+        out[name] = {}
+        for m in metrics:
+            low, high = _interval(boots[name, m], level, n)
+            out[name][m] = {"value": float(whole[m](s)), "low": low, "high": high,
+                            "level": level, "n_boot": n_boot, "n": n}
+    return out
 
 
 def layer_name(param_name: str) -> str:

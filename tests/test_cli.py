@@ -320,8 +320,11 @@ def test_train_and_eval_report_the_fitted_baselines_and_the_models_lead(tmp_path
     out = capsys.readouterr().out
     assert re.search(r"^fingerprint +\d", out, re.M) and re.search(r"^linear +\d", out, re.M)
     assert len(re.findall(r"^the model .* baseline .*\d+ graphs\)$", out, re.M)) == 2
+    assert "with 95% bootstrap intervals over the split's graphs:" in out
+    assert re.search(r"^model +-?\d\.\d{3} \[-?\d\.\d{3}, -?\d\.\d{3}\] ", out, re.M), out
     written = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert set(written["margins"]) == {"linear", "fingerprint"}
+    assert set(written["intervals"]) == {"model", "constant", "random", "linear", "fingerprint"}
 
 
 def test_eval_on_graph_files_says_why_there_is_no_fingerprint_baseline(data, capsys):

@@ -13,6 +13,7 @@ from torch_geometric.data import Batch
 
 from gatrank.config import ModelConfig
 from gatrank.metrics import (
+    bootstrap_intervals,
     embedding_stats,
     grad_norms,
     grouped_metrics,
@@ -184,6 +185,54 @@ def test_paired_bootstrap_is_seeded_and_checks_its_input():
         paired_bootstrap(a, b[:49], y)
     with pytest.raises(ValueError, match="level must be in"):
         paired_bootstrap(a, b, y, level=95)
+
+
+def test_bootstrap_rows_of_pairwise_accuracy_are_the_metric_on_each_resample(monkeypatch):
+    import gatrank.metrics as M
+
+    rng = np.random.default_rng(4)
+    # integer scores and targets: score ties and target ties both occur
+    s = rng.integers(0, 4, size=(6, 25)).astype(float)
+    y = rng.integers(0, 6, size=(6, 25)).astype(float)
+    want = [pairwise_accuracy(s[r], y[r], tie_eps=0.5) for r in range(6)]
+    assert M._row_pairwise_accuracy(s, y, 0.5).tolist() == pytest.approx(want)
+    # the O(n log n) path for long resamples gives the same values
+    monkeypatch.setattr(M, "_DENSE_PAIRS_MAX_N", 10)
+    assert M._row_pairwise_accuracy(s, y, 0.5).tolist() == pytest.approx(want)
+    # a resample of one repeated item has no countable pair: 0.5, as pairwise_accuracy says
+    assert M._row_pairwise_accuracy(np.ones((1, 4)), np.ones((1, 4)), 1e-6).tolist() == [0.5]
+
+
+def test_bootstrap_intervals_cover_the_value_and_narrow_with_more_items():
+    rng = np.random.default_rng(5)
+
+    def width(n):
+        y = rng.normal(size=n)
+        res = bootstrap_intervals({"m": y + rng.normal(size=n), "const": np.zeros(n)}, y,
+                                  n_boot=400, seed=1)
+        for metric in ("spearman", "pairwise_accuracy"):
+            iv = res["m"][metric]
+            assert iv["low"] < iv["value"] < iv["high"] and iv["n"] == n
+        # a constant model has no spread to resample: exactly 0 and 0.5 on every resample
+        assert (res["const"]["spearman"]["low"], res["const"]["spearman"]["high"]) == (0, 0)
+        pa = res["const"]["pairwise_accuracy"]
+        assert (pa["low"], pa["value"], pa["high"]) == (0.5, 0.5, 0.5)
+        return res["m"]["spearman"]["high"] - res["m"]["spearman"]["low"]
+
+    assert width(800) < 0.6 * width(80)
+
+
+def test_bootstrap_intervals_values_are_the_metrics_and_input_is_checked():
+    rng = np.random.default_rng(6)
+    y, a = rng.normal(size=(2, 60))
+    res = bootstrap_intervals({"a": a}, y, n_boot=100, tie_eps=1e-6)
+    assert res["a"]["spearman"]["value"] == pytest.approx(spearman(a, y))
+    assert res["a"]["pairwise_accuracy"]["value"] == pytest.approx(pairwise_accuracy(a, y))
+    assert res == bootstrap_intervals({"a": a}, y, n_boot=100)
+    with pytest.raises(ValueError, match=r"scorer 'b' has 59 scores for 60 targets"):
+        bootstrap_intervals({"a": a, "b": a[:59]}, y)
+    with pytest.raises(ValueError, match=r"no bootstrap for metric\(s\) \['ndcg@10'\]"):
+        bootstrap_intervals({"a": a}, y, metrics=("ndcg@10",))
 
 
 def test_score_stats_and_bundle():

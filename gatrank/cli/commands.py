@@ -32,6 +32,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     print(f"split: {res.split} ({len(res.predictions)} graphs)")
     print(res.table().to_string(float_format=lambda v: f"{v:.4f}"))
+    if res.intervals:
+        level = next(iter(next(iter(res.intervals.values())).values()))["level"]
+        print(f"\nwith {level:.0%} bootstrap intervals over the split's graphs:")
+        print(res.interval_table().to_string())
     _print_baselines(res.baseline_fits, res.margins)
     if res.grouped and res.grouped["mean"]:
         print(f"\nmean over {len(res.grouped['per_group'])} groups:")

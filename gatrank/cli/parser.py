@@ -61,7 +61,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="",
                    help="write metrics.jsonl, summary.json and checkpoints here")
     p.add_argument("--no-baseline", action="store_true",
-                   help="full training: skip the linear baseline trained beside the model")
+                   help="full training: skip the baselines fitted beside the model")
     p.add_argument("--on-error", choices=["raise", "skip"], default=None,
                    help="bad manifest rows: stop and list them (raise) or drop and report (skip)")
     p.add_argument("--allow-outside-root", action="store_true",

@@ -137,6 +137,15 @@ def test_full_training_writes_metrics_checkpoints_and_baseline(chembl_small, tmp
     assert set(ev.baselines) == {"constant", "random", "linear", "fingerprint"}
     assert set(ev.margins) == {"linear", "fingerprint"} == set(ev.baseline_fits)
     assert ev.baselines["constant"]["pairwise_accuracy"] == 0.5
+    # every scorer's interval is around its own metric on the split
+    assert set(ev.intervals) == {"model", *ev.baselines}
+    for who, per in ev.intervals.items():
+        got = ev.metrics if who == "model" else ev.baselines[who]
+        for metric in ("spearman", "pairwise_accuracy"):
+            iv = per[metric]
+            assert iv["value"] == pytest.approx(got[metric])
+            assert iv["low"] <= iv["value"] <= iv["high"]
+    assert ev.interval_table().loc["constant", "pairwise_accuracy"] == "0.500 [0.500, 0.500]"
     html = (tmp_path / "ev" / "scatter.html").read_text()
     # plotly.js is embedded: no external <script src=...> (the bundle itself mentions its CDN
     # only as a default for map data, which these plots do not use).
