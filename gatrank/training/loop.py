@@ -350,7 +350,7 @@ def _baselines(s: Setup) -> dict[str, Any]:
     baseline how it was fitted (or why it was skipped), its test metrics and the model's
     Spearman lead over it with its paired bootstrap interval (``summary["baselines"]``)."""
     if s.tc.enable_debug_logs and s.main:
-        logger.info("baselines fitted to convergence on the same splits:")
+        logger.info("fitting the baselines to convergence on the same splits")
     fitted = fit_baselines(s.graphs, s.splits, tie_eps=s.tie_eps, seed=s.tc.seed)
     test = list(s.splits.get("test", []))
     pred = predict(s.net, [s.graphs[i] for i in test], s.device) if test else None
