@@ -145,11 +145,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             code = f" ({f['user_code']})" if f["user_code"] else ""
             print(f"{f['name']:<24} {f['cause']:<24} [{f['where']}] {f['description']}{code}")
         return 0
-    opts = DoctorOptions(n=args.n)
+    opts = DoctorOptions(n=args.n, verify=not args.no_verify)
     if args.zoo_table:
         def show(r: ZooResult) -> None:
             print(f"{r.name:<34} {'ok   ' if r.ok else 'WRONG'} {r.verdict:<18} "
-                  f"{', '.join(r.named[:3]) or '-'}  ({r.seconds:.1f}s)", flush=True)
+                  f"{', '.join(r.named[:3]) or '-'}  fix: {r.fix}  ({r.seconds:.1f}s)",
+                  flush=True)
 
         results = run_zoo(zoo_graphs(args.zoo_graphs), options=opts, n=args.zoo_graphs,
                           on_result=show)
@@ -170,6 +171,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, report.to_dict())
         print(f"wrote {args.json}")
+    if args.write_fix:
+        from gatrank.doctor.handover import write_fix
+
+        files = write_fix(report, args.write_fix)
+        print(f"wrote the verified fix of {report.verified_fixes[0]['cause']}: "
+              + ", ".join(str(f) for f in files) if files else
+              f"no fix was verified: nothing written to {args.write_fix}"
+              + (" (--no-verify)" if args.no_verify else ""))
     return 0 if report.verdict == "healthy" else EXIT_PROBLEMS
 
 

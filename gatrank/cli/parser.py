@@ -163,6 +163,11 @@ def _add_doctor(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--list-faults", action="store_true", help="list the fault zoo and exit")
     p.add_argument("--seed", type=int, default=None, help="override training.seed")
     p.add_argument("--n", type=int, default=32, help="graphs in the overfit test (runbook: 32)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="do not re-run the overfit test with each top cause's fix applied")
+    p.add_argument("--write-fix", default="", metavar="DIR",
+                   help="write the first verified fix into DIR: config.yaml (loadable by "
+                        "--config), apply_fix.py for a data or model change, fix.json")
     p.add_argument("--zoo-table", default="", metavar="PAGE",
                    help="run the doctor on every fault (and the healthy default, 3 seeds) and "
                         "write the confusion table into PAGE, e.g. docs/doctor.md")

@@ -30,6 +30,7 @@ def _confirm(doc: Diagnosis, plans: list[_Plan], base: Callable[..., Config],
     for label, overrides, model, cid in plans:
         t0 = doc.begin(f"ablation: {label}")
         run = train_run(doc, label, base(**overrides), idx, stop_on_pass=True, model=model)
+        doc.fix_runs[_key(stage, overrides, model)] = run
         fixed = run.passed or (learn and run.learns)
         doc.add_stage(f"ablation: {label}", "fixes" if fixed else "no change",
                       run.summary(), t0)
@@ -40,9 +41,17 @@ def _confirm(doc: Diagnosis, plans: list[_Plan], base: Callable[..., Config],
                       f"{a['pairwise_accuracy']:.3f}, score std "
                       f"{b.get('score_std', math.nan):.3g} -> {a['score_std']:.3g} (before: "
                       f"{failed.problem()})", 0.95, stage,
-                      fix=_fix_for(doc, cid, overrides), ablation=label)
+                      fix=_fix_for(doc, cid, overrides), ablation=label,
+                      ablation_change={"config": dict(overrides), "model": model or ""})
             return True
     return False
+
+
+def _key(stage: str, overrides: dict[str, Any], model: str | None) -> tuple:
+    """The run's :meth:`gatrank.doctor.fixes.Fix.key`: the fix that makes the same change is
+    verified by this run instead of a new one."""
+    base = "your settings" if stage == "your settings" else "overfit"
+    return (base, tuple(sorted(overrides.items())), "", (), "", model or "")
 
 
 def _fix_for(doc: Diagnosis, cid: str, overrides: dict[str, Any]) -> str:
@@ -103,6 +112,7 @@ def _gatv2_fits(doc: Diagnosis, idx: Sequence[int]) -> bool:
     t0 = doc.begin("ablation: GATv2")
     run = train_run(doc, "GATv2", doc.overfit_cfg(**{"model.conv": "gatv2"}), idx,
                     stop_on_pass=True)
+    doc.fix_runs[_key("ablation", {"model.conv": "gatv2"}, None)] = run
     doc.add_stage("ablation: GATv2", "fixes" if run.passed else "no change",
                   run.summary(), t0)
     if run.passed:
@@ -119,6 +129,7 @@ def _reference_run(doc: Diagnosis, rb: Run, idx: Sequence[int]) -> None:
     label = "the linear baseline" if doc.builtin else "gatrank's GAT in place of your model"
     t0 = doc.begin(f"ablation: {label}")
     run = train_run(doc, label, doc.overfit_cfg(), idx, stop_on_pass=True, model=reference)
+    doc.fix_runs[_key("ablation", {}, reference)] = run
     doc.add_stage(f"ablation: {label}", "fits" if run.passed else "cannot fit",
                   run.summary(), t0)
     learning = (bool(rb.history) and loss_drop(rb.history) >= THRESHOLDS["flag_loss_drop"]

@@ -194,10 +194,21 @@ class Cause:
     ~0.9 = a strong measurement, lower = suspected."""
     stage: str
     measured: dict[str, Any] = field(default_factory=dict)
+    verification: dict[str, Any] | None = None
+    """The fix applied and the overfit test re-run with it (:mod:`gatrank.doctor.fixes`):
+    ``status`` ``verified``, ``not_enough``, ``human`` or ``not_applicable``, the fix, and the
+    run's measurements; None when the fix was not tried (not a top cause, or ``--no-verify``)."""
+
+    @property
+    def verified(self) -> bool:
+        return bool(self.verification) and self.verification["status"] == "verified"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "evidence": self.evidence, "fix": self.fix,
-                "score": round(self.score, 3), "stage": self.stage, "measured": self.measured}
+        d = {"id": self.id, "evidence": self.evidence, "fix": self.fix,
+             "score": round(self.score, 3), "stage": self.stage, "measured": self.measured}
+        if self.verification is not None:
+            d["verification"] = self.verification
+        return d
 
 
 @dataclass
@@ -236,6 +247,9 @@ class DoctorOptions:
     """Graphs in the probe batch of :class:`~gatrank.checks.probes.ModelProbe`."""
     ablations: bool = True
     heldout: bool = True
+    verify: bool = True
+    """Re-run the overfit test with the fix of each of the top causes applied
+    (:func:`gatrank.doctor.fixes.verify_fixes`)."""
     num_threads: int | None = None
     """torch threads while diagnosing (restored after); None: ``training.cpu_threads`` of the
     config (default 1: small graphs run fastest on one thread)."""
@@ -270,6 +284,14 @@ class DoctorReport:
     traces: dict[str, Any] = field(default_factory=dict)
     """Signal traces (:class:`~gatrank.doctor.trace.SignalTrace`) of the overfit graphs:
     ``init`` (before training) and ``end`` (after a failed overfit run); JSON key ``trace``."""
+    config: dict[str, Any] = field(default_factory=dict)
+    """The settings diagnosed (:meth:`gatrank.config.Config.to_dict`, an injected fault's
+    included): what ``--write-fix`` applies a verified config fix to."""
+
+    @property
+    def verified_fixes(self) -> list[dict[str, Any]]:
+        """``{"cause", **verification}`` of every cause whose fix was verified, first first."""
+        return [{"cause": c.id, **c.verification} for c in self.causes if c.verified]
 
     @property
     def cause_ids(self) -> list[str]:
@@ -282,7 +304,7 @@ class DoctorReport:
                 "runbook_verdict": self.runbook_verdict,
                 "stages": [s.to_dict() for s in self.stages], "setup": self.setup,
                 "trace": {k: t.to_dict() for k, t in self.traces.items()},
-                "seconds": round(self.seconds, 2)}
+                "config": self.config, "seconds": round(self.seconds, 2)}
 
     def __str__(self) -> str:
         return self.format_text()
@@ -293,7 +315,9 @@ class DoctorReport:
         if self.causes:
             lines.append("causes, most likely first:")
             for k, c in enumerate(self.causes, 1):
-                lines += [f" {k}. {c.id}  (likelihood {c.score:.2f}, from the {c.stage} stage)",
+                tag = _VERIFICATION_TAG.get((c.verification or {}).get("status", ""), "")
+                lines += [f" {k}. {c.id}  (likelihood {c.score:.2f}, from the {c.stage} "
+                          f"stage{tag})",
                           f"    evidence: {c.evidence}", f"    fix: {c.fix}"]
         elif self.verdict != "healthy" and self.notes:  # e.g. scores not one per graph
             lines.append("no cause id matched: see the notes below")
@@ -331,6 +355,10 @@ class DoctorReport:
                          f"{trace.num_graphs} graphs per module, in forward order):")
             lines += [f"  {line}" for line in trace.format_lines()]
         return lines
+
+
+_VERIFICATION_TAG = {"verified": "; fix verified", "not_enough": "; fix tried, not enough alone",
+                     "human": "; fix needs you", "not_applicable": "; fix not tried"}
 
 
 def _fmt(v: Any) -> str:

@@ -19,6 +19,9 @@ Stages, in order, stopping as soon as the answer is clear:
    GATv2, the linear baseline (gatrank's GAT in place of a user's own model).
 7. **held-out**: the user's settings on more training graphs, scored on graphs it never saw
    (a permutation test against chance).
+8. **verify**: the fix of each of the top three causes applied alone, and the overfit test
+   re-run with it (:mod:`~gatrank.doctor.fixes`): "this change makes your model learn", with
+   the numbers, or "this change alone is not enough"; a fix only a human can make says so.
 
 :func:`diagnose` returns a :class:`DoctorReport`: a verdict and causes ranked most likely
 first, each with the measured evidence and the runbook's fix. :func:`diagnose_history` gives
@@ -57,6 +60,7 @@ from gatrank.doctor.state import Diagnosis
 from gatrank.doctor.symptoms import Run, failure_verdict, lr_symptom, median_grad, symptoms
 from gatrank.doctor.trace import signal_trace
 from gatrank.doctor.usercode import UserFrame, user_files, user_frame
+from gatrank.doctor.verify import verify_fixes
 from gatrank.model import ScoreShapeError
 from gatrank.runtime import torch_threads
 
@@ -253,6 +257,8 @@ def diagnose(
             problems = check_graphs(gs.graphs)
         doc = Diagnosis(gs, cfg, model, loss, model_edit, opts, seed)
         verdict = _run_reported(doc, problems, dropped)
+        if opts.verify and verdict != "healthy" and doc.causes:
+            verify_fixes(doc, doc.ranked())
         causes = doc.ranked()
         if verdict == "healthy" and causes:
             doc.notes += [f"possible issue that did not stop training here: {c.id}: {c.evidence}"
@@ -262,7 +268,8 @@ def diagnose(
     return DoctorReport(verdict=verdict, causes=causes, stages=doc.stages, notes=doc.notes,
                         config_diff=_config_diff(doc.cfg, doc.overfit_cfg()),
                         runbook_verdict=doc.runbook_verdict, setup=setup,
-                        seconds=time.perf_counter() - t_start, traces=dict(doc.traces))
+                        seconds=time.perf_counter() - t_start, traces=dict(doc.traces),
+                        config=doc.cfg.to_dict())
 
 
 def diagnose_history(history: Sequence[dict[str, Any]], *, config: Config | None = None,

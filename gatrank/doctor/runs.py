@@ -55,17 +55,23 @@ def model_factory(doc: Diagnosis,
 
 
 def train_run(doc: Diagnosis, name: str, cfg: Config, idx: Sequence[int], *, stop_on_pass: bool,
-              model: str | None = None, keep: list[nn.Module] | None = None) -> Run:
+              model: str | None = None, keep: list[nn.Module] | None = None,
+              patient: bool = False) -> Run:
     """Train on ``idx`` with ``cfg``; stops once the criteria pass or the loss stalls.
     ``model`` names a reference model in place of the user's (see :func:`model_factory`).
-    The trained model is appended to ``keep`` when given."""
+    The trained model is appended to ``keep`` when given. ``patient``: a stalled loss stops the
+    run only while a red flag stands (a run that learns slowly gets the whole budget, as the
+    runbook's overfit test does)."""
     records: list[dict[str, Any]] = []
     stall = doc.opts.stall_epochs
 
     def watch(rec: dict[str, Any]) -> None:
         records.append(rec)
-        if stop_on_pass and len(records) > 1 and evaluate_verdict(records).passed:
+        verdict = evaluate_verdict(records) if len(records) > 1 else None
+        if stop_on_pass and verdict is not None and verdict.passed:
             raise _Stop("criteria met")
+        if patient and verdict is not None and not verdict.red_flags:
+            return
         if plateau(records, stall):
             raise _Stop(f"loss plateaued: no 1% improvement in the {stall} epochs "
                         f"before epoch {rec['epoch']}")

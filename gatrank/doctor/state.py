@@ -56,6 +56,9 @@ class Diagnosis:
         ``init`` (the model stage's model) and ``end`` (after a failed overfit run)."""
         self.trace_batch: Any = None
         """The batch of the overfit graphs every trace runs on."""
+        self.fix_runs: dict[tuple, Any] = {}
+        """Runs that changed one thing (ablations, verified fixes) by
+        :meth:`gatrank.doctor.fixes.Fix.key`: a fix an ablation already ran is not re-run."""
         self.stage = "data"
         """The stage running now (named in a ``user_code_error``)."""
         self.stage_t0 = time.perf_counter()
@@ -78,9 +81,13 @@ class Diagnosis:
         old.measured.update(measured)
 
     def ranked(self) -> list[Cause]:
-        """The causes, most likely first (ties in the order of :data:`CAUSES`)."""
+        """The causes, most likely first (ties in the order of :data:`CAUSES`); once fixes are
+        verified, a cause whose fix passed the overfit test ranks above the ones whose fix did
+        not or was not tried, except a certain one (likelihood 1: a definitive check, e.g. a
+        shape bug only a human can fix), which stays first."""
         order = list(CAUSES)
-        return sorted(self.causes.values(), key=lambda c: (-c.score, order.index(c.id)))
+        return sorted(self.causes.values(), key=lambda c: (c.score < 1.0, not c.verified,
+                                                           -c.score, order.index(c.id)))
 
     def strongest(self) -> float:
         """The score of the most likely cause so far (0 for none)."""

@@ -45,6 +45,22 @@ class ZooResult:
     report: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
+    def fix(self) -> str:
+        """What verification said of the first cause's fix, in a few words: ``verified
+        (epoch 40)``, ``needs a human``, ``not enough``; ``-`` without causes or
+        verification."""
+        causes = self.report.get("causes") or []
+        rec = causes[0].get("verification") if causes else None
+        if not rec:
+            return "-"
+        status = rec["status"]
+        if status == "verified":
+            return f"verified (epoch {rec['epoch']})" if rec.get("epoch") else \
+                f"verified (learns, {rec.get('epochs_run')} epochs)"
+        return {"human": "needs a human", "not_enough": "not enough",
+                "consequence": "another cause's", "not_applicable": "not tried"}[status]
+
+    @property
     def ok(self) -> bool:
         """Healthy: no cause named. Fault: its cause first, or second behind an overlapping
         cause listed in ``Fault.also``."""
@@ -112,13 +128,13 @@ def zoo_markdown(results: Sequence[ZooResult]) -> str:
     """The confusion table as Markdown: one row per fault with the causes named, then the
     matrix of expected cause (rows) against the cause named first (columns)."""
     lines = ["| fault | injected into | expected cause | causes named, most likely first | "
-             "verdict | right | seconds |", "|---|---|---|---|---|---|---|"]
+             "verdict | right | fix verified | seconds |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
         where = FAULTS[r.name].where if r.name in FAULTS else "-"
         named = ", ".join(f"`{c}`" for c in r.named[:4]) or "none"
         expected = f"`{r.expected}`" if r.expected else "none"
         lines.append(f"| {r.name} | {where} | {expected} | {named} | {r.verdict} | "
-                     f"{'yes' if r.ok else '**no**'} | {r.seconds:.1f} |")
+                     f"{'yes' if r.ok else '**no**'} | {r.fix} | {r.seconds:.1f} |")
     rows = list(dict.fromkeys(r.expected or "none" for r in results))
     cols = list(dict.fromkeys([*rows, *(r.named[0] if r.named else "none" for r in results)]))
     counts: dict[tuple[str, str], int] = {}
