@@ -158,6 +158,7 @@ def test_overfit_notebook_with_tiny_parameters_records_a_passing_verdict(tmp_pat
     assert names == RUNBOOK_CRITERIA | RUNBOOK_RED_FLAGS
     assert verdict["passed"] and verdict["red_flags"] == [] and res["label"] == "PASS"
     assert res["causes"] == []  # a passing run names no cause
+    assert res["fixes"] == []  # and has nothing to verify
     # the recorded checks are the verdict's plus Step 2C, and agree with the final metrics
     by_name = {c["name"]: c for c in res["checks"]}
     assert set(by_name) == names | {"embedding_spread"}
@@ -210,6 +211,14 @@ def test_overfit_notebook_that_fails_shows_and_records_the_doctors_causes(tmp_pa
     cell = next(c for c in nb.cells if "nb.show_causes(" in c.source)
     shown = "".join(o.get("data", {}).get("text/html", "") for o in cell.outputs)
     assert "learning_rate_too_low" in shown and "gatrank doctor --manifest" in shown
+    # the doctor applied its fix (the runbook's learning rate) and re-ran the test with it
+    first = res["fixes"][0]
+    assert (first["cause"], first["status"]) == ("learning_rate_too_low", "verified"), res
+    assert "1e-07 -> 0.005" in first["fix"]
+    cell = next(c for c in nb.cells if "nb.show_fixes(" in c.source)
+    shown = "".join(o.get("data", {}).get("text/html", "") for o in cell.outputs)
+    assert "learning_rate_too_low" in shown and "verified" in shown
+    assert "<pre>training:\n  learning_rate: 0.005" in shown  # the config to copy
 
 
 @pytest.mark.slow

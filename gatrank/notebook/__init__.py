@@ -28,6 +28,7 @@ from gatrank.notebook.display import (
     show,
     show_causes,
     show_checks,
+    show_fixes,
     show_grouped,
     show_results,
     sortable_table,
@@ -37,13 +38,14 @@ from gatrank.notebook.results import (
     check_dicts,
     checkpoint_check,
     eval_results,
+    fix_rows,
     full_train_results,
     init_loss_metrics,
     margins_table,
     overfit_results,
     training_outcome,
 )
-from gatrank.notebook.runs import run_checkpoint, train_or_read
+from gatrank.notebook.runs import run_checkpoint, train_or_read, verify_fixes
 from gatrank.notebook.session import (
     STEPS,
     NotebookRun,
@@ -77,6 +79,7 @@ __all__ = [
     "checkpoint_for_eval",
     "train_or_read",
     "run_checkpoint",
+    "verify_fixes",
     # the signal trace
     "initial_model",
     "overfit_traces",
@@ -87,6 +90,7 @@ __all__ = [
     "checks_table",
     "show_checks",
     "show_causes",
+    "show_fixes",
     "show_grouped",
     "show_results",
     "config_table",
@@ -102,6 +106,7 @@ __all__ = [
     "check_dicts",
     "init_loss_metrics",
     "overfit_results",
+    "fix_rows",
     "training_outcome",
     "baseline_table",
     "checkpoint_check",

@@ -22,7 +22,7 @@ from plotly.io.json import to_json_plotly
 
 from gatrank.checks.verdict import Check
 from gatrank.config import Config
-from gatrank.notebook.results import check_dicts
+from gatrank.notebook.results import check_dicts, fix_rows
 from gatrank.plots import metrics_bars
 
 __all__ = [
@@ -195,6 +195,53 @@ def show_causes(report: Any, *, command: str = "gatrank doctor") -> None:
         f"Likely causes, most likely first (for static checks and ablations that tell them "
         f"apart, run <code>{html.escape(command)}</code>):</p>"
         f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"))
+
+
+def show_fixes(report: Any, *, passed: bool) -> None:
+    """The verified fixes of a :class:`gatrank.doctor.DoctorReport` (from
+    :func:`gatrank.notebook.verify_fixes`): per top cause the change applied, whether the
+    overfit test then passes and at which epoch, with the measured values; then the verified
+    config as YAML to copy into yours (no button: select the block). One line when there is
+    nothing to verify."""
+    if not in_ipython():
+        return
+    if report is None:
+        display(HTML("<p>" + ("The overfit test passed: there is no fix to verify."
+                              if passed else "Fix verification is off (verify_fixes: false)."
+                              ) + "</p>"))
+        return
+    rows = fix_rows(report)
+    if not rows:
+        display(HTML(f"<p>The doctor ({html.escape(report.verdict)}) found no cause whose fix "
+                     "could be tried.</p>"))
+        return
+    cells = "".join(
+        "<tr>" + "".join(f"<td style='text-align:{a}'>{html.escape(_cell(r[k]))}</td>"
+                         for k, a in (("cause", "left"), ("result", "left"), ("fix", "left"),
+                                      ("epoch", "right"), ("pairwise_accuracy", "right"),
+                                      ("spearman", "right"), ("score_std", "right"))) + "</tr>"
+        for r in rows)
+    head = "".join(f"<th style='text-align:left'>{h}</th>" for h in (
+        "cause", "result", "change applied", "passes at epoch", "pairwise accuracy",
+        "Spearman", "score std"))
+    display(HTML(f"<table><thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table>"))
+    from gatrank.doctor.handover import fix_config, verified_cause
+
+    cause = verified_cause(report)
+    if cause is not None and cause.verification["fix"].get("config"):
+        import yaml
+
+        text = yaml.safe_dump(fix_config(report, cause, only_changes=True), sort_keys=False)
+        display(HTML(f"<p>The keys the verified fix of <code>{html.escape(cause.id)}</code> "
+                     "changes, to copy into your YAML config (<code>gatrank doctor --write-fix "
+                     "DIR</code> writes your whole config with them as a file):</p>"
+                     f"<pre>{html.escape(text)}</pre>"))
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def config_table(config: Config) -> pd.DataFrame:

@@ -25,6 +25,7 @@ __all__ = [
     "check_dicts",
     "init_loss_metrics",
     "overfit_results",
+    "fix_rows",
     "training_outcome",
     "baseline_table",
     "checkpoint_check",
@@ -55,10 +56,12 @@ def init_loss_metrics(init: pd.DataFrame) -> dict[str, Any]:
 
 
 def overfit_results(result: TrainResult, verdict: Verdict, reading: DoctorReport, *,
-                    n: int) -> dict[str, Any]:
+                    n: int, fixes: DoctorReport | None = None) -> dict[str, Any]:
     """03_overfit's record: the verdict, the final metrics (:data:`OVERFIT_METRICS`), ``n``,
-    epochs run, training time and the doctor's causes (most likely first); and ``read_from``,
-    the log judged, when nothing was trained."""
+    epochs run, training time, the doctor's causes read from the history (most likely first),
+    ``fixes``: one row per cause of the verifying doctor ``fixes`` whose fix it verified or
+    judged (:func:`fix_rows`; empty without it); and
+    ``read_from``, the log judged, when nothing was trained."""
     final = result.summary["final"]
     return {
         "verdict": verdict.to_dict(),
@@ -67,8 +70,28 @@ def overfit_results(result: TrainResult, verdict: Verdict, reading: DoctorReport
         "epochs_run": result.summary["epochs_run"],
         "train_time_s": result.summary["wall_time_s"],
         "causes": [c.to_dict() for c in reading.causes],
+        "fixes": fix_rows(fixes) if fixes is not None else [],
         **_read_from(result.summary),
     }
+
+
+def fix_rows(report: Any) -> list[dict[str, Any]]:
+    """One row per cause whose fix was tried or judged: cause, result (verified, not enough,
+    needs you...), the change, the epoch the test passed and the measured values."""
+    words = {"verified": "verified", "not_enough": "not enough alone", "human": "needs you",
+             "consequence": "follows from another cause", "not_applicable": "not tried"}
+    rows = []
+    for c in report.causes:
+        rec = c.verification
+        if not rec:
+            continue
+        fix = rec.get("fix", {})
+        rows.append({"cause": c.id, "status": rec["status"], "result": words[rec["status"]],
+                     "fix": fix.get("human") or fix.get("label", "") if rec["status"] in (
+                         "human", "consequence") else fix.get("label", ""),
+                     "epoch": rec.get("epoch"), "pairwise_accuracy": rec.get("pairwise_accuracy"),
+                     "spearman": rec.get("spearman"), "score_std": rec.get("score_std")})
+    return rows
 
 
 def _read_from(summary: Mapping[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from gatrank.notebook.session import NotebookRun, resolve_path
 from gatrank.training import TrainResult, train
 from gatrank.training.history import read_run
 
-__all__ = ["train_or_read", "run_checkpoint"]
+__all__ = ["train_or_read", "run_checkpoint", "verify_fixes"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,3 +48,21 @@ def run_checkpoint(run: NotebookRun, result: TrainResult) -> Path:
     if result.model is None and "source" in result.summary:
         return Path(result.summary["source"]).parent / "best.pt"
     return run.out_dir / "best.pt"
+
+
+def verify_fixes(run: NotebookRun, config: Config, passed: bool, *, n: int,
+                 enabled: bool = True):
+    """When the overfit test failed: :func:`gatrank.doctor.diagnose` on the run's graphs, model
+    and loss with ``config`` as the settings (the notebook's, e.g. its learning rate: the
+    doctor runs the runbook's overfit test beside them), static checks, ablations, then each
+    top cause's fix applied and the test on the first ``n`` graphs re-run with it; no held-out
+    stage. None when the test passed (nothing to fix) or ``enabled`` is False."""
+    if passed or not enabled:
+        return None
+    from gatrank.doctor import DoctorOptions, diagnose
+
+    logger.info("the overfit test failed: verifying the doctor's fixes")
+    settings = config.updated({"training.overfit_n": 0})
+    return diagnose(run.graphs, config=settings, model=run.model or None,
+                    loss=run.loss or None, seed=run.seed,
+                    options=DoctorOptions(n=n, heldout=False))

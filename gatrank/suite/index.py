@@ -76,6 +76,25 @@ def _margins_html(nbs: Any) -> str:
     return f"<h2>The model against the baselines</h2><ul>{''.join(items)}</ul>" if items else ""
 
 
+def _fixes_html(nbs: Any) -> str:
+    """One line per cause whose fix a notebook verified or judged (03_overfit, when its test
+    failed): the change, and whether the overfit test then passed, at which epoch."""
+    items = []
+    for nb in nbs:
+        for r in (nb.get("results") or {}).get("fixes") or []:
+            mark = {"verified": "PASS", "not_enough": "FAIL"}.get(r.get("status"), "WARN")
+            at = f" at epoch {r['epoch']}" if r.get("epoch") else ""
+            measured = (f" (pairwise accuracy {_fmt(r.get('pairwise_accuracy'))}, Spearman "
+                        f"{_fmt(r.get('spearman'))}, score std {_fmt(r.get('score_std'))})"
+                        if r.get("status") in ("verified", "not_enough") else "")
+            items.append(f"<li>{_badge_text(mark, str(r.get('result', '')))} "
+                         f"<strong>{html.escape(str(r.get('cause', '')))}</strong>: "
+                         f"{html.escape(str(r.get('fix', '')))}"
+                         + (f"; the overfit test passes{at}" if r.get("status") == "verified"
+                            else "") + f"{measured}</li>")
+    return f"<h2>Verified fixes</h2><ul>{''.join(items)}</ul>" if items else ""
+
+
 def _badge_text(key: str, text: str) -> str:
     return f'<span class="badge {key}">{html.escape(text)}</span>'
 
@@ -117,7 +136,7 @@ def render_index(summary: Mapping[str, Any]) -> str:
                         f"{e(str(c.get('evidence', '')))} <em>Fix:</em> {e(str(c.get('fix', '')))}"
                         "</li>" for c in causes)
         causes_html = f"<h2>Likely causes</h2><ol>{items}</ol>"
-    causes_html += _margins_html(nbs)
+    causes_html += _fixes_html(nbs) + _margins_html(nbs)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">

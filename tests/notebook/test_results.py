@@ -65,11 +65,27 @@ def test_overfit_results_hold_the_verdict_the_final_metrics_and_the_causes():
     verdict = Verdict(passed=False, checks=[CHECK])
     cause = SimpleNamespace(to_dict=lambda: {"id": "learning_rate_too_low"})
     out = overfit_results(_train_result(), verdict, SimpleNamespace(causes=[cause]), n=8)
-    assert list(out) == ["verdict", "metrics", "n", "epochs_run", "train_time_s", "causes"]
+    assert list(out) == ["verdict", "metrics", "n", "epochs_run", "train_time_s", "causes",
+                         "fixes"]
     assert out["verdict"] == verdict.to_dict()
     assert out["metrics"] == {"loss": 0.1, "spearman": 0.9}  # logged keys only, not "epoch"
     assert (out["n"], out["epochs_run"], out["train_time_s"]) == (8, 60, 1.5)
     assert out["causes"] == [{"id": "learning_rate_too_low"}]
+    assert out["fixes"] == []  # no verifying doctor ran
+    # with the verifying doctor's report: a row per cause it judged, its status in words
+    verified = SimpleNamespace(id="learning_rate_too_low", verification={
+        "status": "verified", "epoch": 40, "pairwise_accuracy": 0.95, "spearman": 0.93,
+        "score_std": 1.5, "fix": {"label": "training.learning_rate 1e-07 -> 0.005"}})
+    human = SimpleNamespace(id="loss_detached", verification={
+        "status": "human", "fix": {"label": "edit the loss", "human": "your loss detaches"}})
+    untried = SimpleNamespace(id="no_signal", verification=None)
+    report = SimpleNamespace(causes=[verified, human, untried])
+    rows = overfit_results(_train_result(), verdict, SimpleNamespace(causes=[cause]), n=8,
+                           fixes=report)["fixes"]
+    assert [(r["cause"], r["result"]) for r in rows] == [
+        ("learning_rate_too_low", "verified"), ("loss_detached", "needs you")]
+    assert rows[0]["fix"] == "training.learning_rate 1e-07 -> 0.005" and rows[0]["epoch"] == 40
+    assert rows[1]["fix"] == "your loss detaches" and rows[1]["spearman"] is None
 
 
 def test_full_training_record_line_table_and_checkpoint_check(tmp_path):

@@ -60,3 +60,24 @@ def test_the_index_says_in_a_line_whether_the_model_beats_each_baseline():
     # without margins (an older run, or evaluation without baselines): no such section
     ev["results"].pop("margins")
     assert "The model against the baselines" not in render_index(_summary([ev]))
+
+
+def test_the_index_lists_the_fixes_03_verified_and_those_that_need_the_user():
+    fixes = [{"cause": "vanishing_gradients", "status": "verified", "result": "verified",
+              "fix": "loss.temperature 10000.0 -> 1.0", "epoch": 40, "pairwise_accuracy": 0.92,
+              "spearman": 0.95, "score_std": 2.5},
+             {"cause": "loss_detached", "status": "human", "result": "needs you",
+              "fix": "edit the loss <here>", "epoch": None, "pairwise_accuracy": None,
+              "spearman": None, "score_std": None}]
+    nb = {"name": "03_overfit", "step": "Step 1", "status": "FAIL", "duration_s": 3.0,
+          "html": "03_overfit.html", "ipynb": "03_overfit.ipynb", "error": "",
+          "results": {"checks": [], "fixes": fixes}}
+    page = render_index(_summary([nb]))
+    items = page.split("<h2>Verified fixes</h2>")[1].split("</ul>")[0].split("<li>")[1:]
+    assert len(items) == 2
+    assert 'badge PASS">verified<' in items[0] and "vanishing_gradients" in items[0]
+    assert "the overfit test passes at epoch 40 (pairwise accuracy 0.92" in items[0]
+    assert 'badge WARN">needs you<' in items[1] and "edit the loss &lt;here&gt;" in items[1]
+    assert "passes" not in items[1]
+    nb["results"]["fixes"] = []  # a passing 03: nothing to verify, no section
+    assert "Verified fixes" not in render_index(_summary([nb]))
