@@ -17,7 +17,7 @@ from pathlib import Path
 from benchmarks.common import REPO_ROOT, Options, Section, machine_info
 from benchmarks.report import console_summary, to_json, write_reports
 
-SECTIONS = ("loss", "metrics", "training", "monitor", "data", "scaling", "suite")
+SECTIONS = ("loss", "metrics", "training", "monitor", "data", "scaling", "suite", "doctor")
 """Benchmark modules in the order they run (cheap and CI-relevant first)."""
 
 logger = logging.getLogger("benchmarks")
