@@ -195,9 +195,10 @@ class Cause:
     stage: str
     measured: dict[str, Any] = field(default_factory=dict)
     verification: dict[str, Any] | None = None
-    """The fix applied and the overfit test re-run with it (:mod:`gatrank.doctor.fixes`):
-    ``status`` ``verified``, ``not_enough``, ``human`` or ``not_applicable``, the fix, and the
-    run's measurements; None when the fix was not tried (not a top cause, or ``--no-verify``)."""
+    """The fix applied and the overfit test re-run with it (:mod:`gatrank.doctor.verify`):
+    ``status`` ``verified``, ``not_enough``, ``human``, ``consequence`` or ``not_applicable``,
+    the fix, and the run's measurements; None when the fix was not tried (not a top cause, or
+    ``--no-verify``)."""
 
     @property
     def verified(self) -> bool:
@@ -249,7 +250,7 @@ class DoctorOptions:
     heldout: bool = True
     verify: bool = True
     """Re-run the overfit test with the fix of each of the top causes applied
-    (:func:`gatrank.doctor.fixes.verify_fixes`)."""
+    (:func:`gatrank.doctor.verify.verify_fixes`)."""
     num_threads: int | None = None
     """torch threads while diagnosing (restored after); None: ``training.cpu_threads`` of the
     config (default 1: small graphs run fastest on one thread)."""
@@ -358,7 +359,8 @@ class DoctorReport:
 
 
 _VERIFICATION_TAG = {"verified": "; fix verified", "not_enough": "; fix tried, not enough alone",
-                     "human": "; fix needs you", "not_applicable": "; fix not tried"}
+                     "human": "; fix needs you", "consequence": "; follows from another cause",
+                     "not_applicable": "; fix not tried"}
 
 
 def _fmt(v: Any) -> str:

@@ -20,7 +20,7 @@ Stages, in order, stopping as soon as the answer is clear:
 7. **held-out**: the user's settings on more training graphs, scored on graphs it never saw
    (a permutation test against chance).
 8. **verify**: the fix of each of the top three causes applied alone, and the overfit test
-   re-run with it (:mod:`~gatrank.doctor.fixes`): "this change makes your model learn", with
+   re-run with it (:mod:`~gatrank.doctor.verify`): "this change makes your model learn", with
    the numbers, or "this change alone is not enough"; a fix only a human can make says so.
 
 :func:`diagnose` returns a :class:`DoctorReport`: a verdict and causes ranked most likely
