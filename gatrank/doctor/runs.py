@@ -56,12 +56,14 @@ def model_factory(doc: Diagnosis,
 
 def train_run(doc: Diagnosis, name: str, cfg: Config, idx: Sequence[int], *, stop_on_pass: bool,
               model: str | None = None, keep: list[nn.Module] | None = None,
-              patient: bool = False) -> Run:
+              patient: bool = False, probe: bool = True) -> Run:
     """Train on ``idx`` with ``cfg``; stops once the criteria pass or the loss stalls.
     ``model`` names a reference model in place of the user's (see :func:`model_factory`).
     The trained model is appended to ``keep`` when given. ``patient``: a stalled loss stops the
     run only while a red flag stands (a run that learns slowly gets the whole budget, as the
-    runbook's overfit test does)."""
+    runbook's overfit test does). ``probe``: measure the model at every logged epoch
+    (:class:`~gatrank.checks.probes.ModelProbe`, which the symptoms read; a verification run
+    only needs the verdict)."""
     records: list[dict[str, Any]] = []
     stall = doc.opts.stall_epochs
 
@@ -89,7 +91,7 @@ def train_run(doc: Diagnosis, name: str, cfg: Config, idx: Sequence[int], *, sto
     try:
         train(cfg, graphs=doc.gs, model=build, loss=doc.loss or None,
               progress=False, splits={"train": list(idx), "val": [], "test": []},
-              callbacks=[watch], probes=[ModelProbe(doc.opts.probe_graphs)])
+              callbacks=[watch], probes=[ModelProbe(doc.opts.probe_graphs)] if probe else [])
     except _Stop as stop:
         out.stopped = stop.reason
     except NonFiniteError as exc:

@@ -125,7 +125,7 @@ def _fixed_run(doc: Diagnosis, fix: Fix, idx: Sequence[int]) -> Run:
         run_doc.model_edit = _then(doc.model_edit, model_edit(fix.edit))
     cfg = (doc.user_cfg if fix.base == "your settings" else doc.overfit_cfg)(**fix.overrides)
     return train_run(run_doc, f"fix: {fix.label}", cfg, idx, stop_on_pass=True,
-                     model=fix.model or None, patient=True)
+                     model=fix.model or None, patient=True, probe=False)
 
 
 def _guarded_run(doc: Diagnosis, fix: Fix, idx: Sequence[int]) -> Run:
