@@ -3,7 +3,8 @@ costs on faults of the zoo.
 
 Everything runs as a user runs it, in subprocesses (``python -m gatrank doctor ...``), after
 the data cache is warmed. Each fault runs with and without ``--no-verify`` in alternating
-order; the difference is what verification added. The reference for "three short overfit
+order; what verification added is the time of the report's verify stages (the wall-time
+difference is shown beside it). The reference for "three short overfit
 runs" is the runbook's full overfit test on the same graphs in the same run (the doctor's own
 seconds for it, from ``gatrank train --overfit-n 32``'s summary). Targets: the doctor on the
 embedded default under 60 s of wall time; verification adds at most three overfit tests' time.
@@ -30,7 +31,7 @@ DOCTOR_TARGET_S = 60.0
 """The doctor on the embedded default, wall time of the command, imports included."""
 VERIFY_RUNS_TARGET = 3.0
 """Verification's added time, in runbook overfit tests (500 epochs on the same 32 graphs)."""
-FAULTS = {"quick": ("huge_temperature", "raw_unit_targets"),
+FAULTS = {"quick": ("raw_unit_targets",),
           "full": ("huge_temperature", "raw_unit_targets", "exploding_init", "zero_init",
                    "layernorm_one_head", "identical_features")}
 
@@ -71,10 +72,13 @@ def run(opts: Options) -> Section:
         title="The doctor: time to a diagnosis, and the cost of verified fixes",
         method=(
             "`python -m gatrank doctor` on the embedded chembl-activity (every stage; healthy, "
-            "so nothing to verify), wall time of the command, imports included, best of 2. "
-            "Then faults of the zoo (`--inject`) with and without `--no-verify`, alternating, "
-            "best of each: what verification added, against the runbook's overfit test "
-            "(500 epochs on the 32 graphs, `gatrank train --overfit-n 32`) in the same run."
+            "so nothing to verify), wall time of the command, imports included, best of 2 (1 "
+            "in quick mode). Then faults of the zoo (`--inject`) with and without "
+            "`--no-verify`, alternating, best of each (quick mode: raw_unit_targets, whose "
+            "verification runs longest, once each): the time of the report's verify stages, "
+            "against the "
+            "runbook's overfit test (500 epochs on the 32 graphs, `gatrank train --overfit-n "
+            "32`) in the same run."
         ),
         columns=["run", "wall s", "verdict", "detail"],
     )
@@ -84,8 +88,9 @@ def run(opts: Options) -> Section:
     try:
         subprocess.run([sys.executable, "-m", "gatrank", "check-data", "-q"], check=True,
                        capture_output=True, cwd=REPO_ROOT, timeout=900)  # warm the cache
+        rounds = 1 if opts.quick else 2  # quick (CI): one of each, the costliest fault
         walls = []
-        for k in range(2):
+        for k in range(rounds):
             wall, rep = _doctor([], root / f"default-{k}.json")
             walls.append(wall)
         default_s = min(walls)
@@ -100,7 +105,7 @@ def run(opts: Options) -> Section:
         for name in FAULTS["quick" if opts.quick else "full"]:
             best: dict[str, float] = {}
             reps: dict[str, dict[str, Any]] = {}
-            for r in range(2):
+            for r in range(rounds):
                 order = ("verify", "no-verify") if r % 2 == 0 else ("no-verify", "verify")
                 for mode in order:
                     extra = ["--no-verify"] if mode == "no-verify" else []
@@ -108,12 +113,15 @@ def run(opts: Options) -> Section:
                                         root / f"{name}-{mode}-{r}.json")
                     if wall < best.get(mode, float("inf")):
                         best[mode], reps[mode] = wall, rep
-            added = max(0.0, best["verify"] - best["no-verify"])
+            # the doctor's own time in its verify stages: the wall-time difference of two
+            # subprocesses adds their start-up noise to a ~10 s quantity
+            added = sum(st["seconds"] for st in reps["verify"]["stages"]
+                        if st["name"].startswith("verify"))
             worst = max(worst, added / overfit_s)
             sec.rows.append({"run": f"gatrank doctor --inject {name}", "wall s": best["verify"],
                              "verdict": reps["verify"]["verdict"],
                              "detail": f"{_first_fix(reps['verify'])}; --no-verify "
-                                       f"{best['no-verify']:.1f} s: verification added "
+                                       f"{best['no-verify']:.1f} s; its verify stages took "
                                        f"{added:.1f} s = {added / overfit_s:.2f} overfit tests"})
     finally:
         shutil.rmtree(root, ignore_errors=True)
