@@ -19,6 +19,7 @@ from torch import nn
 
 from gatrank.checks.static import check_graphs
 from gatrank.config import Config
+from gatrank.doctor.ablations import _setting
 from gatrank.doctor.report import Cause
 from gatrank.doctor.state import Diagnosis
 from gatrank.doctor.symptoms import _FLATTENING
@@ -98,11 +99,6 @@ class Fix:
         if self.detail:
             d["detail"] = dict(self.detail)
         return d
-
-
-def _setting(cfg: Config, dotted: str) -> Any:
-    section, key = dotted.split(".")
-    return getattr(getattr(cfg, section), key)
 
 
 def _config_fix(cfg: Config, overrides: dict[str, Any], base: str = "overfit") -> Fix:
