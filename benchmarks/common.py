@@ -31,7 +31,6 @@ __all__ = [
     "Section",
     "best_time",
     "alternate",
-    "alternate_by_epoch",
     "peak_rss_run",
     "machine_info",
     "fmt",
@@ -142,37 +141,6 @@ def alternate(fns: dict[str, Callable[[], Any]], repeat: int, warmup: int = 1,
             fns[k]()
             best[k] = min(best[k], clock() - t)
     return best
-
-
-def alternate_by_epoch(fns: dict[str, Callable[[list[float]], Any]], repeat: int,
-                       clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
-    """Noise-robust time of each epoch loop, timed in turns as :func:`alternate` does.
-
-    Each function runs a whole training run and appends the ``clock()`` time of each of its
-    epochs to the list it is given. The estimate is the sum over epochs of that epoch's best
-    time across the runs, plus the best time outside the epochs (set-up, final evaluation).
-    On a shared machine a burst of load from elsewhere lasts a second or two: it spoils one or
-    two epochs of a run, where the best of whole runs needs one run that no burst touched.
-    """
-    epochs: dict[str, list[list[float]]] = {k: [] for k in fns}
-    outside = {k: float("inf") for k in fns}
-    order = list(fns)
-    for r in range(repeat):
-        for k in (order if r % 2 == 0 else order[::-1]):
-            gc.collect()
-            times: list[float] = []
-            t = clock()
-            fns[k](times)
-            total = clock() - t
-            epochs[k].append(times)
-            outside[k] = min(outside[k], total - sum(times))
-    out = {}
-    for k, runs in epochs.items():
-        if len({len(r) for r in runs}) != 1:
-            raise RuntimeError(f"{k}: runs timed different numbers of epochs "
-                               f"{[len(r) for r in runs]}")
-        out[k] = outside[k] + sum(min(col) for col in zip(*runs, strict=True))
-    return out
 
 
 _PEAK_TEMPLATE = """

@@ -79,11 +79,11 @@ def interleaved_by_epoch(arms: dict[str, Callable[[], Iterator[None]]], repeat: 
     the other (who goes first alternates by epoch and by round).
 
     Each arm is a generator function that sets up on its first ``next()`` and trains one epoch
-    per later ``next()``. The estimate is :func:`benchmarks.common.alternate_by_epoch`'s: the
-    sum over epochs of that epoch's best time across the ``repeat`` rounds, plus the best
-    set-up time. Interleaving epochs rather than whole runs puts the two measurements of an
-    epoch a fraction of a second apart, so a change of load on a shared machine (seconds
-    long) reaches both; the ratio of two whole runs taken in turns moved by 10% here.
+    per later ``next()``. The estimate is the sum over epochs of that epoch's best time across
+    the ``repeat`` rounds, plus the best set-up time. Interleaving epochs rather than whole
+    runs puts the two measurements of an epoch a fraction of a second apart, so a change of
+    load on a shared machine (seconds long) reaches both; the ratio of two whole runs taken in
+    turns moved by 10% here.
     """
     names = list(arms)
     best_setup = dict.fromkeys(names, float("inf"))

@@ -6,15 +6,14 @@
   agree to rounding.
 - :func:`double_loop_loss`: the textbook double loop over pairs.
 - :func:`pairwise_accuracy_quadratic`, :func:`kendall_tau_b_quadratic`: the O(N^2) definitions.
-- :func:`bare_pyg_loop`: a plain PyG training loop with no diagnostics (and, given validation
-  graphs, the per-epoch model selection every full-training loop has).
+- :func:`bare_pyg_epochs`: a plain PyG training loop with no diagnostics (and, given validation
+  graphs, the per-epoch model selection every full-training loop has), one epoch per step.
 """
 
 from __future__ import annotations
 
 import itertools
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +25,7 @@ __all__ = [
     "double_loop_loss",
     "pairwise_accuracy_quadratic",
     "kendall_tau_b_quadratic",
-    "bare_pyg_loop",
+    "bare_pyg_epochs",
 ]
 
 
@@ -109,7 +108,7 @@ def kendall_tau_b_quadratic(s: np.ndarray, y: np.ndarray, block: int = 1024) -> 
     return (con_minus_dis // 2) / denom if denom else 0.0
 
 
-def bare_pyg_loop(
+def bare_pyg_epochs(
     model: torch.nn.Module,
     graphs: Sequence,
     *,
@@ -122,17 +121,17 @@ def bare_pyg_loop(
     seed: int,
     device: torch.device,
     val_graphs: Sequence = (),
-    epoch_times: list[float] | None = None,
-    clock: Callable[[], float] = time.perf_counter,
-) -> float:
-    """Train ``model`` with a plain PyG loop; returns the wall time of the epochs in seconds.
+) -> Iterator[None]:
+    """A plain PyG training loop as a generator: the first ``next()`` sets up (optimizer,
+    loader, collated validation graphs), each later one trains one epoch; the step after the
+    last epoch loads the best weights and ends it.
 
     Forward, gatrank's loss (the thing being trained, not a diagnostic), backward, the
     runbook's gradient clipping, Adam step; no metrics, logging or checkpoints. With
     ``val_graphs``, model selection as any full-training loop has it: after every epoch the
     validation graphs are scored (collated once), their Spearman computed with scipy, and the
-    best weights kept in memory. With ``epoch_times``, each epoch's ``clock()`` time
-    (training and validation) is appended to it.
+    best weights kept in memory. A generator so that a benchmark can time its epochs in turns
+    with another loop's (:mod:`benchmarks.training`).
     """
     from scipy.stats import spearmanr
     from torch_geometric.loader import DataLoader
@@ -145,9 +144,8 @@ def bare_pyg_loop(
                         generator=torch.Generator().manual_seed(seed))
     val = [b.to(device) for b in DataLoader(list(val_graphs), batch_size=256)]
     best, best_state = -float("inf"), None
-    t = time.perf_counter()
+    yield
     for _ in range(epochs):
-        e0 = clock()
         model.train()
         for batch in loader:
             batch = batch.to(device)
@@ -166,10 +164,8 @@ def bare_pyg_loop(
             if rho > best:
                 best = rho
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if epoch_times is not None:
-            epoch_times.append(clock() - e0)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        yield
     if best_state is not None:
         model.load_state_dict(best_state)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t
