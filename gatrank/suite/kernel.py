@@ -8,7 +8,10 @@ imported instead of paying ~5 s of kernel start and imports after a slot frees u
 
 from __future__ import annotations
 
+import heapq
 import importlib.util
+import itertools
+import json
 import logging
 import os
 import sys
@@ -117,16 +120,24 @@ def adopting(km: KernelManager) -> type[KernelManager]:
 
 def import_lines(notebooks: Sequence[str | Path]) -> list[str]:
     """The top-level ``import``/``from`` lines of the notebooks' code cells, each once, in the
-    order they first appear: what a kernel started ahead of need imports while it waits."""
-    import nbformat  # deferred: seconds to import, and only a suite run needs it
+    order they first appear: what a kernel started ahead of need imports while it waits.
 
+    The notebooks are read as the JSON they are, not with nbformat: importing nbformat takes
+    seconds where jupyterlab is installed (its jsonschema builds ~40 IRI grammars on import),
+    and the suite reads these lines before it starts the first kernels.
+    """
     seen: dict[str, None] = {}
     for path in notebooks:
-        nb = nbformat.read(str(path), as_version=4)
-        for cell in nb.cells:
-            if cell.cell_type != "code":
+        try:
+            cells = json.loads(Path(path).read_text(encoding="utf-8")).get("cells", [])
+        except (OSError, ValueError, AttributeError) as exc:
+            raise ValueError(f"{path}: not a readable notebook ({exc})") from exc
+        for cell in cells:
+            if cell.get("cell_type") != "code":
                 continue
-            for line in map(str.rstrip, cell.source.splitlines()):
+            source = cell.get("source", "")
+            source = "".join(source) if isinstance(source, list) else str(source)
+            for line in map(str.rstrip, source.splitlines()):
                 # one-line imports only: a continued one would be cut off mid-statement
                 if line.startswith(("import ", "from ")) and not line.endswith(("(", "\\")):
                     seen.setdefault(line, None)
@@ -166,10 +177,12 @@ def start_kernel(cwd: str | Path, env: Mapping[str, str] | None = None,
 class KernelSupply:
     """Started kernels for the suite's notebooks, some started ahead of need.
 
-    :meth:`take` returns a ready kernel (the oldest one started ahead if there is one, waiting
-    for it to be ready, else a new one); :meth:`start_ahead` starts kernels in background
+    :meth:`take` returns a ready kernel (the first of those started ahead to be ready, waiting
+    for one if need be, else a new one); :meth:`start_ahead` starts kernels in background
     threads. Kernels are the caller's to shut down once taken; :meth:`close` shuts down those
-    never taken. Thread-safe: the suite's worker threads take kernels concurrently.
+    never taken. Thread-safe: the suite's worker threads take kernels concurrently, and when
+    several wait, the first ready kernel goes to the taker with the lowest ``rank`` (the
+    notebook the others wait on), whichever thread asked first.
 
     Given ``needed`` (how many kernels the caller will take in all), :meth:`take` keeps one
     kernel started ahead while fewer than ``needed`` were asked for: the next notebook's kernel
@@ -182,6 +195,9 @@ class KernelSupply:
         self.cwd, self.env, self.warm_code = Path(cwd), dict(env or {}), warm_code
         self.needed = needed
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # a kernel got ready, or a taker left
+        self._waiting: list[tuple[float, int]] = []  # heap of (rank, ticket) of the takers
+        self._tickets = itertools.count()
         self._ahead: deque[Future[KernelManager]] = deque()
         self._asked = 0  # kernels started or being started, ahead or on the spot
         self.started = 0
@@ -215,25 +231,42 @@ class KernelSupply:
                 fut.set_exception(exc)
 
         for fut in new:
+            fut.add_done_callback(self._notify)
             threading.Thread(target=run, args=(fut,), name="gatrank-kernel-ahead",
                              daemon=True).start()
 
-    def take(self) -> KernelManager:
-        """A started, ready kernel: the oldest started ahead if any (a failure to start it falls
-        back to starting one now), else a new one. With ``needed`` given, the next kernel then
-        starts ahead (once this one is ready, so that the two starts do not compete)."""
-        km = self._take()
+    def _notify(self, _fut: Future[KernelManager] | None = None) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    def take(self, rank: float = 0) -> KernelManager:
+        """A started, ready kernel: the first ready of those started ahead if any (a failure to
+        start it falls back to starting one now), else a new one. While several takers wait,
+        the lowest ``rank`` is served first (ties: the first to ask). With ``needed`` given,
+        the next kernel then starts ahead (once this one is ready, so that the two starts do
+        not compete)."""
+        km = self._take(rank)
         self._refill()
         return km
 
-    def _take(self) -> KernelManager:
-        with self._lock:
-            fut = self._ahead.popleft() if self._ahead else None
-            if fut is None:
+    def _take(self, rank: float) -> KernelManager:
+        with self._changed:
+            me = (rank, next(self._tickets))
+            heapq.heappush(self._waiting, me)
+            while True:
+                ready = next((f for f in self._ahead if f.done()), None)
+                if self._waiting[0] == me and (ready is not None or not self._ahead):
+                    break
+                self._changed.wait()
+            heapq.heappop(self._waiting)
+            if ready is not None:
+                self._ahead.remove(ready)
+            else:
                 self._asked += 1
-        if fut is not None:
+            self._changed.notify_all()  # the next taker in line may go on
+        if ready is not None:
             try:
-                km = fut.result()
+                km = ready.result()
             except Exception as exc:  # noqa: BLE001 - start one the plain way instead
                 logger.info("the kernel started ahead failed (%s); starting another", exc)
             else:
@@ -244,8 +277,9 @@ class KernelSupply:
 
     def close(self) -> None:
         """Shut down the kernels started ahead and never taken."""
-        with self._lock:
+        with self._changed:
             left, self._ahead = list(self._ahead), deque()
+            self._changed.notify_all()  # a taker still waiting starts its own
         for fut in left:
             try:
                 fut.result().shutdown_kernel(now=True)

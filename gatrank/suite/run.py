@@ -28,9 +28,11 @@ Which notebooks: :func:`gatrank.project.notebook_folders` (the project's ``noteb
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -46,7 +48,7 @@ from gatrank.project import HEADLESS_ENV, NEEDS, NOTEBOOKS, STEPS, notebook_fold
 from gatrank.suite.export import export_html, prune_widget_state
 from gatrank.suite.index import render_index
 from gatrank.suite.kernel import KernelSupply, adopting, import_lines, start_kernel
-from gatrank.suite.schedule import default_jobs, kernel_threads, run_concurrently
+from gatrank.suite.schedule import default_jobs, kernel_threads, run_concurrently, start_order
 
 __all__ = [
     "NOTEBOOKS",
@@ -237,15 +239,21 @@ def run_suite(
         [nb_dir / f"{n}.ipynb" for n in names])), needed=len(names)) if jobs > 1 else None
     if supply is not None:  # the first kernels start and import while the parameters are read
         supply.start_ahead(jobs)
+        # and papermill imports meanwhile (nbformat's jsonschema takes seconds to import)
+        threading.Thread(target=importlib.import_module, args=("papermill",),
+                         name="gatrank-import-papermill", daemon=True).start()
+    # the first ready kernel goes to the notebook the others wait on (04 before 01)
+    rank = {n: i for i, n in enumerate(start_order(names, NEEDS))}
     params: dict[str, dict[str, Any]] = {}
     tags = {n: f"[{i}/{len(names)}]" for i, n in enumerate(names, 1)}
 
-    def kernel() -> Any:
-        return start_kernel(nb_dir, env) if supply is None else supply.take()
+    def kernel(priority: int) -> Any:
+        return start_kernel(nb_dir, env) if supply is None else supply.take(priority)
 
     def run_one(name: str) -> NotebookResult:
-        return _run_notebook(name, nb_dir, params[name], out, timeout, kernel,
-                             tag=tags[name], self_contained=self_contained)
+        return _run_notebook(name, nb_dir, params[name], out, timeout,
+                             lambda: kernel(rank[name]), tag=tags[name],
+                             self_contained=self_contained)
 
     started, done = _progress_lines(progress, tags, jobs)
     try:

@@ -15,7 +15,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TypeVar
 
 __all__ = ["cpu_count", "available_memory_gb", "default_jobs", "kernel_threads",
-           "run_concurrently", "KERNEL_MEMORY_GB"]
+           "start_order", "run_concurrently", "KERNEL_MEMORY_GB"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,15 @@ def _chain_lengths(names: Sequence[str], needs: Mapping[str, Sequence[str]]) -> 
     return {n: length(n) for n in names}
 
 
+def start_order(names: Sequence[str], needs: Mapping[str, Sequence[str]] | None = None
+                ) -> list[str]:
+    """The order in which :func:`run_concurrently` prefers to start ``names`` when they are
+    ready: the longest chain of names waiting on one first, then ``names`` order."""
+    chain = _chain_lengths(names, needs or {})
+    order = {n: i for i, n in enumerate(names)}
+    return sorted(names, key=lambda n: (-chain[n], order[n]))
+
+
 def run_concurrently(
     names: Sequence[str],
     run_one: Callable[[str], R],
@@ -112,9 +121,8 @@ def run_concurrently(
         (none are started after it).
     """
     needs = needs or {}
-    chain = _chain_lengths(names, needs)
     order = {n: i for i, n in enumerate(names)}
-    pending = sorted(names, key=lambda n: (-chain[n], order[n]))
+    pending = start_order(names, needs)
     done: dict[str, R] = {}
     running: dict[Future[R], str] = {}
     failure: BaseException | None = None

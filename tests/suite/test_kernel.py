@@ -4,8 +4,11 @@ one started ahead with the notebooks' imports done."""
 from __future__ import annotations
 
 import ast
+import itertools
 import os
 import sys
+import threading
+import time
 from pathlib import Path
 
 import nbformat
@@ -104,9 +107,52 @@ def test_without_needed_take_starts_nothing_ahead(monkeypatch, tmp_path):
     assert not supply._ahead and supply.taken_ahead == 1
 
 
+def test_the_first_ready_kernel_goes_to_the_lowest_rank_whoever_asked_first(monkeypatch,
+                                                                           tmp_path):
+    supply = KernelSupply(tmp_path)
+    gates = {1: threading.Event(), 2: threading.Event()}
+    counter = itertools.count(1)
+    lock = threading.Lock()
+
+    def start() -> _FakeKernel:
+        with lock:
+            n = next(counter)
+        if n in gates:
+            assert gates[n].wait(10)
+        return _FakeKernel(n)
+
+    monkeypatch.setattr(supply, "_start", start)
+    supply.start_ahead(2)
+    got: dict[str, _FakeKernel] = {}
+
+    def taker(rank: int) -> threading.Thread:
+        t = threading.Thread(target=lambda: got.__setitem__(f"rank {rank}", supply.take(rank)))
+        waiting = len(supply._waiting)
+        t.start()
+        deadline = time.monotonic() + 10
+        while len(supply._waiting) == waiting and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return t
+
+    later, first = taker(1), taker(0)  # rank 1 asks first; neither kernel is ready yet
+    assert not got
+    gates[2].set()  # one kernel gets ready: the lower rank has it, not the first to ask
+    first.join(10)
+    assert got == {"rank 0": got["rank 0"]} and got["rank 0"].n == 2
+    gates[1].set()
+    later.join(10)
+    assert got["rank 1"].n == 1 and supply.taken_ahead == 2 and not supply._waiting
+
+
 def test_import_lines_are_the_notebooks_one_line_imports_once(tmp_path):
     assert import_lines([_notebook(tmp_path), _notebook(tmp_path)]) == [
         "import fractions", "from json import dumps"]
+    (tmp_path / "flat.ipynb").write_text(  # a source stored as one string, as JSON allows
+        '{"cells": [{"cell_type": "code", "source": "import wave\\nx = 1"}], "nbformat": 4}')
+    assert import_lines([tmp_path / "flat.ipynb"]) == ["import wave"]
+    (tmp_path / "broken.ipynb").write_text('{"cells": [')
+    with pytest.raises(ValueError, match="broken.ipynb: not a readable notebook"):
+        import_lines([tmp_path / "broken.ipynb"])
 
 
 def test_adopting_hands_the_started_kernel_to_whoever_constructs_the_class():
