@@ -187,13 +187,16 @@ class KernelSupply:
     Given ``needed`` (how many kernels the caller will take in all), :meth:`take` keeps one
     kernel started ahead while fewer than ``needed`` were asked for: the next notebook's kernel
     starts while this one runs, and not more of them (a start competes with the running
-    notebooks for the cores).
+    notebooks for the cores). Such a kernel also runs ``refill_code`` after ``warm_code``:
+    imports the notebooks would pay later, worth doing in a kernel that starts while others
+    run, not in the first ones, which the first notebooks wait for.
     """
 
     def __init__(self, cwd: str | Path, env: Mapping[str, str] | None = None,
-                 warm_code: str = "", needed: int | None = None) -> None:
+                 warm_code: str = "", needed: int | None = None,
+                 refill_code: str = "") -> None:
         self.cwd, self.env, self.warm_code = Path(cwd), dict(env or {}), warm_code
-        self.needed = needed
+        self.needed, self.refill_code = needed, refill_code
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # a kernel got ready, or a taker left
         self._waiting: list[tuple[float, int]] = []  # heap of (rank, ticket) of the takers
@@ -205,20 +208,21 @@ class KernelSupply:
         self.taken_ahead = 0
         """How many of those were started ahead of need and then taken."""
 
-    def _start(self) -> KernelManager:
+    def _start(self, extra: str = "") -> KernelManager:
         with self._lock:
             self.started += 1
-        return start_kernel(self.cwd, self.env, self.warm_code)
+        return start_kernel(self.cwd, self.env, "\n".join(c for c in (self.warm_code, extra) if c))
 
     def _refill(self) -> None:
         with self._lock:
             refill = (self.needed is not None and not self._ahead
                       and self._asked < self.needed)
         if refill:
-            self.start_ahead()
+            self.start_ahead(extra=self.refill_code)
 
-    def start_ahead(self, count: int = 1) -> None:
-        """Start kernels in the background until ``count`` are started ahead and not taken."""
+    def start_ahead(self, count: int = 1, extra: str = "") -> None:
+        """Start kernels in the background until ``count`` are started ahead and not taken;
+        ``extra`` runs in them after the warm code."""
         with self._lock:
             new = [Future() for _ in range(count - len(self._ahead))]
             self._ahead.extend(new)
@@ -226,7 +230,7 @@ class KernelSupply:
 
         def run(fut: Future[KernelManager]) -> None:
             try:
-                fut.set_result(self._start())
+                fut.set_result(self._start(extra))
             except BaseException as exc:  # noqa: BLE001 - handed to whoever takes it
                 fut.set_exception(exc)
 

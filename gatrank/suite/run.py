@@ -98,6 +98,15 @@ class SuiteResult:
         return 0 if self.ok else 1
 
 
+REFILL_IMPORTS = ("import plotly.io._renderers",)
+"""Imported, besides the notebooks' own import lines, in a kernel started while notebooks run:
+what ``gatrank.notebook.start`` imports when it sets up the figures' renderer. plotly's
+renderers import nbformat, whose jsonschema builds ~40 IRI grammars on import where jupyterlab
+is installed: 2.7 s that 05_eval would otherwise pay after 04_full_train, the other core idle.
+Not in the first kernels: 04_full_train waits for its kernel (13.6 s instead of 7.6 s to be
+ready, three imports competing for two cores)."""
+
+
 def default_out_dir() -> Path:
     """``<project>/reports/<UTC timestamp>`` (``./reports/...`` outside a project checkout)."""
     root = project_root() or Path.cwd()
@@ -236,7 +245,8 @@ def run_suite(
         env.update({"OMP_NUM_THREADS": str(per_kernel), "MKL_NUM_THREADS": str(per_kernel)})
     # one after another (jobs=1) is the plain sequential run: each kernel started when needed
     supply = KernelSupply(nb_dir, env, "\n".join(import_lines(
-        [nb_dir / f"{n}.ipynb" for n in names])), needed=len(names)) if jobs > 1 else None
+        [nb_dir / f"{n}.ipynb" for n in names])), needed=len(names),
+        refill_code="\n".join(REFILL_IMPORTS)) if jobs > 1 else None
     if supply is not None:  # the first kernels start and import while the parameters are read
         supply.start_ahead(jobs)
         # and papermill imports meanwhile (nbformat's jsonschema takes seconds to import)

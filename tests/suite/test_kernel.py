@@ -85,7 +85,7 @@ class _FakeKernel:
 def test_given_needed_take_keeps_one_kernel_ahead_until_all_were_asked_for(monkeypatch, tmp_path):
     supply = KernelSupply(tmp_path, needed=5)
     counter = iter(range(1, 100))
-    monkeypatch.setattr(supply, "_start", lambda: _FakeKernel(next(counter)))
+    monkeypatch.setattr(supply, "_start", lambda *_: _FakeKernel(next(counter)))
     supply.start_ahead(2)
     kernels, ahead_after = [], []
     for _ in range(5):
@@ -98,10 +98,25 @@ def test_given_needed_take_keeps_one_kernel_ahead_until_all_were_asked_for(monke
     assert supply._asked == 5
 
 
+def test_kernels_started_while_notebooks_run_also_run_the_refill_code(monkeypatch, tmp_path):
+    supply = KernelSupply(tmp_path, needed=3, refill_code="import plotly.io._renderers")
+    extras: list[str] = []
+
+    def start(extra: str = "") -> _FakeKernel:
+        extras.append(extra)
+        return _FakeKernel(len(extras))
+
+    monkeypatch.setattr(supply, "_start", start)
+    supply.start_ahead(2)  # the first ones, which the first notebooks wait for
+    for _ in range(3):
+        supply.take()
+    assert extras == ["", "", "import plotly.io._renderers"]
+
+
 def test_without_needed_take_starts_nothing_ahead(monkeypatch, tmp_path):
     supply = KernelSupply(tmp_path)
     counter = iter(range(1, 100))
-    monkeypatch.setattr(supply, "_start", lambda: _FakeKernel(next(counter)))
+    monkeypatch.setattr(supply, "_start", lambda *_: _FakeKernel(next(counter)))
     supply.start_ahead(1)
     assert supply.take().n == 1 and supply.take().n == 2  # the second started on the spot
     assert not supply._ahead and supply.taken_ahead == 1
@@ -114,7 +129,7 @@ def test_the_first_ready_kernel_goes_to_the_lowest_rank_whoever_asked_first(monk
     counter = itertools.count(1)
     lock = threading.Lock()
 
-    def start() -> _FakeKernel:
+    def start(*_) -> _FakeKernel:
         with lock:
             n = next(counter)
         if n in gates:
