@@ -41,7 +41,7 @@ consecutive runs of the same code on one machine."""
 FILE_SIZES = {"quick": (5_000,), "full": (10_000, 100_000)}
 FILE_ROUNDS = {"quick": {5_000: 5}, "full": {10_000: 7, 100_000: 3}}
 """Rounds per size, each timing one process, the pool and the ceiling in a turning order: at
-10k one round takes ~20 s (quick mode, in CI: the median of 5)."""
+10k one round takes 20-40 s; quick mode (CI) loads 5k files, 5 rounds."""
 _DISTINCT = 2_000  # distinct synthetic graphs; the N files are copies of them
 _BROKEN = 20  # missing and truncated files among the N rows
 
