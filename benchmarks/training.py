@@ -158,9 +158,10 @@ def run(opts: Options) -> Section:
     # second to the next. Whole runs taken in turns, each loop's time the sum of its epochs'
     # best times across 9 runs, still gave 0.85 to 1.02 for the same code in CI and here: the
     # epochs are interleaved instead, and the ratio taken within each round (_Interleaved)
-    # (0.91-0.99 round by round): the median of 7 rounds stays within a few percent
-    repeat = 7 if opts.quick else 5
-    repeat_overfit = 7  # rounds of ~5 s (epochs of ~20 ms)
+    # (0.91-0.99 round by round; the median of 7 rounds gave 0.953-0.955 in four runs): the
+    # median of 5 stays within a few percent
+    repeat = 5
+    repeat_overfit = 5  # rounds of ~5 s (epochs of ~20 ms)
     overfit_epochs = 100 if opts.quick else 500
     # 20 epochs in both modes: the logged epochs 1, 10, 20 then weigh as in a longer run (the
     # runbook's 100 epochs log 11 of 100); at 10 epochs the epoch-1 record alone is a tenth
