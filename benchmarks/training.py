@@ -115,7 +115,7 @@ class _Interleaved:
     def ratio(self) -> float:
         """The median over rounds of bare / gatrank time within a round: each round's two times
         were measured side by side, so the machine's state cancels in their ratio (measured
-        0.93-0.99 round by round, where whole runs in turns gave 0.76-1.18)."""
+        0.91-0.99 round by round, where whole runs in turns gave 0.76-1.18)."""
         return statistics.median(r["bare"] / r["gatrank"] for r in self.rounds)
 
     def median_times(self) -> dict[str, float]:
