@@ -1,8 +1,10 @@
 """``python -m benchmarks [--quick] [--only loss,metrics] [--out DIR]``.
 
 Full mode writes docs/benchmarks.json and docs/benchmarks.md (or ``--out``); quick mode (CI)
-writes only where ``--out`` says. Exit status: 0 when every target holds, 1 when one is missed,
-2 on bad usage.
+writes only where ``--out`` says. With ``--only``, the sections run replace theirs in the report
+already there (of the same mode) and the others stay, each naming the run it came from; without
+it the report is replaced. Exit status: 0 when every target holds, 1 when one is missed, 2 on
+bad usage (an unknown section, an existing report that cannot be merged into).
 """
 
 from __future__ import annotations
@@ -15,7 +17,14 @@ import time
 from pathlib import Path
 
 from benchmarks.common import REPO_ROOT, Options, Section, machine_info
-from benchmarks.report import console_summary, to_json, write_reports
+from benchmarks.report import (
+    ReportError,
+    console_summary,
+    merge_reports,
+    read_report,
+    to_json,
+    write_reports,
+)
 
 SECTIONS = ("loss", "metrics", "training", "monitor", "data", "scaling", "suite", "doctor")
 """Benchmark modules in the order they run (cheap and CI-relevant first)."""
@@ -44,6 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(names) - set(SECTIONS))
     if unknown:
         p.error(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
+    out = args.out if args.out is not None else (None if args.quick else str(REPO_ROOT / "docs"))
+    previous = None
+    if out and args.only:
+        try:  # before an hour of measuring, not after
+            previous = read_report(Path(out) / "benchmarks.json")
+        except ReportError as e:
+            p.error(str(e))
     opts = Options(quick=args.quick, threads=args.threads, device=args.device,
                    workdir=Path(args.workdir))
     opts.workdir.mkdir(parents=True, exist_ok=True)
@@ -62,10 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         f" --only {args.only}" if args.only else "")
     report = to_json(sections, machine, quick=args.quick, command=command,
                      seconds=time.perf_counter() - t0)
-    out = args.out if args.out is not None else (None if args.quick else str(REPO_ROOT / "docs"))
     print("\n" + console_summary(sections))
     if out:
-        json_path, md_path = write_reports(report, out)
+        json_path, md_path = write_reports(merge_reports(previous, report, SECTIONS), out)
         print(f"wrote {json_path} and {md_path}")
     missed = [c.name for s in sections for c in s.checks if not c.passed]
     print(f"{'all targets met' if not missed else f'{len(missed)} target(s) missed'} "

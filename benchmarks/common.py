@@ -33,6 +33,7 @@ __all__ = [
     "alternate",
     "peak_rss_run",
     "machine_info",
+    "reference_seconds",
     "fmt",
     "REPO_ROOT",
 ]
@@ -223,6 +224,7 @@ def machine_info(opts: Options) -> dict[str, Any]:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     return {
+        "reference_s": round(reference_seconds(), 3),
         "cpu": cpu,
         "cores": cores,
         "memory_gb": mem_gb,
@@ -236,3 +238,33 @@ def machine_info(opts: Options) -> dict[str, Any]:
         "scipy": scipy.__version__,
         "torch_threads": opts.threads,
     }
+
+
+REFERENCE_WORKLOAD = ("a fixed CPU task, best of 3: 5M steps of a Python loop and 5,000 rounds "
+                      "of small torch ops (64x64 matmul, ReLU, sum, division) on one thread")
+"""What ``reference_s`` on the page times: the kind of work (interpreter and op dispatch)
+that dominates gatrank's training and notebooks. Pages made on different days can be compared
+by it: the same code ran the overfit notebook in 17 s and in 32 s on this VM on two days."""
+
+
+def reference_seconds(repeat: int = 3) -> float:
+    """Wall time of :data:`REFERENCE_WORKLOAD` (best of ``repeat``): this machine's speed now."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        a = torch.randn(64, 64, generator=gen)
+
+        def work() -> None:
+            s = 0
+            for i in range(5_000_000):
+                s += i
+            b = a
+            for _ in range(5_000):
+                b = torch.relu(b @ a) / (1.0 + b.sum().abs())
+
+        return best_time(work, repeat=repeat, warmup=1)
+    finally:
+        torch.set_num_threads(threads)
