@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO_ROOT, Options, Section, machine_info
+from benchmarks.common import REPO_ROOT, Options, Section, machine_info, reference_seconds
 from benchmarks.report import (
     ReportError,
     console_summary,
@@ -74,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         sections.append(sec)
         print(console_summary([sec]) + f"\n[{name}] {sec.seconds:.0f} s", file=sys.stderr,
               flush=True)
+    # the machine's speed again at the end: on a shared VM it drifts within a run (0.38 s at
+    # the start of one run, 0.47-0.55 s half an hour later)
+    machine["reference_end_s"] = round(reference_seconds(), 3)
     command = "python -m benchmarks" + (" --quick" if args.quick else "") + (
         f" --only {args.only}" if args.only else "")
     report = to_json(sections, machine, quick=args.quick, command=command,
