@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         print(console_summary([sec]) + f"\n[{name}] {sec.seconds:.0f} s", file=sys.stderr,
               flush=True)
     # the machine's speed again at the end: on a shared VM it drifts within a run (0.38 s at
-    # the start of one run, 0.47-0.55 s half an hour later)
+    # the start of one run, 0.47-0.65 s in the hour before and after it)
     machine["reference_end_s"] = round(reference_seconds(), 3)
     command = "python -m benchmarks" + (" --quick" if args.quick else "") + (
         f" --only {args.only}" if args.only else "")

@@ -244,7 +244,8 @@ REFERENCE_WORKLOAD = ("a fixed CPU task, best of 3: 5M steps of a Python loop an
                       "of small torch ops (64x64 matmul, ReLU, sum, division) on one thread")
 """What ``reference_s`` on the page times: the kind of work (interpreter and op dispatch)
 that dominates gatrank's training and notebooks. Pages made on different days can be compared
-by it: the same code ran the overfit notebook in 17 s and in 32 s on this VM on two days."""
+by it: the same code ran ``gatrank suite --notebooks 03_overfit`` in 17 s and in 32 s on this
+VM on two days."""
 
 
 def reference_seconds(repeat: int = 3) -> float:

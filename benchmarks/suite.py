@@ -184,7 +184,8 @@ def run(opts: Options) -> Section:
             "every file the concurrent run wrote; the --self-contained figure re-exports its "
             "HTML reports in that form. Then `gatrank train --overfit-n 32` with and without "
             "`--stop-at-verdict`, wall time of the command, imports included (best of 3 in "
-            "full mode); then `gatrank suite --notebooks 03_overfit` alone (best of 3)."
+            "full mode); in full mode also `gatrank suite --notebooks 03_overfit` alone "
+            "(best of 3)."
         ),
         columns=["run", "wall s", "status", "detail"],
     )
