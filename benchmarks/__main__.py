@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
                    workdir=Path(args.workdir))
     opts.workdir.mkdir(parents=True, exist_ok=True)
     machine = machine_info(opts)
+    if out:  # only the written page shows it: a quick run that writes nothing skips its ~2 s
+        machine["reference_s"] = round(reference_seconds(), 3)
     t0 = time.perf_counter()
     sections: list[Section] = []
     for name in names:
@@ -74,9 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         sections.append(sec)
         print(console_summary([sec]) + f"\n[{name}] {sec.seconds:.0f} s", file=sys.stderr,
               flush=True)
-    # the machine's speed again at the end: on a shared VM it drifts within a run (0.38 s at
-    # the start of one run, 0.47-0.65 s in the hour before and after it)
-    machine["reference_end_s"] = round(reference_seconds(), 3)
+    if out:  # the machine's speed again at the end: on a shared VM it drifts within a run
+        # (0.38 s at the start of one run, 0.47-0.65 s in the hour before and after it)
+        machine["reference_end_s"] = round(reference_seconds(), 3)
     command = "python -m benchmarks" + (" --quick" if args.quick else "") + (
         f" --only {args.only}" if args.only else "")
     report = to_json(sections, machine, quick=args.quick, command=command,

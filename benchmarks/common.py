@@ -224,7 +224,6 @@ def machine_info(opts: Options) -> dict[str, Any]:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     return {
-        "reference_s": round(reference_seconds(), 3),
         "cpu": cpu,
         "cores": cores,
         "memory_gb": mem_gb,

@@ -65,9 +65,10 @@ def read_report(path: str | Path) -> dict[str, Any] | None:
     if not isinstance(report, dict):
         raise ReportError(f"{p}: not a benchmarks report (a JSON {type(report).__name__}, "
                           "expected an object)")
-    missing = [k for k in ("mode", "sections", "machine", "created", "command")
-               if k not in report and not (k in ("machine", "created", "command")
-                                           and "runs" in report)]
+    # a report written before runs were recorded keeps its one run's fields at the top
+    required = ("mode", "sections") + (() if "runs" in report else ("machine", "created",
+                                                                      "command"))
+    missing = [k for k in required if k not in report]
     if missing:
         raise ReportError(f"{p}: not a benchmarks report (no {', '.join(missing)})")
     for i, sec in enumerate(report["sections"]):
