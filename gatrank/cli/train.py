@@ -127,8 +127,10 @@ def _run_training(args: argparse.Namespace, cfg: Config) -> tuple[TrainResult, b
 
 
 def _print_training(args: argparse.Namespace, res: TrainResult) -> None:
-    """What the run did: processes, dropped rows, final train metrics, verdict, test scores."""
+    """What the run did: processes, dropped rows, final train metrics, the dropout the overfit
+    test switched off, verdict, test scores."""
     from gatrank.checks.verdict import evaluate_verdict, format_verdict, margin_sentence
+    from gatrank.training.dropout import format_dropout_off
 
     s = res.summary
     if s.get("distributed"):
@@ -159,6 +161,9 @@ def _print_training(args: argparse.Namespace, res: TrainResult) -> None:
             f"grad norm {final['grad_norm']:.4f}"
         )
     if s["mode"] == "overfit":
+        dropout = format_dropout_off(s.get("dropout_off") or [])
+        if dropout:  # the model's own dropout, which model.dropout does not reach
+            print(dropout)
         print(format_verdict(evaluate_verdict(res.history)))
     if "test" in s:
         t = s["test"]

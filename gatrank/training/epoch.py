@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,7 +104,10 @@ def _step(s: Setup, st: LoopState, stats: EpochStats, b_idx: int, batch, *, last
     # forward backward
     batch = batch.to(s.device)
     s.optimizer.zero_grad(set_to_none=True)
-    scores = score_batch(s.train_net, batch)  # (G,), or ScoreShapeError naming the shape
+    # overfit mode: the model's own dropout off too, not only gatrank's (forward only: the mode
+    # sees every torch call while active)
+    with s.dropout_off.forward_scope() if s.dropout_off is not None else nullcontext():
+        scores = score_batch(s.train_net, batch)  # (G,), or ScoreShapeError naming the shape
     lo = s.loss_fn(scores, batch.y.reshape(-1), _batch_group(batch))
     loss_val = float(lo.loss.detach())
     if lo.loss.requires_grad:

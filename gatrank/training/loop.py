@@ -68,7 +68,9 @@ class TrainResult:
     history: list[dict[str, Any]]
     """One record per logged epoch (what ``metrics.jsonl`` holds)."""
     summary: dict[str, Any]
-    """Everything ``summary.json`` holds: config, splits, best epoch, test metrics, status."""
+    """Everything ``summary.json`` holds: config, splits, best epoch, test metrics, status, and
+    the dropout the overfit test switched off inside the model (``dropout_off``: one dict per
+    site, see :class:`gatrank.training.dropout.DropoutOff`; ``[]`` in full training)."""
     splits: dict[str, list[int]] = field(default_factory=dict)
     """Indices into the graph set for ``train``/``val``/``test``."""
 
@@ -121,7 +123,9 @@ def train(
     """Train a ranking model and return it with its history.
 
     Args:
-        config: the run's configuration; ``training.overfit_n > 0`` selects overfit mode.
+        config: the run's configuration; ``training.overfit_n > 0`` selects overfit mode, whose
+            training steps run with every dropout inside the model off (not only
+            ``model.dropout``), listed in ``summary["dropout_off"]``.
         graphs: a :class:`gatrank.data.GraphSet`; default: load ``config.data.dataset`` or
             ``config.data.manifest`` (or the embedded default).
         model: ``None``/``"gat"``/``"linear"``/an import string, a factory ``in_channels ->
@@ -333,6 +337,7 @@ def _summary(
         "num_graphs": len(s.graphs),
         "split_sizes": {k: len(v) for k, v in s.splits.items()},
         "skipped_steps": st.skipped_steps,
+        "dropout_off": s.dropout_off.records if s.dropout_off is not None else [],
         "resumed_from": str(resume) if resume else None,
         "num_dropped_rows": len({(p.line, p.index, p.id) for p in dropped}),
         "dropped_rows": [vars(p) for p in dropped],

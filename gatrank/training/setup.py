@@ -27,6 +27,7 @@ from gatrank.losses import LossFn, make_loss_fn
 from gatrank.model import GATRanker, LinearBaseline, adapt_forward, build_model
 from gatrank.runtime import resolve_device, set_seed
 from gatrank.training.checkpoint import RunInfo, write_checkpoint
+from gatrank.training.dropout import DropoutOff
 from gatrank.training.scoring import COLLATE_ONCE_MAX, Collated, collate
 
 __all__ = ["Setup", "set_up", "CHECKPOINTS"]
@@ -68,6 +69,9 @@ class Setup:
     out: Path | None
     checkpoints: frozenset[str] = CHECKPOINTS
     """The checkpoint files this run writes into ``out`` (a subset of :data:`CHECKPOINTS`)."""
+    dropout_off: DropoutOff | None = None
+    """Overfit mode: switches off the model's own dropout in each training forward pass and
+    records what it switched off (``model.dropout`` reaches gatrank's GAT only)."""
 
     @property
     def tc(self) -> TrainingConfig:
@@ -159,6 +163,7 @@ def set_up(
         val_batches=val_batches, train_eval=train_eval,
         run=RunInfo.of(config, gs, splits, model=model, model_name=model_name, loss=loss),
         out=Path(out_dir) if out_dir else None, checkpoints=frozenset(checkpoints),
+        dropout_off=DropoutOff(net) if tc.overfit_n > 0 else None,
     )
 
 
