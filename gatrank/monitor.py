@@ -11,9 +11,19 @@ training loop of your own.
             optimizer.zero_grad(); loss.backward()
             monitor.step(scores, batch.y, loss)   # after backward()
             optimizer.step()
+        with torch.no_grad():                 # optional: validation, which the verdict reads
+            model.eval(); monitor.validation(model(val_batch), val_batch.y); model.train()
         monitor.end_epoch()
     print(monitor.verdict())      # the runbook's pass criteria and red flags, measured
     print(monitor.diagnose())     # the doctor's reading of the run: cause ids, evidence, fixes
+
+Which of the runbook's thresholds judge the run depends on how many graphs an epoch trains on
+(counted from the scores each epoch's steps pass, or ``num_graphs=len(loader.dataset)``): up to
+:data:`~gatrank.checks.verdict.OVERFIT_MAX_GRAPHS`, an overfit test, judged by its expected
+results (training pairwise accuracy > 0.9, Spearman > 0.8, ...); more, a training run, judged
+by the runbook's Step 3, "Monitor training" (score std, pairwise accuracy improving, gradient
+norms > 0.01, validation where :meth:`Monitor.validation` reports it) and its red flags. The
+verdict names the thresholds it applied.
 
 ``out_dir/metrics.jsonl`` is what ``gatrank train --out`` writes, so ``gatrank verdict
 runs/mine`` and the notebooks' ``metrics`` parameter judge it too.
@@ -37,7 +47,7 @@ from torch import Tensor, nn
 
 from gatrank.checks.probes import UpdateTracker
 from gatrank.checks.static import frozen_parameters
-from gatrank.checks.verdict import THRESHOLDS, Verdict, evaluate_verdict
+from gatrank.checks.verdict import THRESHOLDS, Verdict, evaluate_run
 from gatrank.config import Config, ConfigError
 from gatrank.doctor.report import DoctorReport
 from gatrank.doctor.run import diagnose_history
@@ -54,8 +64,9 @@ class Monitor:
     Every ``log_every`` epochs (and epoch 1, and the last when ``epochs`` is given) it records
     what ``gatrank train`` logs: loss, pairwise accuracy, Spearman, Kendall, NDCG@10, score
     mean/std over the epoch's scores, gradient norm (mean over steps) and per layer, valid pairs
-    per batch, learning rate and how far each layer's weights moved since the previous record
-    (``update_ratio*``, as :class:`~gatrank.checks.probes.ModelProbe` measures it); see
+    per batch, learning rate, how far each layer's weights moved since the previous record
+    (``update_ratio*``, as :class:`~gatrank.checks.probes.ModelProbe` measures it) and the
+    validation metrics (``val_*``) of the scores the loop passes to :meth:`validation`; see
     :mod:`gatrank.training.monitor` for how it differs from ``gatrank train``'s record. It warns
     once about trainable parameters the optimizer does not hold, parameters whose gradient is
     always None, and the first step with a NaN/Inf loss (epoch and batch), and keeps them for
@@ -74,13 +85,20 @@ class Monitor:
         epochs: how many epochs the loop runs, so that the last is recorded too.
         tie_eps, margin_eps: what counts as a pair, as your loss counts it (gatrank's
             defaults: 1e-6, 0).
+        num_graphs: the graphs one epoch trains on (``len(loader.dataset)``), which decides
+            whether the run is judged as an overfit test or as training; default: the scores
+            an epoch's steps pass, counted.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
                  log_every: int = 10, out_dir: str | Path | None = None,
                  epochs: int | None = None, tie_eps: float = 1e-6,
-                 margin_eps: float = 0.0) -> None:
+                 margin_eps: float = 0.0, num_graphs: int | None = None) -> None:
+        if num_graphs is not None and num_graphs < 1:
+            raise ValueError(f"num_graphs = {num_graphs}: pass the number of graphs one epoch "
+                             "trains on (len(loader.dataset)), or None to count them")
         self.model, self.optimizer = model, optimizer
+        self.num_graphs = num_graphs
         self._live: Any = None
         self.recorder = LoopRecorder(model, optimizer=optimizer, log_every=log_every,
                                      epochs=epochs, out_dir=out_dir, tie_eps=tie_eps,
@@ -105,9 +123,24 @@ class Monitor:
         pairs form only inside groups."""
         self.recorder.step(scores, targets, loss, group)
 
+    def validation(self, scores: Tensor, targets: Tensor) -> None:
+        """This epoch's validation scores ``[V]`` (or ``[V, 1]``) and targets ``[V]``, as your
+        loop computed them (in eval mode, under ``torch.no_grad()``), before
+        :meth:`end_epoch`; call it once per validation batch or once with all of them. Their
+        ranking metrics go into the epoch's record as ``val_pairwise_accuracy``,
+        ``val_spearman``, ``val_score_std``, ... (``gatrank train``'s keys), and a training
+        run's verdict reads them."""
+        self.recorder.observe_validation(scores, targets)
+
     def end_epoch(self) -> dict[str, Any] | None:
         """Close the epoch; returns its record when it is a logged one."""
         return self.recorder.end_epoch()
+
+    @property
+    def graphs_per_epoch(self) -> int | None:
+        """The graphs one epoch trains on: ``num_graphs`` when given, else the most scores an
+        epoch's steps passed (None before the first epoch ends)."""
+        return self.num_graphs if self.num_graphs is not None else self.recorder.graphs_per_epoch
 
     @property
     def history(self) -> list[dict[str, Any]]:
@@ -127,16 +160,21 @@ class Monitor:
                 "nonfinite": list(rec.nonfinite), "nonfinite_count": rec.nonfinite_count}
 
     def verdict(self) -> Verdict:
-        """The runbook's verdict on the records (:func:`~gatrank.checks.verdict.evaluate_verdict`:
-        the overfit test's thresholds); ``print`` it for the table."""
-        return evaluate_verdict(self._history())
+        """The runbook's verdict on the records (:func:`~gatrank.checks.verdict.evaluate_run`):
+        the overfit test's thresholds for a run over at most
+        :data:`~gatrank.checks.verdict.OVERFIT_MAX_GRAPHS` graphs per epoch, Step 3's for a
+        training run over more (:attr:`graphs_per_epoch`); ``judged_as`` and its last line say
+        which. ``print`` it for the table."""
+        return evaluate_run(self._history(), graphs_per_epoch=self.graphs_per_epoch)
 
     def diagnose(self) -> DoctorReport:
         """The doctor's reading of the records and of what the Monitor saw
-        (:func:`~gatrank.doctor.diagnose_history`): cause ids with evidence and fixes, e.g.
-        ``frozen_parameters`` naming the parameters the optimizer does not hold."""
+        (:func:`~gatrank.doctor.diagnose_history`), on the verdict of :meth:`verdict`: cause
+        ids with evidence and fixes, e.g. ``frozen_parameters`` naming the parameters the
+        optimizer does not hold."""
         return diagnose_history(self._history(), config=self._config(),
-                                findings=self.findings())
+                                findings=self.findings(),
+                                graphs_per_epoch=self.graphs_per_epoch)
 
     def _history(self) -> list[dict[str, Any]]:
         if not self.history:

@@ -33,7 +33,13 @@ from gatrank.checks.static import (
     valid_pairs_per_batch,
     wl_signatures,
 )
-from gatrank.checks.verdict import Check, margin_sentence, runbook_check, summarize_checks
+from gatrank.checks.verdict import (
+    Check,
+    margin_sentence,
+    runbook_check,
+    step3_checks,
+    summarize_checks,
+)
 from gatrank.config import Config
 from gatrank.data import CheckReport, GraphSet, check_dataset, check_manifest, split_indices
 from gatrank.losses import LN2, make_loss_fn
@@ -426,19 +432,7 @@ def training_checks(history: Sequence[Mapping[str, Any]], summary: Mapping[str, 
     if not history:
         raise ValueError("training logged no epoch; check training.epochs and log_every")
     best = next((h for h in history if h["epoch"] == summary.get("best_epoch")), history[-1])
-    first = history[0]
-    std = best.get("val_score_std", best["score_std"])
-    pa0 = first.get("val_pairwise_accuracy", first["pairwise_accuracy"])
-    pa = best.get("val_pairwise_accuracy", best["pairwise_accuracy"])
-    gn = float(np.median([h["grad_norm"] for h in history]))
-    checks = [
-        runbook_check("score_std", std, name="val_score_std", scope="validation",
-                      note="best epoch").to_dict(),
-        check("val_pairwise_accuracy_improved", "pass",
-              "validation pairwise accuracy improved over the first logged epoch", pa - pa0,
-              pa > pa0),
-        runbook_check("grad_norm", gn, note="median").to_dict(),
-    ]
+    checks = [c.to_dict() for c in step3_checks(history, best)]
     test = summary.get("test") or {}
     base = (summary.get("baseline") or {}).get("test") or {}
     if test and base:

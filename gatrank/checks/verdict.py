@@ -4,6 +4,12 @@ Pass (after ~50-100 epochs of the overfit test): pairwise accuracy > 0.9 (ideall
 Spearman > 0.8 (ideally > 0.9), score std > 0.1, gradient norm > 0.01, loss decreasing.
 Red flags: pairwise accuracy ~0.5-0.6, Spearman ~0-0.2, score std < 0.01, gradient norm ~0,
 loss flat.
+
+Those pass criteria are what an overfit test (32 graphs, no dropout) must reach
+(:func:`evaluate_verdict`); a run over more graphs is judged as training by the runbook's
+Step 3, "Monitor training" (:func:`evaluate_training`): score std, pairwise accuracy improving,
+gradient norms > 0.01, validation where the run reports it, and the same red flags.
+:func:`evaluate_run` picks one by the graphs an epoch trains on (:data:`OVERFIT_MAX_GRAPHS`).
 """
 
 from __future__ import annotations
@@ -17,11 +23,19 @@ import numpy as np
 __all__ = [
     "THRESHOLDS",
     "KINDS",
+    "OVERFIT_TEST",
+    "TRAINING",
+    "OVERFIT_MAX_GRAPHS",
     "Check",
     "Verdict",
     "summarize_checks",
     "runbook_check",
+    "judgement",
+    "best_record",
+    "step3_checks",
     "evaluate_verdict",
+    "evaluate_training",
+    "evaluate_run",
     "stop_at_verdict",
     "margin_sentence",
     "format_verdict",
@@ -46,6 +60,17 @@ THRESHOLDS: dict[str, float] = {
 }
 """Every threshold the verdict uses; notebooks draw these lines on their plots."""
 
+
+OVERFIT_TEST = "overfit test"
+"""A run judged by the overfit test's thresholds (the runbook's "Expected Results if Fixed")."""
+TRAINING = "training"
+"""A run judged as training (the runbook's Step 3, "Monitor training", and its red flags)."""
+
+OVERFIT_MAX_GRAPHS = 64
+"""The most graphs per epoch a run may train on and still be judged as an overfit test: the
+runbook's 32 (``--overfit-n 32``) with headroom for a larger overfit subset. A model trained
+on more graphs, with dropout, is not expected to reach the overfit test's training-set
+pairwise accuracy > 0.9."""
 
 KINDS = ("pass", "red_flag", "warning")
 """What a check's ``ok`` means: ``pass``, a criterion met (the step fails without it);
@@ -122,6 +147,12 @@ def _rule(rule: str, value: float) -> tuple[str, str, bool]:
         "no_gradients": ("red_flag", "gradient norms ~0 (no gradients)",
                          value >= t["flag_grad_norm"]),
         "loss_flat": ("red_flag", "loss not decreasing", value >= t["flag_loss_drop"]),
+        # Step 3, "Monitor training": a difference to the first logged epoch, or the Spearman
+        # red flag's threshold as what a trained model must clear
+        "pairwise_accuracy_improved": (
+            "pass", "pairwise accuracy improved over the first logged epoch", value > 0),
+        "spearman_above_chance": ("pass", f"Spearman > {t['flag_spearman']}, above chance",
+                                  value > t["flag_spearman"]),
     }
     if rule not in rules:
         raise ValueError(f"unknown runbook rule {rule!r}; known: {sorted(rules)}")
@@ -153,6 +184,29 @@ class Verdict:
     """First logged epoch meeting pairwise accuracy, Spearman and score std criteria."""
     epochs_to_ideal: int | None = None
     """First logged epoch with pairwise accuracy > 0.95, Spearman > 0.9 and score std > 0.1."""
+    judged_as: str = OVERFIT_TEST
+    """Whose thresholds were applied: :data:`OVERFIT_TEST` or :data:`TRAINING`."""
+    graphs_per_epoch: int | None = None
+    """The graphs per epoch that made the run a training run (None for an overfit test: the
+    overfit test's thresholds are the default, also where the count is not known)."""
+
+    @property
+    def validated(self) -> bool:
+        """Judged on validation metrics (a training run that reported them)."""
+        return any(c.name.startswith("val_") for c in self.checks)
+
+    @property
+    def thresholds(self) -> str:
+        """Which thresholds were applied, in words (the last line of :func:`format_verdict`)."""
+        if self.judged_as == OVERFIT_TEST:
+            return ("judged as an overfit test: the runbook's expected results of the overfit "
+                    "test (32 graphs, no dropout)")
+        n = (f"{self.graphs_per_epoch} graphs per epoch" if self.graphs_per_epoch else
+             "graphs per epoch not known")
+        on = ("on the validation metrics" if self.validated else
+              "on the training metrics (the run reported no validation metrics)")
+        return (f"judged as training ({n}; an overfit test has at most {OVERFIT_MAX_GRAPHS}): "
+                f"the runbook's Step 3 checks and red flags, {on}")
 
     @property
     def red_flags(self) -> list[Check]:
@@ -171,6 +225,9 @@ class Verdict:
             "epochs_to_ideal": self.epochs_to_ideal,
             "checks": [c.to_dict() for c in self.checks],
             "red_flags": [c.name for c in self.red_flags],
+            "judged_as": self.judged_as,
+            "graphs_per_epoch": self.graphs_per_epoch,
+            "thresholds": self.thresholds,
         }
 
     def __str__(self) -> str:
@@ -246,6 +303,109 @@ def evaluate_verdict(history: Sequence[dict[str, Any]], prefix: str = "") -> Ver
     )
 
 
+def judgement(graphs_per_epoch: int | None) -> str:
+    """:data:`OVERFIT_TEST` for a run over at most :data:`OVERFIT_MAX_GRAPHS` graphs per epoch
+    (or an unknown number), :data:`TRAINING` for more."""
+    if graphs_per_epoch is None or graphs_per_epoch <= OVERFIT_MAX_GRAPHS:
+        return OVERFIT_TEST
+    return TRAINING
+
+
+def best_record(history: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+    """The record with the highest validation Spearman (the first of equals, as ``gatrank
+    train`` keeps ``best.pt``); the last record in a history without validation."""
+    validated = [h for h in history if "val_spearman" in h]
+    return max(validated, key=lambda h: h["val_spearman"]) if validated else history[-1]
+
+
+def step3_checks(history: Sequence[Mapping[str, Any]], best: Mapping[str, Any], *,
+                 first: Mapping[str, Any] | None = None, prefix: str = "val_",
+                 scope: str = "validation") -> list[Check]:
+    """Step 3's "Monitor training" criteria: score std > 0.1 at the ``best`` record (not
+    collapsing), pairwise accuracy there above the ``first`` record's (improving) and the
+    median gradient norm over ``history`` > 0.01 (flowing).
+
+    Args:
+        first: the record improvement is measured from (default: the first of ``history``).
+        prefix: read ``{prefix}score_std`` and ``{prefix}pairwise_accuracy``, falling back to
+            the training metrics in a record without them.
+        scope: what the metrics are, in the checks' wording; the checks are named ``val_*``
+            for ``prefix="val_"``.
+    """
+    first = history[0] if first is None else first
+    std = best.get(f"{prefix}score_std", best["score_std"])
+    pa0 = first.get(f"{prefix}pairwise_accuracy", first["pairwise_accuracy"])
+    pa = best.get(f"{prefix}pairwise_accuracy", best["pairwise_accuracy"])
+    gn = float(np.median([h["grad_norm"] for h in history]))
+    where = "best epoch" if prefix else "last epoch"
+    return [
+        runbook_check("score_std", std, name=f"{prefix}score_std", scope=scope, note=where),
+        runbook_check("pairwise_accuracy_improved", pa - pa0,
+                      name=f"{prefix}pairwise_accuracy_improved", scope=scope),
+        runbook_check("grad_norm", gn, note="median"),
+    ]
+
+
+def evaluate_training(history: Sequence[Mapping[str, Any]], *,
+                      graphs_per_epoch: int | None = None, validation: bool = True) -> Verdict:
+    """Judge a run as training: the runbook's Step 3 ("Monitor training") and its red flags,
+    not the overfit test's thresholds, which a model trained on many graphs with dropout is not
+    expected to reach on its training scores.
+
+    Pass criteria: score std > 0.1, pairwise accuracy improved over the first logged epoch,
+    median gradient norm > 0.01 (:func:`step3_checks`); with validation metrics (records with
+    ``val_spearman``, ``val_pairwise_accuracy``, ``val_score_std``) the first two are read on
+    validation at the best epoch (highest validation Spearman), and validation Spearman there
+    must clear the red flag (> 0.2). Red flags, at the last record: the training metrics'
+    (pairwise accuracy ~0.5-0.6, Spearman ~0-0.2, score std < 0.01), gradient norms ~0 (median),
+    loss not decreasing, and with validation the same three on validation.
+
+    Args:
+        history: logged records (``metrics.jsonl``).
+        graphs_per_epoch: the graphs an epoch trains on, for the verdict's wording.
+        validation: ``False`` judges the training metrics alone, even where the records hold
+            validation ones (whether the model learns its training set at all).
+    """
+    if not history:
+        raise ValueError("cannot evaluate a verdict on an empty history (no logged epoch)")
+    validated = [h for h in history if "val_spearman" in h] if validation else []
+    last = history[-1]
+    if validated:
+        best = best_record(validated)
+        checks = step3_checks(history, best, first=validated[0])
+        checks.append(runbook_check("spearman_above_chance", best["val_spearman"],
+                                    name="val_spearman", scope="validation", note="best epoch"))
+    else:
+        checks = step3_checks(history, last, prefix="", scope="training")
+    gn = next(c.value for c in checks if c.name == "grad_norm")
+    drop = loss_drop(history)
+    checks += [
+        runbook_check("pairwise_accuracy_random", last["pairwise_accuracy"], scope="training"),
+        runbook_check("spearman_none", last["spearman"], scope="training"),
+        runbook_check("score_collapsed", last["score_std"], scope="training"),
+        runbook_check("no_gradients", gn),
+        runbook_check("loss_flat", drop),
+    ]
+    if validated:
+        v = validated[-1]
+        checks += [runbook_check(rule, v[f"val_{key}"], name=f"val_{rule}", scope="validation")
+                   for rule, key in (("pairwise_accuracy_random", "pairwise_accuracy"),
+                                     ("spearman_none", "spearman"),
+                                     ("score_collapsed", "score_std"))]
+    return Verdict(passed=summarize_checks(checks)[0], checks=checks, judged_as=TRAINING,
+                   graphs_per_epoch=graphs_per_epoch)
+
+
+def evaluate_run(history: Sequence[dict[str, Any]], *, graphs_per_epoch: int | None = None
+                 ) -> Verdict:
+    """The verdict by the thresholds that fit the run (:func:`judgement`): the overfit test's
+    (:func:`evaluate_verdict`) for at most :data:`OVERFIT_MAX_GRAPHS` graphs per epoch or an
+    unknown number, training's (:func:`evaluate_training`) for more."""
+    if judgement(graphs_per_epoch) == TRAINING:
+        return evaluate_training(history, graphs_per_epoch=graphs_per_epoch)
+    return evaluate_verdict(history)
+
+
 def stop_at_verdict(history: Sequence[dict[str, Any]]) -> str | None:
     """A ``stop_when`` rule for :func:`gatrank.training.train` (``--stop-at-verdict``): a reason
     to stop at the first logged epoch where every pass criterion holds, None before.
@@ -260,15 +420,19 @@ def stop_at_verdict(history: Sequence[dict[str, Any]]) -> str | None:
 
 
 def format_verdict(verdict: Verdict) -> str:
-    """A plain-text table of the checks for the terminal."""
+    """A plain-text table of the checks for the terminal, and a last line naming the
+    thresholds applied (:attr:`Verdict.thresholds`)."""
     lines = [f"verdict: {verdict.label}"]
+    # the overfit test's rules fit in 45 characters; a training run's name their scope too
+    width = max([45, *(len(c.rule) for c in verdict.checks)])
     for c in verdict.checks:
         mark = ("ok " if c.ok else "FAIL") if c.kind == "pass" else ("-- " if c.ok else "FLAG")
-        lines.append(f"  [{mark}] {c.rule:<45} measured {c.value:.4g}")
+        lines.append(f"  [{mark}] {c.rule:<{width}} measured {c.value:.4g}")
     if verdict.epochs_to_pass is not None:
         lines.append(f"  criteria first met at epoch {verdict.epochs_to_pass}"
                      + (f", ideal at epoch {verdict.epochs_to_ideal}"
                         if verdict.epochs_to_ideal is not None else ""))
+    lines.append(f"  {verdict.thresholds}")
     return "\n".join(lines)
 
 

@@ -273,7 +273,8 @@ def diagnose(
 
 
 def diagnose_history(history: Sequence[dict[str, Any]], *, config: Config | None = None,
-                     findings: Mapping[str, Any] | None = None) -> DoctorReport:
+                     findings: Mapping[str, Any] | None = None,
+                     graphs_per_epoch: int | None = None) -> DoctorReport:
     """The doctor's reading of a run that already happened (no training, milliseconds).
 
     Applies the runbook's verdict and the measurement rules of :func:`diagnose` to logged
@@ -287,7 +288,13 @@ def diagnose_history(history: Sequence[dict[str, Any]], *, config: Config | None
             loop's optimizer), ``unused`` (trainable parameters whose gradient was always
             None), ``numel`` (parameter name -> size) and ``nonfinite`` (the steps with a
             NaN/Inf loss, first first). On a healthy run what they show becomes notes.
+        graphs_per_epoch: the graphs one epoch trained on. Over
+            :data:`~gatrank.checks.verdict.OVERFIT_MAX_GRAPHS` the run is judged as training
+            (:func:`~gatrank.checks.verdict.evaluate_training`, named in a note); default: by
+            the overfit test's thresholds.
     """
+    from gatrank.checks.verdict import TRAINING, evaluate_training, judgement
+
     if not history:
         raise ValueError("diagnose_history needs at least one logged record; train with "
                          "log_every small enough to log an epoch")
@@ -303,10 +310,26 @@ def diagnose_history(history: Sequence[dict[str, Any]], *, config: Config | None
         if findings.get("nonfinite"):
             run.nonfinite = True
             run.error = f"non-finite loss at {findings['nonfinite'][0]}"
-    verdict = evaluate_verdict(history)
+    training = judgement(graphs_per_epoch) == TRAINING
+    verdict = (evaluate_training(history, graphs_per_epoch=graphs_per_epoch) if training
+               else evaluate_verdict(history))
+    if training:
+        doc.notes.append(verdict.thresholds)
     last = history[-1]
+    val = [r["val_spearman"] for r in history if "val_spearman" in r]
+    # validation Spearman at chance: at the end of an overfit test; never above it (not even at
+    # the best epoch, whose checkpoint a training run keeps) in a training run
+    if training:
+        at_chance = bool(val) and max(val) <= THRESHOLDS["flag_spearman"]
+    else:
+        at_chance = "val_spearman" in last and last["val_spearman"] <= THRESHOLDS["flag_spearman"]
+    # a training run is judged on validation, so one at chance there fails its verdict; if its
+    # training metrics pass Step 3 it memorizes without generalizing (no_signal below), which
+    # is not a model that cannot fit
+    fits = verdict.passed or (training and at_chance and evaluate_training(
+        history, graphs_per_epoch=graphs_per_epoch, validation=False).passed)
     status = "healthy"
-    if not verdict.passed or run.nonfinite:
+    if not fits or run.nonfinite:
         symptoms(doc, run, "history")
         # the learning rate the run logged (a user's loop, a scheduler), else the config's
         lr = float(last.get("lr", cfg.training.learning_rate))
@@ -322,9 +345,9 @@ def diagnose_history(history: Sequence[dict[str, Any]], *, config: Config | None
             doc.cause("over_regularized", f"dropout {cfg.model.dropout:g}, weight decay "
                       f"{cfg.training.weight_decay:g}", 0.5, "history")
         status = failure_verdict(run)
-    elif "val_spearman" in last and last["val_spearman"] <= THRESHOLDS["flag_spearman"]:
+    elif at_chance:
         doc.cause("no_signal", f"training Spearman {last['spearman']:.3f} but validation "
-                  f"Spearman {last['val_spearman']:.3f}", 0.6, "history")
+                  f"Spearman {val[-1]:.3f}", 0.6, "history")
         status = "no_generalization"
     elif findings:
         symptoms(doc, run, "history")

@@ -17,8 +17,14 @@ What differs from ``gatrank train``'s record, because a user's loop is not gatra
 - ``loss`` is the mean over *every* step of the epoch, so a non-finite step shows as a
   non-finite loss (gatrank's loop skips or stops at such steps; a user's loop applies them);
   ``nonfinite_steps`` counts them over the run, and ``skipped_steps`` is 0 (nothing skipped);
-- no pooled-embedding spread (``emb_*``) and no validation metrics; ``lr`` only with the
-  optimizer.
+- no pooled-embedding spread (``emb_*``); validation metrics (``val_*``, after ``time_s`` as
+  ``gatrank train`` orders them) only where the loop passes its validation scores
+  (:meth:`LoopRecorder.observe_validation`); ``lr`` only with the optimizer.
+
+It also counts the graphs each epoch scores (:attr:`LoopRecorder.graphs_per_epoch`): whether
+the run is an overfit test or training decides which of the runbook's thresholds judge it
+(:func:`gatrank.checks.verdict.evaluate_run`). The count is not part of the records, which
+keep ``gatrank train``'s keys.
 
 It never changes training: no forward pass, no ``model.train()``/``eval()``, no random numbers,
 gradients and parameters only read.
@@ -81,6 +87,10 @@ class _Epoch:
     """Total gradient norm per step (logged epochs only)."""
     per_layer: dict[str, float] = field(default_factory=dict)
     """Gradient norm per layer at the epoch's last step (logged epochs only)."""
+    graphs: int = 0
+    """Scores the steps passed (every epoch: a shape read, no copy)."""
+    val_scores: list[Tensor] = field(default_factory=list)
+    val_targets: list[Tensor] = field(default_factory=list)
 
 
 def _scalar(loss: Tensor | float) -> Tensor:
@@ -90,6 +100,17 @@ def _scalar(loss: Tensor | float) -> Tensor:
                              "calls backward() on (reduce it with .mean() first)")
         return loss.detach().reshape(())
     return torch.tensor(float(loss))
+
+
+def _pair(scores: Tensor, targets: Tensor, where: str) -> tuple[Tensor, Tensor]:
+    """Detached, flat scores ``[G]`` and targets ``[G]``; an error naming ``where`` when they
+    are not one score per target."""
+    s, y = scores.detach().reshape(-1), targets.detach().reshape(-1)
+    if s.numel() != y.numel():
+        raise ValueError(
+            f"{where}: {s.numel()} scores for {y.numel()} targets (scores of shape "
+            f"{tuple(scores.shape)}); pass one score per graph, as the loss sees them")
+    return s, y
 
 
 class LoopRecorder:
@@ -131,6 +152,9 @@ class LoopRecorder:
         self.nonfinite: list[NonFiniteStep] = []
         """The first :data:`MAX_NONFINITE_KEPT` steps with a NaN/Inf loss."""
         self.nonfinite_count = 0
+        self.graphs_per_epoch: int | None = None
+        """The most scores an epoch's steps passed (the graphs one epoch trains on); None
+        before the first epoch ends."""
         self._never = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self._gradient_steps = 0
         self._warned_never = False
@@ -174,17 +198,25 @@ class LoopRecorder:
                       group: Tensor | None = None) -> None:
         """This step's scores ``[G]`` (or ``[G, 1]``), targets ``[G]`` and scalar loss."""
         self._cur.losses.append(_scalar(loss))
+        self._cur.graphs += scores.numel()
         if not self.logging_now:
             return
-        s, y = scores.detach().reshape(-1), targets.detach().reshape(-1)
-        if s.numel() != y.numel():
-            raise ValueError(
-                f"monitor.step: {s.numel()} scores for {y.numel()} targets (scores of shape "
-                f"{tuple(scores.shape)}); pass one score per graph, as the loss sees them")
+        s, y = _pair(scores, targets, "monitor.step")
         # copies: the loop may reuse or change these tensors in place after the step
         self._cur.scores.append(s.clone())
         self._cur.targets.append(y.clone())
         self._cur.groups.append(None if group is None else group.detach().reshape(-1).clone())
+
+    def observe_validation(self, scores: Tensor, targets: Tensor) -> None:
+        """Validation scores ``[V]`` (or ``[V, 1]``) and targets ``[V]`` of this epoch, as the
+        loop computed them; several calls in one epoch (one per validation batch) are pooled.
+        Their ranking metrics go into the epoch's record as ``val_*`` keys, as ``gatrank
+        train`` logs its validation split; outside logged epochs they are not kept."""
+        if not self.logging_now:
+            return
+        s, y = _pair(scores, targets, "monitor.validation")
+        self._cur.val_scores.append(s.clone())
+        self._cur.val_targets.append(y.clone())
 
     # ------------------------------------------------------------------ the epoch's record
 
@@ -192,6 +224,8 @@ class LoopRecorder:
         """Close the epoch: name its non-finite steps and, in a logged epoch, build, write and
         return its record (``None`` otherwise)."""
         cur, self._cur = self._cur, _Epoch()
+        if cur.graphs:
+            self.graphs_per_epoch = max(self.graphs_per_epoch or 0, cur.graphs)
         if not cur.losses:
             logger.warning("epoch %d ended without a step (call monitor.step(scores, targets, "
                            "loss) after each backward()): nothing recorded", self.epoch)
@@ -256,6 +290,10 @@ class LoopRecorder:
         if self.optimizer is not None:
             record["lr"] = float(self.optimizer.param_groups[0]["lr"])
         record["time_s"] = round(time.perf_counter() - self._t0, 3)
+        if cur.val_scores:
+            val = ranking_metrics(torch.cat(cur.val_scores).float().cpu(),
+                                  torch.cat(cur.val_targets).float().cpu(), tie_eps=self.tie_eps)
+            record.update({f"val_{k}": v for k, v in val.items()})
         for probe in self.probes:
             record.update(probe(self.model))
         return record

@@ -1,6 +1,7 @@
 """The Monitor's recording (gatrank.training.monitor.LoopRecorder): the records of a user's loop
 have gatrank train's keys and, for the same loop, its values; it changes nothing in training;
-it names parameters without gradients and the step of a non-finite loss; its metrics.jsonl is
+it names parameters without gradients and the step of a non-finite loss; it counts the graphs
+an epoch trains on and records the validation scores the loop passes; its metrics.jsonl is
 what `gatrank verdict` judges."""
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch_geometric.loader import DataLoader
 from gatrank.cli import main
 from gatrank.config import ModelConfig, overfit_config
 from gatrank.losses import pairwise_rank_loss
-from gatrank.metrics import pairwise_accuracy, spearman
+from gatrank.metrics import pairwise_accuracy, ranking_metrics, spearman
 from gatrank.model import GATRanker
 from gatrank.training import train
 from gatrank.training.history import read_history
@@ -213,3 +214,57 @@ def test_its_metrics_jsonl_is_what_gatrank_verdict_judges(make_graphs, tmp_path,
     out = capsys.readouterr().out
     assert "verdict: PASS" in out if passed else "verdict: FAIL" in out
     assert "the doctor's reading" in out
+
+
+def _steps(rec: LoopRecorder, model: nn.Module, sizes, gen: torch.Generator) -> None:
+    """One epoch's steps with batches of ``sizes`` graphs (a real backward, then the step)."""
+    for n in sizes:
+        y = torch.randn(n, generator=gen)
+        scores = model(torch.randn(n, 4, generator=gen))  # [G, 1], as many models return
+        loss = pairwise_rank_loss(scores.reshape(-1), y).loss
+        model.zero_grad()
+        loss.backward()
+        rec.step(scores, y, loss)
+
+
+def test_the_graphs_of_every_epoch_are_counted_logged_or_not():
+    model, gen = nn.Linear(4, 1), torch.Generator().manual_seed(0)
+    rec = LoopRecorder(model, log_every=5)
+    assert rec.graphs_per_epoch is None
+    _steps(rec, model, [20, 20, 20, 10], gen)  # epoch 1, logged
+    rec.end_epoch()
+    assert rec.graphs_per_epoch == 70
+    _steps(rec, model, [20, 20, 20, 20, 20], gen)  # epoch 2, not logged: still counted
+    assert rec.end_epoch() is None and rec.graphs_per_epoch == 100
+    _steps(rec, model, [20, 10], gen)  # a shorter epoch (a loop stopped early) keeps the most
+    rec.end_epoch()
+    assert rec.graphs_per_epoch == 100
+    assert all("graphs" not in k for r in rec.history for k in r)  # train's keys only
+
+
+def test_validation_scores_become_the_records_val_keys():
+    """Two validation batches of a logged epoch, pooled: the record's val_* are
+    ranking_metrics of all of them (gatrank train's validation keys), after time_s; a
+    validation in an epoch without a record is not kept."""
+    model, gen = nn.Linear(4, 1), torch.Generator().manual_seed(0)
+    rec = LoopRecorder(model, log_every=2)
+    _steps(rec, model, [8, 8], gen)
+    vy = torch.randn(30, generator=gen)
+    vs = 0.8 * vy + torch.randn(30, generator=gen)
+    rec.observe_validation(vs[:20].reshape(-1, 1), vy[:20])
+    rec.observe_validation(vs[20:], vy[20:])
+    record = rec.end_epoch()
+    expected = {f"val_{k}": v for k, v in ranking_metrics(vs, vy).items()}
+    assert {k: record[k] for k in expected} == pytest.approx(expected)
+    assert record["val_pairwise_accuracy"] == pytest.approx(pairwise_accuracy(vs, vy))
+    keys = list(record)
+    assert keys[keys.index("time_s") + 1:keys.index("time_s") + 1 + len(expected)] == \
+        list(expected)
+    _steps(rec, model, [8, 8], gen)  # epoch 2: logged, no validation passed
+    assert not any(k.startswith("val_") for k in rec.end_epoch())
+    _steps(rec, model, [8, 8], gen)  # epoch 3: not logged, so its validation is not kept
+    rec.observe_validation(vs, vy)
+    assert rec.end_epoch() is None
+    _steps(rec, model, [8, 8], gen)  # epoch 4: logged
+    with pytest.raises(ValueError, match=r"monitor.validation: 3 scores for 4 targets"):
+        rec.observe_validation(torch.zeros(3), torch.zeros(4))
