@@ -21,6 +21,7 @@ from torch_geometric.nn import GATConv, GCNConv, global_mean_pool
 __all__ = [
     "LayerNormScoreHead",
     "SoftmaxScoreGNN",
+    "OffsetReluHead",
     "ZeroInitGNN",
     "PoolWithoutBatch",
     "NodeScorer",
@@ -87,6 +88,28 @@ class SoftmaxScoreGNN(nn.Module):
         x = F.elu(self.conv2(x, edge_index))
         h = global_mean_pool(x, batch)  # (G, hidden)
         return torch.softmax(self.lin_out(h), dim=-1).squeeze(-1)  # (G,), all 1.0
+
+
+class OffsetReluHead(_TwoGCN):
+    """GCN, mean pooling and ``Linear(h, 1)``, made non-negative by a ReLU after an offset.
+
+    Bug: two habits in one line. "Scores must be non-negative" (a ``torch.relu`` on the score)
+    and "scores are relative to the 1000 nM reference" (an offset that belonged to the targets,
+    IC50s in nM, not to the scores): ``torch.relu(self.lin_out(h) - 1000)``. A freshly
+    initialised ``lin_out`` gives values near 0, so every input of the ReLU is near -1000:
+    every score is exactly 0 and no gradient reaches any weight. What a person sees: every
+    prediction 0.0, the loss flat at ln 2, gradient norm 0 from the first step, and no layer of
+    the model with a dead output: the ReLU is a function call in ``forward``, not a module;
+    the last module, ``lin_out``, still varies from graph to graph.
+    """
+
+    def __init__(self, in_channels: int, hidden_channels: int = 64) -> None:
+        super().__init__(in_channels, hidden_channels)
+        self.lin_out = nn.Linear(hidden_channels, 1)
+
+    def forward(self, x: Tensor, edge_index: Tensor, batch: Tensor) -> Tensor:
+        h = global_mean_pool(self.encode(x, edge_index), batch)  # (G, hidden)
+        return torch.relu(self.lin_out(h) - 1000).squeeze(-1)  # (G,), all 0.0
 
 
 class ZeroInitGNN(_TwoGCN):

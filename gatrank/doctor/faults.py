@@ -6,11 +6,11 @@ features, a ``.detach()`` in the loss, a sigmoid head driven to its limits, a le
 off by four orders of magnitude...). The faults of the user-code causes put a user's own model
 or loss in place of the diagnosed one, by import string, as a user passes theirs: the models
 and losses of :mod:`gatrank.doctor.buggy` (a ``LayerNorm(1)`` score head, a softmax over one
-unit, zero init, pooling without ``batch``, no readout, a broadcasting MSE, a model that raises
-on large graphs). :func:`inject` applies a fault to a setup; ``gatrank doctor --inject NAME``
-runs the doctor on the embedded data with it, and the zoo test checks that the doctor names the
-right cause for every fault and, where a fault says what it put where (``Fault.evidence``),
-that the evidence names it.
+unit, a ``torch.relu`` after an offset, zero init, pooling without ``batch``, no readout, a
+broadcasting MSE, a model that raises on large graphs). :func:`inject` applies a fault to a
+setup; ``gatrank doctor --inject NAME`` runs the doctor on the embedded data with it, and the
+zoo test checks that the doctor names the right cause for every fault and, where a fault says
+what it put where (``Fault.evidence``), that the evidence names it.
 
 Faults are deterministic: data faults take a seed, everything else is a fixed edit.
 """
@@ -68,6 +68,8 @@ class Fault:
         user_loss: a user loss by import string, trained with in place of the one given.
         evidence: strings the evidence of the fault's cause must contain: the module path and
             type, parameter, loss or exception the fault put there (``head.3``).
+        graphs: the graphs the fault needs at least (0: the zoo's sample): a cause judged on
+            held-out graphs needs a sample large enough to judge (``no_signal``).
     """
 
     name: str
@@ -82,6 +84,7 @@ class Fault:
     model: str | None = None
     user_loss: str | None = None
     evidence: tuple[str, ...] = ()
+    graphs: int = 0
 
 
 @dataclass
@@ -372,6 +375,10 @@ _ZOO = [
     Fault("softmax_one_unit", "constant_output_layer",
           "a user GAT whose forward ends softmax(lin_out(h), dim=-1) on one unit: every "
           "score 1.0", "model", model=f"{_BUGGY}:SoftmaxScoreGNN", evidence=("lin_out",)),
+    Fault("relu_after_offset", "dead_activations",
+          "a user GCN whose forward ends torch.relu(lin_out(h) - 1000): every score 0, and "
+          "no module of the model is dead", "model", also=("vanishing_gradients",),
+          model=f"{_BUGGY}:OffsetReluHead", evidence=("torch.relu", "buggy.py", "lin_out")),
     Fault("deep_gat_no_residual", "oversmoothing",
           "32 GAT layers (width 8, one head) without residual connections", "config",
           also=("vanishing_gradients",),
@@ -386,7 +393,7 @@ _ZOO = [
           config=lambda c, gs: c.updated({"model.dropout": 0.9, "training.weight_decay": 1.0})),
     Fault("shuffled_labels", "no_signal",
           "targets permuted across graphs: nothing links a graph to its target", "data",
-          data=_shuffled_labels),
+          data=_shuffled_labels, graphs=256),
 ]
 
 FAULTS: dict[str, Fault] = {f.name: f for f in _ZOO}

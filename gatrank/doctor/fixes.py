@@ -1,8 +1,9 @@
 """Each cause's fix as data, derived from the cause's measurements and the run's settings.
 
 A :class:`Fix` is a config change (keys and values), a data change (a named transform of the
-graphs), a model edit or swap (a module the signal trace blames replaced by an identity,
-weights re-initialised or unfrozen, gatrank's GATRanker in place of the user's model), a change
+graphs), a model edit or swap (a module the signal trace blames replaced by an identity, a
+call in the model's code it blames made the identity, weights re-initialised or unfrozen, and
+as the last resort gatrank's GATRanker in place of the user's model), a change
 only a human can make (a detached or reversed loss, a shape bug in the user's code), which says
 why and is never "verified", or another cause's consequence. :func:`fix_for` gives a cause's
 fix, :func:`fixes_for` the ones to try; :mod:`gatrank.doctor.verify` applies and verifies them.
@@ -60,7 +61,8 @@ class Fix:
     rows: tuple[int, ...] = ()
     """``drop_rows``: the positions of the graphs to leave out."""
     edit: str = ""
-    """A model edit: ``identity:<module path>``, ``reinit`` or ``unfreeze``."""
+    """A model edit: ``identity:<module path>``, ``identity_call:<op>@<file>:<line>`` (one
+    torch call in the model's code made the identity), ``reinit`` or ``unfreeze``."""
     model: str = ""
     """A reference model in place of the user's: ``gat`` (gatrank's GATRanker)."""
     base: str = "overfit"
@@ -70,7 +72,8 @@ class Fix:
     """Why only a human can apply it (``kind == "human"``)."""
     detail: dict[str, Any] = field(default_factory=dict)
     """What the change needs to be made again outside the doctor: ``ids`` of the rows left
-    out, ``y_mean``/``y_std`` of a standardization, ``max_degree`` of degree features."""
+    out, ``y_mean``/``y_std`` of a standardization, ``max_degree`` of degree features,
+    ``op``/``file``/``line``/``code`` of a call made the identity."""
 
     @property
     def applicable(self) -> bool:
@@ -192,7 +195,8 @@ def _data_fix(doc: Diagnosis, cause: Cause, base: str) -> Fix | None:
 
 def _model_fix(doc: Diagnosis, cause: Cause, base: str) -> Fix | None:
     """The fix that edits the model: unfreeze, re-initialise, the blamed module replaced by an
-    identity, a bounded head swapped, gatrank's GATRanker in place of the user's model."""
+    identity, the blamed call in the model's code made the identity, a bounded head swapped,
+    and as the last resort gatrank's GATRanker in place of the user's model."""
     cid, mc = cause.id, doc.cfg.model
     culprit = cause.measured.get("culprit") or {}
     if cid == "frozen_parameters":
@@ -206,15 +210,28 @@ def _model_fix(doc: Diagnosis, cause: Cause, base: str) -> Fix | None:
             and _removable(doc, culprit.get("path", "")):
         return Fix("model", f"replace {culprit['path']} ({culprit.get('type', '')}) by an "
                    "identity", edit=f"identity:{culprit['path']}", base=base)
+    if cid in flattening and culprit.get("where") == "forward" and culprit.get("op") \
+            and culprit.get("file") and culprit.get("line"):
+        # the one call in the model's code that the trace saw make every graph the same
+        op, file, line = culprit["op"], culprit["file"], culprit["line"]
+        return Fix("model", f"make {op} at {culprit.get('site') or f'{file}:{line}'} the "
+                   "identity (remove that call)", edit=f"identity_call:{op}@{file}:{line}",
+                   detail={"op": op, "file": file, "line": line,
+                           "code": culprit.get("code", "")}, base=base)
     if cid in ("score_head_saturated", "dead_activations") and doc.builtin \
             and mc.head != "layernorm":
         return _config_fix(doc.cfg, {"model.head": "layernorm"}, base)
     if cid in (*flattening, "insufficient_capacity"):
         if not doc.builtin:
-            return Fix("model", "gatrank's GATRanker in place of your model", model="gat",
-                       base=base)
+            return _gat_swap(base)
         return _human("the layer the signal trace names has no shape-preserving replacement")
     return None
+
+
+def _gat_swap(base: str) -> Fix:
+    """The last resort for a user model at fault: gatrank's GATRanker in its place."""
+    return Fix("model", "last resort: gatrank's GATRanker in place of your model", model="gat",
+               base=base)
 
 
 def _settings_fix(doc: Diagnosis, cause: Cause, base: str) -> Fix | None:
@@ -256,11 +273,14 @@ def _settings_fix(doc: Diagnosis, cause: Cause, base: str) -> Fix | None:
 
 
 def fixes_for(doc: Diagnosis, cause: Cause) -> list[Fix]:
-    """The fixes of ``cause`` to try, each alone, the most direct first: :func:`fix_for`, and
-    for gradients that explode before any update, re-initialising the weights (what the
-    stabilizers only contain)."""
+    """The fixes of ``cause`` to try, each alone, the most direct first: :func:`fix_for`; for
+    gradients that explode before any update, re-initialising the weights (what the
+    stabilizers only contain); for a user model whose blamed module or call was removed, the
+    last resort of gatrank's GATRanker in its place."""
     first = fix_for(doc, cause)
     out = [first]
+    if first.edit.startswith(("identity:", "identity_call:")) and not doc.builtin:
+        out.append(_gat_swap(first.base))
     if (cause.id == "exploding_gradients" and "grad_norm_at_init" in cause.measured
             and first.kind == "config"):
         out.append(Fix("model", "re-initialise every layer with its default "

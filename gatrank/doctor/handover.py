@@ -5,7 +5,8 @@ to their own setup, from the report alone.
   differ from gatrank's defaults (the fix's keys always, marked), loadable by ``--config``;
 - ``apply_fix.py``: for a data fix, a short script that makes the change to the user's data
   (a fixed ``manifest_fixed.csv`` beside their manifest, or a function over a list of PyG
-  ``Data``); for a model fix, the edit to make to their model;
+  ``Data``); for a model fix, the edit to make to their model (``fix(model)``; for a call in
+  their code made the identity, also the file and line to edit);
 - ``fix.json``: the cause, its evidence and the verification record.
 """
 
@@ -113,6 +114,11 @@ def _script(fix: dict[str, Any], source: str) -> str:
     if fix.get("data"):
         return doc + _DATA_FUNCTIONS[fix["data"]].format(**{k: repr(v) for k, v in
                                                            detail.items()})
+    if fix.get("edit", "").startswith("identity_call:"):
+        code = detail.get("code") or ""
+        return doc + _IDENTITY_CALL.format(
+            op=detail.get("op", ""), file=detail.get("file", ""), line=detail.get("line", ""),
+            code=f"\n#     {code}" if code else "", spec=fix["edit"])
     if fix.get("edit") or fix.get("model"):
         return doc + _MODEL_EDITS.get(fix.get("edit", "").split(":")[0], _SWAP).format(
             path=fix.get("edit", "").partition(":")[2])
@@ -183,6 +189,24 @@ def fix(model):
 ''',
 }
 """``fix(model)`` for the user's model, applied before the optimizer is built."""
+
+_IDENTITY_CALL = '''# The change to make in your code: remove the call to {op} at line {line} of
+# {file}{code}
+# fix(model) makes the same change at run time, as the doctor verified it, for a model built
+# from that file: that one call returns its input unchanged, every other call runs as it is.
+from gatrank.doctor.verify import model_edit
+
+EDIT = {spec!r}
+
+
+def fix(model):
+    """{op} at line {line} made the identity in every forward pass of ``model`` (the signal
+    trace found it makes every score equal); gradients flow through it. Returns ``model``."""
+    return model_edit(EDIT)(model)
+'''
+"""``fix(model)`` for a call in the user's code made the identity: the same
+:func:`gatrank.doctor.verify.model_edit` the doctor verified, so the call is matched exactly as
+the signal trace named it."""
 
 _SWAP = '''
 # gatrank's GATRanker learns these graphs where your model does not: run gatrank train

@@ -144,8 +144,24 @@ def _trace_symptoms(doc: Diagnosis, stage: str) -> bool:
 
 
 def trace_fix(culprit: Any) -> str:
-    """The fix for the signal trace's culprit, naming its module (and never keeping it)."""
+    """The fix for the signal trace's culprit, naming its module or the call in the model's
+    code, with its file and line (and never keeping it)."""
     where = f"{culprit.path} ({culprit.type})"
+    op = getattr(culprit, "op", "")
+    if culprit.where == "forward" and op:
+        call = f"{op} at {culprit.site}" + (f" (`{culprit.code}`)" if culprit.code else "")
+        if culprit.cause == "dead_activations":
+            return (f"Remove {call}, or apply it to a hidden layer before the last Linear: "
+                    "every input it gets is below its kink, so every graph gets the same score "
+                    "and no gradient passes back. A ranking loss needs no bound on the scores; "
+                    "where they must be non-negative, use a softplus of the last Linear's "
+                    "output, without an offset.")
+        if culprit.cause == "score_head_saturated":
+            return (f"Remove {call}, or scale its input down: it is at its bound for every "
+                    "graph (a ranking loss needs unbounded scores).")
+        return (f"Remove {call}: it gives every graph the same output (a softmax over one "
+                "unit, a normalization over a size-1 dimension, a broadcast of one value). "
+                f"Return {culprit.path}'s output as the score.")
     if culprit.where == "forward":
         return (f"Every module's output still differs between graphs, and the last one, "
                 f"{where}, too; the model's forward code after it makes the scores the same "

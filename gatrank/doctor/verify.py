@@ -17,29 +17,54 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from gatrank.doctor.fixes import MAX_RUNS, MAX_VERIFIED, Fix, fixes_for
 from gatrank.doctor.report import Cause
 from gatrank.doctor.runs import train_run
 from gatrank.doctor.state import Diagnosis
 from gatrank.doctor.symptoms import Run
+from gatrank.doctor.trace import call_site, during_forward, op_name
 
 __all__ = [
     "verify_fixes",
     "apply_data_fix",
     "model_edit",
+    "parse_identity_call",
+    "IdentityCall",
 ]
 
 
 def model_edit(spec: str) -> Callable[[nn.Module], nn.Module]:
-    """The model edit ``spec`` names, as a function applied to every freshly built model."""
+    """The model edit ``spec`` names, as a function applied to every freshly built model.
+
+    ``identity:<module path>`` replaces that module by ``nn.Identity``;
+    ``identity_call:<op>@<file>:<line>`` makes one torch call in the model's code the identity
+    (:class:`IdentityCall`); ``reinit`` re-initialises every layer; ``unfreeze`` makes every
+    parameter trainable.
+
+    Raises:
+        ValueError: an unknown edit, or an ``identity_call`` without ``@file:line``.
+    """
+    if spec.startswith("identity_call:"):
+        op, file, line = parse_identity_call(spec)
+
+        def identity_call(net: nn.Module) -> nn.Module:
+            # hooks on the model itself: the call is the identity in every forward pass, and
+            # gradients flow through the argument it passes on
+            during_forward(getattr(net, "module", net), IdentityCall(op, file, line))
+            return net
+
+        return identity_call
     if spec.startswith("identity:"):
         path = spec.split(":", 1)[1]
 
@@ -66,6 +91,44 @@ def model_edit(spec: str) -> Callable[[nn.Module], nn.Module]:
 
         return unfreeze
     raise ValueError(f"unknown model edit {spec!r}")
+
+
+def parse_identity_call(spec: str) -> tuple[str, str, int]:
+    """``identity_call:torch.relu@/path/model.py:31`` -> ``("torch.relu", "/path/model.py",
+    31)``."""
+    op, at, where = spec.removeprefix("identity_call:").partition("@")
+    file, _, line = where.rpartition(":")
+    if not (op and at and file and line.isdigit()):
+        raise ValueError(f"bad model edit {spec!r}: write identity_call:<op>@<file>:<line>, "
+                         "e.g. identity_call:torch.relu@/path/model.py:31")
+    return op, file, int(line)
+
+
+class IdentityCall(TorchFunctionMode):
+    """While active, the torch function ``op`` (named as :func:`~gatrank.doctor.trace.op_name`
+    names it) called from line ``line`` of ``file`` returns its first tensor argument
+    unchanged; every other call, and the same function on any other line, runs as it is."""
+
+    def __init__(self, op: str, file: str, line: int) -> None:
+        super().__init__()
+        self.op, self.file, self.line = op, file, line
+        self.name = op.rsplit(".", 1)[-1]  # a suffix of the bound name: special_expit
+        self.real = os.path.realpath(file)
+
+    def _here(self, frame) -> bool:
+        site = call_site(frame)
+        return site is not None and site[1] == self.line and (
+            site[0] == self.file or os.path.realpath(site[0]) == self.real)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        # the name first: it rules out almost every call without looking at a frame
+        if str(getattr(func, "__name__", "")).endswith(self.name) and op_name(func) == self.op \
+                and self._here(sys._getframe(1)):
+            first = next((v for v in (*args, *kwargs.values()) if isinstance(v, Tensor)), None)
+            if first is not None:
+                return first
+        return func(*args, **kwargs)
 
 
 def _then(first: Callable[[nn.Module], nn.Module] | None,

@@ -5,6 +5,7 @@ molecules)."""
 
 from __future__ import annotations
 
+import inspect
 import traceback
 from pathlib import Path
 
@@ -237,6 +238,26 @@ def test_softmax_one_unit_scores_every_graph_exactly_one(zoo_set):
     assert _input_spread(model, "lin_out", batch) > 1e-4  # lin_out's input still varies
     make_loss_fn(None, Config())(scores, batch.y, None).loss.backward()
     assert all(p.grad is None or not p.grad.any() for p in model.parameters())  # no gradient
+
+
+def test_relu_after_offset_scores_every_graph_zero_while_every_module_varies(zoo_set):
+    from gatrank.doctor.buggy import OffsetReluHead
+    from gatrank.doctor.trace import signal_trace
+
+    model = _user_model("OffsetReluHead", zoo_set.num_features)
+    batch = _real_batch(zoo_set)
+    scores = check_scores(model(batch), batch)
+    assert bool((scores == 0).all())
+    assert _input_spread(model, "lin_out", batch) > 1e-4  # lin_out's input still varies
+    make_loss_fn(None, Config())(scores, batch.y, None).loss.backward()
+    assert all(p.grad is None or not p.grad.any() for p in model.parameters())  # no gradient
+    # no module is dead: the relu is a call in forward, where the fault's evidence looks
+    trace = signal_trace(model, batch)
+    assert not any(m.constant for m in trace.modules)
+    c = trace.culprit
+    assert (c.op, c.cause, c.path) == ("torch.relu", "dead_activations", "lin_out")
+    assert c.file == inspect.getsourcefile(OffsetReluHead) and "- 1000" in c.code
+    assert all(s in trace.culprit.evidence for s in FAULTS["relu_after_offset"].evidence)
 
 
 def test_zero_init_zeroes_every_weight_and_every_graph_looks_the_same(zoo_set):

@@ -4,6 +4,8 @@ fix above an unverified one, --no-verify, and the hand-over a user applies to th
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
 import subprocess
 import sys
 
@@ -16,7 +18,7 @@ from torch import nn
 from gatrank.cli import main
 from gatrank.config import Config, load_config
 from gatrank.doctor import DoctorOptions, diagnose
-from gatrank.doctor.fixes import Fix
+from gatrank.doctor.fixes import Fix, fixes_for
 from gatrank.doctor.handover import fix_config, write_fix
 from gatrank.doctor.report import Cause, DoctorReport
 from gatrank.doctor.state import Diagnosis
@@ -133,3 +135,74 @@ def test_the_written_config_fix_passes_the_overfit_test_where_the_unfixed_one_fa
         assert main(["train", "--config", str(tmp_path / config), "--overfit-n", "32",
                      "--stop-at-verdict", "--no-progress", "-q", "--out", run]) == 0
         assert main(["verdict", run]) == verdict, (config, capsys.readouterr().out)
+
+
+def _relu_line() -> tuple[str, int]:
+    """File and line of the torch.relu in OffsetReluHead.forward."""
+    from gatrank.doctor.buggy import OffsetReluHead
+
+    lines, start = inspect.getsourcelines(OffsetReluHead.forward)
+    return (inspect.getsourcefile(OffsetReluHead),
+            start + next(i for i, t in enumerate(lines) if "torch.relu(" in t))
+
+
+def _call_cause(file: str, line: int) -> Cause:
+    culprit = {"path": "lin_out", "type": "Linear(64, 1)", "where": "forward",
+               "cause": "dead_activations", "op": "torch.relu", "file": file, "line": line,
+               "code": "return torch.relu(self.lin_out(h) - 1000).squeeze(-1)",
+               "site": f"buggy.py:{line}"}
+    return Cause("dead_activations", "e", "f", 0.9, "overfit", {"culprit": culprit})
+
+
+def test_a_call_the_trace_blames_is_removed_first_and_gatranker_is_the_last_resort():
+    file, line = _relu_line()
+    user = Diagnosis(None, Config(), "gatrank.doctor.buggy:OffsetReluHead", None, None,
+                     DoctorOptions(), 0)
+    first, last = fixes_for(user, _call_cause(file, line))
+    assert (first.kind, first.edit) == ("model", f"identity_call:torch.relu@{file}:{line}")
+    assert first.label == f"make torch.relu at buggy.py:{line} the identity (remove that call)"
+    assert first.detail["line"] == line and first.detail["code"].startswith("return torch.relu(")
+    assert (last.model, last.label) == ("gat", "last resort: gatrank's GATRanker in place of "
+                                               "your model")
+    # gatrank's own model: the call is removed, and there is no model of the user's to swap
+    builtin = Diagnosis(None, Config(), None, None, None, DoctorOptions(), 0)
+    assert [f.edit for f in fixes_for(builtin, _call_cause(file, line))] == [first.edit]
+    # a forward culprit without a recorded call: only the swap, said to be the last resort
+    culprit = {**_call_cause(file, line).measured["culprit"], "op": "", "file": "",
+               "line": None}
+    bare = Cause("constant_output_layer", "e", "f", 0.95, "overfit", {"culprit": culprit})
+    assert [f.label for f in fixes_for(user, bare)] == [last.label]
+
+
+def test_the_written_identity_call_fix_makes_that_call_the_identity(tmp_path, zoo_set):
+    from torch_geometric.data import Batch
+    from torch_geometric.nn import global_mean_pool
+
+    from gatrank.doctor.buggy import OffsetReluHead
+    from gatrank.model import adapt_forward
+
+    file, line = _relu_line()
+    blamed = _call_cause(file, line)
+    rec = fixes_for(Diagnosis(None, Config(), "x:Y", None, None, DoctorOptions(), 0), blamed)[0]
+    cause = Cause("dead_activations", "e", "f", 0.9, "overfit", verification={
+        "status": "verified", "passed": True, "epoch": 230, "pairwise_accuracy": 0.9,
+        "spearman": 0.91, "score_std": 3.4, "fix": rec.to_dict()})
+    report = DoctorReport("collapsed", [cause], [], config=Config().to_dict())
+    files = write_fix(report, tmp_path / "fix")
+    assert [f.name for f in files] == ["config.yaml", "apply_fix.py", "fix.json"]
+    script = (tmp_path / "fix" / "apply_fix.py").read_text()
+    assert f"line {line} of\n# {file}" in script and "- 1000" in script
+    spec = importlib.util.spec_from_file_location("apply_fix", tmp_path / "fix" / "apply_fix.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.manual_seed(0)
+    model = adapt_forward(module.fix(OffsetReluHead(zoo_set.num_features)))
+    batch = Batch.from_data_list([zoo_set[i] for i in range(8)])
+    scores = model(batch)
+    with torch.no_grad():
+        h = torch.nn.functional.relu(model.conv1(batch.x, batch.edge_index))
+        h = torch.nn.functional.relu(model.conv2(h, batch.edge_index))
+        expected = model.lin_out(global_mean_pool(h, batch.batch)).squeeze(-1) - 1000
+    assert torch.allclose(scores, expected) and float(scores.detach().std()) > 0
+    scores.sum().backward()
+    assert model.lin_out.weight.grad.abs().sum() > 0

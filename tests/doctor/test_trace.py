@@ -5,7 +5,9 @@ a hand computation."""
 
 from __future__ import annotations
 
+import inspect
 import json
+import os
 
 import numpy as np
 import pytest
@@ -15,7 +17,8 @@ from torch_geometric.data import Batch, Data
 from torch_geometric.nn import GATConv, GCNConv, global_mean_pool
 
 from gatrank.config import ModelConfig
-from gatrank.doctor.trace import short_type, signal_trace
+from gatrank.doctor.trace import op_name, short_type, signal_trace
+from gatrank.doctor.verify import model_edit, parse_identity_call
 from gatrank.model import adapt_forward, build_model
 
 F, H = 3, 16  # node features, hidden width (neither equals the batch's 6 graphs or 24 nodes)
@@ -360,3 +363,274 @@ def test_a_softmax_module_over_one_unit_is_the_culprit_layer():
     assert (c.path, c.type, c.where, c.cause) == ("head.1", "Softmax(dim=-1)", "module",
                                                   "constant_output_layer")
     assert "every graph 1" in c.evidence and "softmax over one unit" in c.evidence
+
+
+# --------------------------------------------------------------------------- calls in forward
+
+
+def _line_of(cls: type, marker: str) -> int:
+    """The line of ``cls``'s source that holds ``marker`` (a comment): where a call is."""
+    lines, start = inspect.getsourcelines(cls)
+    return start + next(i for i, text in enumerate(lines) if marker in text)
+
+
+class OffsetRelu(nn.Module):
+    """A GCN, mean pooling and a Linear whose output goes through ``torch.relu`` after an
+    offset in ``forward``: dead for a large offset, healthy for a small or negative one."""
+
+    def __init__(self, offset: float = 1000.0) -> None:
+        super().__init__()
+        self.conv = GCNConv(F, H)
+        self.out = nn.Linear(H, 1)
+        self.offset = offset
+
+    def forward(self, x, edge_index, batch):
+        h = global_mean_pool(self.conv(x, edge_index).relu(), batch)  # (G, H)
+        return torch.relu(self.out(h) - self.offset).squeeze(-1)  # marker: the relu
+
+
+def _offset_relu(offset: float = 1000.0, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return adapt_forward(OffsetRelu(offset))
+
+
+def test_a_relu_after_an_offset_in_forward_is_named_with_its_file_and_line():
+    model, b = _offset_relu(), _batch()
+    trace = signal_trace(model, b)
+    c = trace.culprit
+    line = _line_of(OffsetRelu, "# marker: the relu")
+    assert (c.where, c.path, c.type, c.cause) == ("forward", "out", "Linear(16, 1)",
+                                                  "dead_activations")
+    assert (c.op, c.file, c.line) == ("torch.relu", __file__, line)
+    assert c.code == "return torch.relu(self.out(h) - self.offset).squeeze(-1)"  # no comment
+    assert c.site == f"{os.path.relpath(__file__)}:{line}"
+    # the relu's input, by hand: the Linear's output minus the offset, every value negative
+    with torch.no_grad():
+        h = global_mean_pool(model.conv(b.x, b.edge_index).relu(), b.batch)
+        before = (model.out(h) - 1000).double()
+    assert float(before.max()) < 0
+    assert c.evidence.startswith(f"torch.relu at {c.site} (`{c.code}`): input max "
+                                 f"{float(before.max()):.4g} across 6 graphs: every input "
+                                 "negative, so it outputs 0 for every graph.")
+    assert c.op_input_std == pytest.approx(float(before.std(unbiased=False)), rel=1e-6)
+    assert "out (Linear(16, 1)), has output std" in c.evidence
+    assert "forward code after out" in c.evidence
+    assert not any(m.constant for m in trace.modules)
+
+
+def test_calls_are_the_models_own_in_forward_order_without_pygs_internals():
+    trace = signal_trace(_offset_relu(), _batch())
+    line = _line_of(OffsetRelu, "# marker: the relu")
+    # .relu() on the conv, then - offset and torch.relu; squeeze's input is already constant;
+    # global_mean_pool's scatter runs inside PyG and is not the model's call
+    assert [(c.op, c.line) for c in trace.calls] == [
+        ("Tensor.relu", line - 1), ("Tensor.sub", line), ("torch.relu", line),
+        ("Tensor.squeeze", line)]
+    assert all(c.file == __file__ for c in trace.calls)
+    sub, relu = trace.calls[1], trace.calls[2]
+    assert sub.after == "out" and not sub.constant and sub.input_constant is False
+    assert relu.constant and relu.zero_fraction == 1.0 and relu.input_max < 0
+    assert relu.input_graph_std == pytest.approx(sub.graph_std)
+    assert relu.shape == [6, 1] and relu.input_shape == [6, 1] and relu.level == "graph"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("offset", [-10.0, -1000.0])
+def test_a_relu_in_forward_that_keeps_the_signal_is_no_culprit(offset, seed):
+    trace = signal_trace(_offset_relu(offset, seed), _batch(seed=seed))
+    assert trace.culprit is None and trace.scores_constant is False
+    relu = next(c for c in trace.calls if c.op == "torch.relu")
+    assert not relu.constant
+
+
+class Tail(nn.Module):
+    """A Linear score head followed by one operation in ``forward``."""
+
+    def __init__(self, tail) -> None:
+        super().__init__()
+        self.conv = GCNConv(F, H)
+        self.out = nn.Linear(H, 1)
+        self.tail = tail
+
+    def forward(self, x, edge_index, batch):
+        s = self.out(global_mean_pool(self.conv(x, edge_index).relu(), batch))  # (G, 1)
+        return self.tail(s)  # marker: the tail
+
+
+TAILS = {
+    "clamp at its lower bound": (lambda s: torch.clamp(s - 1000, min=0.0), "torch.clamp",
+                                 "dead_activations", "at or below its lower bound 0"),
+    "clamp_min in place": (lambda s: (s - 1000).clamp_min_(0.0), "Tensor.clamp_min_",
+                           "dead_activations", "at or below its lower bound 0"),
+    "hardtanh at its top": (lambda s: nn.functional.hardtanh(s + 100), "F.hardtanh",
+                            "score_head_saturated", "at or above its upper bound 1"),
+    "sigmoid of a large input": (lambda s: torch.sigmoid(100 * s + 1000), "torch.sigmoid",
+                                 "score_head_saturated", "of its bounds [0, 1]"),
+    "tanh method": (lambda s: (s - 1000).tanh(), "Tensor.tanh", "score_head_saturated",
+                    "of its bounds [-1, 1]"),
+    "F.softmax over one unit": (lambda s: nn.functional.softmax(s, dim=1), "F.softmax",
+                                "constant_output_layer", "a softmax over one unit (dim 1"),
+    "log_softmax over one unit": (lambda s: s.log_softmax(-1), "Tensor.log_softmax",
+                                  "constant_output_layer", "a softmax over one unit"),
+    "layer_norm over one unit": (lambda s: nn.functional.layer_norm(s, (1,)), "F.layer_norm",
+                                 "constant_output_layer", "a dimension of size 1"),
+    "expand of one value": (lambda s: s.mean(0, keepdim=True).expand(s.shape[0], 1),
+                            "Tensor.expand", "constant_output_layer",
+                            "it broadcasts one value (input shape [1, 1])"),
+}
+
+
+@pytest.mark.parametrize("name", list(TAILS))
+def test_the_cause_fits_the_operation(name):
+    tail, op, cause, why = TAILS[name]
+    torch.manual_seed(0)
+    trace = signal_trace(adapt_forward(Tail(tail)), _batch())
+    c = trace.culprit
+    assert (c.where, c.path, c.op, c.cause) == ("forward", "out", op, cause), c.evidence
+    # the call is in the lambda above, not in Tail.forward: the model's code is wherever it is
+    assert c.file == __file__ and c.line != _line_of(Tail, "# marker: the tail")
+    assert why in c.evidence and c.evidence.startswith(f"{op} at ")
+
+
+class KilledBetweenModules(nn.Module):
+    """The relu that kills the signal sits between two modules: the Linear after it gets the
+    same input for every graph, so no module is to blame."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = GCNConv(F, H)
+        self.lin1 = nn.Linear(H, H)
+        self.lin2 = nn.Linear(H, 1)
+
+    def forward(self, x, edge_index, batch):
+        h = global_mean_pool(self.conv(x, edge_index), batch)
+        h = torch.relu(self.lin1(h) - 100)  # marker: dies here
+        return self.lin2(h).squeeze(-1)
+
+
+def test_a_call_between_modules_that_kills_the_signal_is_named():
+    torch.manual_seed(0)
+    trace = signal_trace(adapt_forward(KilledBetweenModules()), _batch())
+    c = trace.culprit
+    assert _entry(trace, "lin2").constant and _entry(trace, "lin2").input_constant
+    assert (c.where, c.path, c.op, c.cause) == ("forward", "lin1", "torch.relu",
+                                                "dead_activations")
+    assert c.line == _line_of(KilledBetweenModules, "# marker: dies here")
+
+
+def test_call_culprit_to_dict_and_format_lines_name_the_call():
+    trace = signal_trace(_offset_relu(), _batch())
+    d = json.loads(json.dumps(trace.to_dict()))
+    line = _line_of(OffsetRelu, "# marker: the relu")
+    assert {k: d["culprit"][k] for k in ("op", "file", "line")} == {
+        "op": "torch.relu", "file": __file__, "line": line}
+    assert d["culprit"]["site"].endswith(f"test_trace.py:{line}")
+    assert d["culprit"]["code"].startswith("return torch.relu(")
+    assert [c["op"] for c in d["calls"]] == [c.op for c in trace.calls]
+    assert d["calls"][2]["input_max"] < 0
+    last = trace.format_lines()[-1]
+    assert f"<- culprit: forward code after out: torch.relu at {trace.culprit.site}" in last
+
+
+def test_the_call_mode_is_only_active_during_the_traced_forward():
+    model = _offset_relu()
+    stack = torch._C._len_torch_function_stack()
+    signal_trace(model, _batch())
+    assert torch._C._len_torch_function_stack() == stack
+    assert len(model._forward_pre_hooks) == 1  # adapt_forward's argument adapter alone
+    assert len(model._forward_hooks) == 0
+
+    class Raises(OffsetRelu):
+        def forward(self, x, edge_index, batch):
+            torch.relu(x)
+            raise RuntimeError("user bug")
+
+    with pytest.raises(RuntimeError, match="user bug"):
+        signal_trace(adapt_forward(Raises()), _batch())
+    assert torch._C._len_torch_function_stack() == stack
+
+
+def test_op_names_say_what_the_code_wrote():
+    assert op_name(torch.relu) == "torch.relu"
+    assert op_name(torch.nn.functional.softmax) == "F.softmax"
+    assert op_name(torch.nn.functional.linear) == "F.linear"
+    assert op_name(torch.Tensor.sub) == "Tensor.sub"
+    assert op_name(torch.Tensor.expand) == "Tensor.expand"
+    assert op_name(torch.Tensor.__rsub__) == "Tensor.__rsub__"
+    assert op_name(torch.special.expit) == "torch.special.expit"
+
+
+# --------------------------------------------------------------------------- identity_call
+
+
+class TwoRelus(nn.Module):
+    """Two ``torch.relu`` calls on two lines, and a ``Tensor.relu`` on the first's line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin1 = nn.Linear(F, H)
+        self.lin2 = nn.Linear(H, 1)
+
+    def forward(self, batch):
+        h = torch.relu(self.lin1(batch.x) - 1).relu()  # marker: first relu
+        s = self.lin2(global_mean_pool(h, batch.batch))
+        return torch.relu(s - 1000).squeeze(-1)  # marker: second relu
+
+
+def _two_relus_by_hand(model: TwoRelus, b: Batch, first: bool, second: bool) -> torch.Tensor:
+    h = model.lin1(b.x) - 1
+    h = (torch.relu(h) if first else h).relu()
+    s = model.lin2(global_mean_pool(h, b.batch)) - 1000
+    return (torch.relu(s) if second else s).squeeze(-1)
+
+
+def test_identity_call_removes_exactly_the_named_call_and_gradients_flow():
+    torch.manual_seed(0)
+    model, b = TwoRelus(), _batch()
+    first, second = (_line_of(TwoRelus, f"# marker: {w} relu") for w in ("first", "second"))
+    model_edit(f"identity_call:torch.relu@{__file__}:{second}")(model)
+    scores = model(b)
+    with torch.no_grad():
+        expected = _two_relus_by_hand(model, b, first=True, second=False)
+        assert bool((_two_relus_by_hand(model, b, True, True) == 0).all())  # dead before
+    assert torch.allclose(scores, expected) and float(scores.detach().std()) > 0
+    scores.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    # the other torch.relu, and Tensor.relu on the same line as it, still run
+    torch.manual_seed(0)
+    other = TwoRelus()
+    model_edit(f"identity_call:torch.relu@{__file__}:{first}")(other)
+    with torch.no_grad():
+        assert torch.allclose(other(b), _two_relus_by_hand(other, b, first=False, second=True))
+    assert torch._C._len_torch_function_stack() == 0
+
+
+def test_identity_call_matches_the_file_and_not_only_the_line():
+    torch.manual_seed(0)
+    model, b = TwoRelus(), _batch()
+    second = _line_of(TwoRelus, "# marker: second relu")
+    with torch.no_grad():
+        before = model(b)
+    model_edit(f"identity_call:torch.relu@/elsewhere/model.py:{second}")(model)
+    model_edit(f"identity_call:F.relu@{__file__}:{second}")(model)  # not the function called
+    with torch.no_grad():
+        assert torch.equal(model(b), before)
+
+
+def test_identity_call_specs_are_parsed_or_refused_by_name():
+    assert parse_identity_call("identity_call:torch.relu@/p/m.py:31") == (
+        "torch.relu", "/p/m.py", 31)
+    assert parse_identity_call("identity_call:Tensor.sub@C:/p/m.py:7") == (
+        "Tensor.sub", "C:/p/m.py", 7)
+    with pytest.raises(ValueError, match="identity_call:<op>@<file>:<line>"):
+        model_edit("identity_call:torch.relu")
+
+
+def test_the_traced_call_made_the_identity_gives_scores_that_vary():
+    model, b = _offset_relu(), _batch()
+    c = signal_trace(model, b).culprit
+    model_edit(f"identity_call:{c.op}@{c.file}:{c.line}")(model)
+    trace = signal_trace(model, b)
+    assert trace.culprit is None and trace.scores_std > 0
+    relu = next(call for call in trace.calls if call.op == "torch.relu")  # still called...
+    assert not relu.constant and relu.input_max < 0  # ...and its input passes through
