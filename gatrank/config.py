@@ -24,7 +24,7 @@ import dataclasses
 import json
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,9 @@ __all__ = [
     "load_config",
     "overfit_config",
     "parse_model_kwargs",
+    "RECOMMENDED",
+    "settings_set",
+    "file_keys",
 ]
 
 logger = logging.getLogger(__name__)
@@ -376,6 +379,44 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> Config:
     if overrides:
         cfg = cfg.updated({k.replace("__", "."): v for k, v in overrides.items()})
     return cfg
+
+
+RECOMMENDED: dict[str, Any] = {
+    "training.batch_size": 16,
+    "training.learning_rate": 1e-3,
+    "training.grad_clip": 1.0,
+    "training.weight_decay": 0.0,
+    "model.dropout": 0.1,
+    "loss.margin_eps": 0.0,
+    "loss.tie_eps": 1e-6,
+    "loss.temperature": 1.0,
+    "loss.weight_by_diff": True,
+}
+"""The runbook's recommended config (Step 3; ``params/config_example.yaml``, which a test
+holds to this): the settings a diagnosis never names as a cause."""
+
+
+def settings_set(config: Config, file_keys: Sequence[str] = ()) -> dict[str, Any]:
+    """The dotted keys a user set and their values: those of a config file (``file_keys``) and
+    every one whose value differs from gatrank's defaults (a ``Config`` built in code). A key
+    left at its default and not in a file is gatrank's choice, not the user's."""
+    mine, base = config.to_dict(), Config().to_dict()
+    out = {}
+    for section, values in mine.items():
+        for key, value in values.items():
+            dotted = f"{section}.{key}"
+            if dotted in file_keys or value != base[section][key]:
+                out[dotted] = value
+    return out
+
+
+def file_keys(path: str | Path) -> list[str]:
+    """The dotted keys a YAML config file gives (``[]`` for a file that is not a mapping)."""
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(raw, dict):
+        return []
+    return [f"{section}.{key}" for section, values in raw.items() if isinstance(values, dict)
+            for key in values]
 
 
 def overfit_config(base: Config, n: int = 32) -> Config:

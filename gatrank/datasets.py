@@ -44,6 +44,7 @@ __all__ = [
     "default_manifest",
     "dataset_manifest",
     "manifest_or_default",
+    "sample_graphs",
     "with_source",
     "load_data",
     "check_data",
@@ -271,6 +272,17 @@ def dataset_manifest(name: str, cache_dir: str | Path | None = None) -> Path:
     if manifest.is_file():
         return manifest
     return write_dataset(name, manifest.parent)
+
+
+def sample_graphs(name: str = DEFAULT_DATASET, n: int = 128, seed: int = 0):
+    """A seeded sample of ``n`` graphs of data set ``name`` (default options, written once to
+    gatrank's cache by :func:`dataset_manifest`), in its order; all of it when it has no more
+    than ``n``."""
+    full = load_graphs(dataset_manifest(name))
+    if n >= len(full):
+        return full
+    keep = np.sort(np.random.default_rng(seed).choice(len(full), n, replace=False))
+    return full.subset(keep.tolist())
 
 
 def manifest_or_default(*candidates: str | Path | None) -> Path:

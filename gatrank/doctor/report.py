@@ -158,12 +158,16 @@ DOCTOR_THRESHOLDS: dict[str, float] = {
     "vanishing_grad_norm": THRESHOLDS["grad_norm"],  # the runbook's 0.01
     "near_ln2": 0.9,                # loss never below this x ln 2: no better than constant
     "flat_loss_drop": 0.01,         # relative loss drop below this: "not moving"
+    "ranking_gain": 0.01,           # pairwise accuracy gain in a plateau window: still learning
     "oversmoothing_mad_ratio": 0.1,  # MAD at the last GAT layer / largest MAD over layers
     "indistinguishable": 0.5,       # graphs whose pooled input features clash
     "without_pairs": 0.5,           # batches without a valid pair
     "nearly_constant_ties": 0.99,   # fraction of target pairs that are ties
     "frozen_fraction": 0.5,         # parameters (by count) that cannot learn
     "signal_p": 0.01,               # permutation p-value for held-out signal
+    "chance_p": 0.05,               # at or above this p-value, held-out ranking is at chance
+    "judge_train": 128,             # training graphs a held-out stage needs to judge a signal
+    "judge_heldout": 64,            # and held-out graphs
     "lr_high": 0.1,                 # learning rates above this are suspect
     "lr_low": 1e-5,                 # and below this
     "heavy_dropout": 0.5,
@@ -239,8 +243,12 @@ class DoctorOptions:
     """Epoch budget of the run with the user's own settings on the same graphs."""
     stall_epochs: int = 30
     """Stop a run when its best loss has not improved by 1% over this many epochs."""
-    heldout_train: int = 64
-    """Training graphs in the held-out stage."""
+    heldout_train: int = 512
+    """At most this many training graphs in the held-out stage (fewer when
+    ``heldout_seconds`` does not allow them, never fewer than 64 where the split has them)."""
+    heldout_seconds: float = 20.0
+    """The held-out stage's time budget: as many training graphs as it allows at the speed the
+    overfit run measured."""
     heldout_max: int = 256
     """At most this many held-out graphs are scored."""
     heldout_epochs: int = 40
@@ -259,9 +267,11 @@ class DoctorOptions:
 
     def __post_init__(self) -> None:
         for name in ("n", "overfit_epochs", "user_epochs", "heldout_train", "heldout_max",
-                     "heldout_epochs", "probe_graphs", "permutations"):
+                     "heldout_epochs", "probe_graphs", "permutations", "heldout_seconds"):
             value = getattr(self, name)
             least = 2 if name in ("n", "heldout_train", "heldout_max") else 1
+            if name == "heldout_seconds":
+                least = 0
             if value < least:
                 raise ValueError(f"DoctorOptions.{name} = {value} is out of range: use at least "
                                  f"{least}" + (" (ranking needs pairs; the runbook's overfit test "

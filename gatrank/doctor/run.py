@@ -46,8 +46,14 @@ from typing import Any
 from torch import nn
 
 from gatrank.checks.static import check_graphs
-from gatrank.checks.verdict import THRESHOLDS, evaluate_verdict
-from gatrank.config import Config, load_config
+from gatrank.checks.verdict import (
+    THRESHOLDS,
+    TRAINING,
+    evaluate_training,
+    evaluate_verdict,
+    judgement,
+)
+from gatrank.config import Config, file_keys, load_config, settings_set
 from gatrank.datasets import check_data, load_data, with_source
 from gatrank.doctor.ablations import overfit_ablations, user_ablations
 from gatrank.doctor.data_stage import data_stage, droppable
@@ -57,7 +63,14 @@ from gatrank.doctor.report import CAUSES, DOCTOR_THRESHOLDS, DoctorOptions, Doct
 from gatrank.doctor.runs import train_run
 from gatrank.doctor.stages import heldout_stage, loss_stage, model_stage
 from gatrank.doctor.state import Diagnosis
-from gatrank.doctor.symptoms import Run, failure_verdict, lr_symptom, median_grad, symptoms
+from gatrank.doctor.symptoms import (
+    Run,
+    failure_verdict,
+    lr_symptom,
+    median_grad,
+    still_learning,
+    symptoms,
+)
 from gatrank.doctor.trace import signal_trace
 from gatrank.doctor.usercode import UserFrame, user_files, user_frame
 from gatrank.doctor.verify import verify_fixes
@@ -80,13 +93,19 @@ def _run_stages(doc: Diagnosis, problems: Sequence, dropped: Sequence) -> str:
     idx = doc.train_split()[: doc.opts.n]
     if model_stage(doc, idx):
         return "broken_loss" if "loss_detached" in doc.causes else "cannot_fit"
-    # the runbook's overfit test; when it fails, its symptoms and ablations name the cause
+    # the runbook's overfit test, given its 500 epochs while it learns; when it fails, its
+    # symptoms and ablations name the cause
     t0 = doc.begin("overfit")
     trained: list[nn.Module] = []
-    rb = train_run(doc, "overfit", doc.overfit_cfg(), idx, stop_on_pass=True, keep=trained)
+    rb = train_run(doc, "overfit", doc.overfit_cfg(), idx, stop_on_pass=True, keep=trained,
+                   patient=True)
+    doc.overfit_run = rb
     doc.runbook_verdict = rb.verdict.to_dict() if rb.verdict else None
-    doc.add_stage("overfit", "passed" if rb.passed else "failed",
-                  {"graphs": len(idx), **rb.summary()}, t0)
+    summary = {"graphs": len(idx), **rb.summary()}
+    if rb.dropout_off:
+        summary["dropout_off"] = len(rb.dropout_off)
+    doc.add_stage("overfit", "passed" if rb.passed else "failed", summary, t0)
+    _overfit_notes(doc, rb)
     if not rb.passed:
         if trained and doc.trace_batch is not None:
             doc.traces["end"] = signal_trace(trained[-1], doc.trace_batch)
@@ -99,21 +118,69 @@ def _run_stages(doc: Diagnosis, problems: Sequence, dropped: Sequence) -> str:
                 "that does not fit: check the loss is decreasing and gradients exist, then "
                 "increase model capacity or the learning rate")
         return failure_verdict(rb)
-    # the user's own settings on the same graphs
-    t0 = doc.begin("your settings")
-    mine = train_run(doc, "your settings", doc.user_cfg(), idx, stop_on_pass=True)
-    ok = mine.passed or mine.learns
-    doc.add_stage("your_settings", "learns" if ok else "failed",
-                  {"graphs": len(idx), **mine.summary()}, t0)
-    if not ok:
-        if user_ablations(doc, mine, idx):
-            return failure_verdict(mine)
-        doc.notes.append("with your training settings the overfit subset is learned more "
-                         f"slowly than with the runbook's ({mine.problem()})")
+    verdict = _your_settings(doc, idx)
+    if verdict:
+        return verdict
     # generalization
     if doc.opts.heldout:
         return heldout_stage(doc)
     return "healthy"
+
+
+def _overfit_notes(doc: Diagnosis, rb: Run) -> None:
+    """What the report says of the overfit run besides its verdict: the dropout it switched off
+    inside the model, and runbook checks that failed only for the loss's scale."""
+    for site in rb.dropout_off:
+        doc.notes.append(_dropout_line(site))
+    reading = rb.reading
+    if rb.passed and reading.explained:
+        doc.notes.append(f"overfit test: {reading.note()}")
+
+
+def _dropout_line(site: Mapping[str, Any]) -> str:
+    """``dropout 0.5 in mlp (MLP): off for the overfit test`` for a site the overfit test
+    switched off (its ``text`` when the training loop wrote one)."""
+    if site.get("text"):
+        return str(site["text"])
+    where = site.get("module") or site.get("module_type") or "the model"
+    return f"dropout {site.get('p', '?')} in {where}: off for the overfit test"
+
+
+def _your_settings(doc: Diagnosis, idx: Sequence[int]) -> str | None:
+    """The user's own training settings on the overfit graphs, when they set any that differ
+    from the runbook's recommended config (which is never a cause); a verdict when they fail
+    and a cause is found, else None. A run still learning when the doctor's budget ends, while
+    the user trains for longer, is a note with its trend, not a failure."""
+    own = doc.own_settings()
+    if not own:
+        return None
+    t0 = doc.begin("your settings")
+    mine = train_run(doc, "your settings", doc.user_cfg(), idx, stop_on_pass=True)
+    ok = mine.passed or mine.learns
+    budget, epochs = doc.opts.user_epochs, doc.cfg.training.epochs
+    slow = None if ok or epochs <= budget else still_learning(mine.history)
+    status = "learns" if ok else ("still learning" if slow else "failed")
+    doc.add_stage("your_settings", status, {"graphs": len(idx), **mine.summary()}, t0)
+    set_ = ", ".join(f"{k} {_fmt_value(v)}" for k, v in own.items())
+    if slow:
+        doc.notes.append(
+            f"your settings ({set_}) learn the overfit graphs more slowly than the runbook's: "
+            f"pairwise accuracy {slow['from']:.3f} -> {slow['to']:.3f} over epochs "
+            f"{slow['epochs'][0]}-{slow['epochs'][1]} ({slow['slope']:+.4f} per epoch), still "
+            f"rising when the doctor's {budget} epochs ended; you train for {epochs}"
+            + (f"; at that rate 0.9 in about {slow['to_pass']:.0f} more epochs"
+               if math.isfinite(slow["to_pass"]) else ""))
+        return None
+    if not ok:
+        if user_ablations(doc, mine, idx):
+            return failure_verdict(mine)
+        doc.notes.append(f"with your settings ({set_}) the overfit subset is learned more "
+                         f"slowly than with the runbook's ({mine.problem()})")
+    return None
+
+
+def _fmt_value(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def _run_reported(doc: Diagnosis, problems: Sequence, dropped: Sequence) -> str:
@@ -162,15 +229,24 @@ def _user_error(doc: Diagnosis, exc: Exception, frame: UserFrame) -> str:
     return "broken_loss" if in_loss else "cannot_fit"
 
 
-def _config_diff(user: Config, runbook: Config) -> list[dict[str, Any]]:
-    u, r = user.to_dict(), runbook.to_dict()
-    keys = ["training.learning_rate", "model.dropout", "training.batch_size", "training.epochs",
+def _config_diff(doc: Diagnosis) -> list[dict[str, Any]]:
+    """Your settings beside the runbook's overfit test: only the keys you set (gatrank's
+    defaults are not yours), ``model.dropout`` for gatrank's own GAT only, and for any model
+    the dropout the overfit test found and switched off inside it."""
+    r = doc.overfit_cfg().to_dict()
+    keys = ["training.learning_rate", "training.batch_size", "training.epochs",
             "training.weight_decay", "training.grad_clip"]
+    keys += ["model.dropout"] if doc.builtin else []
     out = []
     for key in keys:
         sec, name = key.split(".")
-        if u[sec][name] != r[sec][name] or (name == "weight_decay" and u[sec][name] > 0):
-            out.append({"key": key, "yours": u[sec][name], "runbook": r[sec][name]})
+        if key in doc.user_set and doc.user_set[key] != r[sec][name]:
+            out.append({"key": key, "yours": doc.user_set[key], "runbook": r[sec][name]})
+    run = doc.overfit_run
+    for site in (run.dropout_off if run is not None else []):
+        where = site.get("module") or site.get("module_type") or "your model's forward"
+        out.append({"key": f"dropout in {where}", "yours": site.get("p"),
+                    "runbook": "off for the overfit test"})
     return out
 
 
@@ -240,6 +316,7 @@ def diagnose(
     opts = options or DoctorOptions()
     t_start = time.perf_counter()
     cfg = config if isinstance(config, Config) else load_config(config or None)
+    keys = file_keys(config) if isinstance(config, (str, Path)) and config else []
     seed = cfg.training.seed if seed is None else seed
     threads = opts.num_threads if opts.num_threads is not None else cfg.training.cpu_threads
     with torch_threads(threads):
@@ -255,7 +332,8 @@ def diagnose(
                                                 inj.model_edit, inj.fault)
             model = inj.model or model
             problems = check_graphs(gs.graphs)
-        doc = Diagnosis(gs, cfg, model, loss, model_edit, opts, seed)
+        doc = Diagnosis(gs, cfg, model, loss, model_edit, opts, seed,
+                        user_set=settings_set(cfg, keys))
         verdict = _run_reported(doc, problems, dropped)
         if opts.verify and verdict != "healthy" and doc.causes:
             verify_fixes(doc, doc.ranked())
@@ -266,7 +344,7 @@ def diagnose(
             causes = []
     setup = _setup(source, gs, model, loss, seed, fault)
     return DoctorReport(verdict=verdict, causes=causes, stages=doc.stages, notes=doc.notes,
-                        config_diff=_config_diff(doc.cfg, doc.overfit_cfg()),
+                        config_diff=_config_diff(doc),
                         runbook_verdict=doc.runbook_verdict, setup=setup,
                         seconds=time.perf_counter() - t_start, traces=dict(doc.traces),
                         config=doc.cfg.to_dict())
@@ -293,8 +371,6 @@ def diagnose_history(history: Sequence[dict[str, Any]], *, config: Config | None
             (:func:`~gatrank.checks.verdict.evaluate_training`, named in a note); default: by
             the overfit test's thresholds.
     """
-    from gatrank.checks.verdict import TRAINING, evaluate_training, judgement
-
     if not history:
         raise ValueError("diagnose_history needs at least one logged record; train with "
                          "log_every small enough to log an epoch")

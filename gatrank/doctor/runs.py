@@ -9,13 +9,15 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
 from gatrank.checks.probes import ModelProbe
-from gatrank.checks.verdict import evaluate_verdict
 from gatrank.config import Config
+from gatrank.doctor.optimum import LossOptimum, loss_optimum
 from gatrank.doctor.state import Diagnosis
 from gatrank.doctor.symptoms import Run, plateau
+from gatrank.losses import make_loss_fn
 from gatrank.model import adapt_forward, build_model
 from gatrank.training import NonFiniteError, train
 
@@ -25,14 +27,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-class _Stop(Exception):
-    """Raised from a training callback to end a run whose answer is clear."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 def model_factory(doc: Diagnosis,
@@ -56,27 +50,31 @@ def model_factory(doc: Diagnosis,
 
 def train_run(doc: Diagnosis, name: str, cfg: Config, idx: Sequence[int], *, stop_on_pass: bool,
               model: str | None = None, keep: list[nn.Module] | None = None,
-              patient: bool = False, probe: bool = True) -> Run:
+              patient: bool = False, probe: bool = True, stall: int | None = None) -> Run:
     """Train on ``idx`` with ``cfg``; stops once the criteria pass or the loss stalls.
     ``model`` names a reference model in place of the user's (see :func:`model_factory`).
     The trained model is appended to ``keep`` when given. ``patient``: a stalled loss stops the
     run only while a red flag stands (a run that learns slowly gets the whole budget, as the
-    runbook's overfit test does). ``probe``: measure the model at every logged epoch
+    runbook's overfit test does). ``stall``: the plateau window in epochs (default
+    ``doc.opts.stall_epochs``). ``probe``: measure the model at every logged epoch
     (:class:`~gatrank.checks.probes.ModelProbe`, which the symptoms read; a verification run
-    only needs the verdict)."""
-    records: list[dict[str, Any]] = []
-    stall = doc.opts.stall_epochs
+    only needs the verdict). The criteria are read with the run's scale checks against the
+    loss's optimum on these graphs' targets (:mod:`~gatrank.doctor.optimum`)."""
+    out = Run(name, [], optimum=_optimum(doc, cfg, idx))
+    stall = doc.opts.stall_epochs if stall is None else stall
 
-    def watch(rec: dict[str, Any]) -> None:
-        records.append(rec)
-        verdict = evaluate_verdict(records) if len(records) > 1 else None
-        if stop_on_pass and verdict is not None and verdict.passed:
-            raise _Stop("criteria met")
-        if patient and verdict is not None and not verdict.red_flags:
-            return
-        if plateau(records, stall):
-            raise _Stop(f"loss plateaued: no 1% improvement in the {stall} epochs "
-                        f"before epoch {rec['epoch']}")
+    def stop_when(records: Sequence[dict[str, Any]]) -> str | None:
+        out.history = list(records)
+        if len(records) < 2:
+            return None
+        if stop_on_pass and out.passed:
+            return "criteria met"
+        if patient and out.learns:
+            return None
+        if plateau(records, stall, out.optimum.loss_min if out.optimum else None):
+            return (f"loss plateaued: no 1% improvement in the {stall} epochs before epoch "
+                    f"{records[-1]['epoch']}")
+        return None
 
     make = model_factory(doc, model)
 
@@ -86,17 +84,34 @@ def train_run(doc: Diagnosis, name: str, cfg: Config, idx: Sequence[int], *, sto
             keep.append(net)
         return net
 
-    out = Run(name, records)
     t0 = time.perf_counter()
     try:
-        train(cfg, graphs=doc.gs, model=build, loss=doc.loss or None,
-              progress=False, splits={"train": list(idx), "val": [], "test": []},
-              callbacks=[watch], probes=[ModelProbe(doc.opts.probe_graphs)] if probe else [])
-    except _Stop as stop:
-        out.stopped = stop.reason
+        res = train(cfg, graphs=doc.gs, model=build, loss=doc.loss or None,
+                    progress=False, splits={"train": list(idx), "val": [], "test": []},
+                    probes=[ModelProbe(doc.opts.probe_graphs)] if probe else [],
+                    stop_when=stop_when)
     except NonFiniteError as exc:
         out.nonfinite = True
         out.error = str(exc).split("; stopped")[0]
+    else:
+        out.history = list(res.history)
+        out.stopped = res.summary.get("stop_reason") or ""
+        out.dropout_off = list(res.summary.get("dropout_off") or [])
     out.seconds = time.perf_counter() - t0
     logger.info("doctor: %s run: %s", name, out.summary())
     return out
+
+
+def _optimum(doc: Diagnosis, cfg: Config, idx: Sequence[int]) -> LossOptimum | None:
+    """The loss's optimum on the targets of the graphs ``idx`` taken as one batch (the overfit
+    test's full batch), with their groups when they have them."""
+    if doc.gs is None or len(idx) < 2:
+        return None
+    graphs = [doc.gs[i] for i in idx]
+    y = torch.cat([g.y.reshape(-1)[:1] for g in graphs]).float()
+    group = None
+    if all("group" in g for g in graphs):
+        group = torch.cat([g.group.reshape(-1)[:1] for g in graphs])
+        if bool((group < 0).all()):
+            group = None
+    return loss_optimum(make_loss_fn(doc.loss or None, cfg), y, group)

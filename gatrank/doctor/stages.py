@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,8 @@ __all__ = [
     "loss_stage",
     "model_stage",
     "heldout_stage",
+    "HeldoutReading",
+    "heldout_reading",
 ]
 
 
@@ -197,13 +200,16 @@ def _init_cause(doc: Diagnosis, constant: list[dict[str, Any]]) -> None:
 
 
 def heldout_stage(doc: Diagnosis) -> str:
-    """The user's settings trained on more graphs and scored on held-out ones; the verdict:
-    ``healthy`` (ranked above chance, or too few graphs to tell) or ``no_generalization``."""
+    """The user's settings trained on as many training graphs as the stage's budget allows and
+    scored on held-out ones; the verdict: ``healthy`` (above chance, weakly above it, or a
+    sample too small to judge, each said in a note) or ``no_generalization`` (at chance where a
+    baseline ranks, or where the baselines too are at chance on a sample large enough)."""
     t0 = doc.begin("held-out")
     doc.train_split()
     sp = doc.splits
-    train_idx = sp["train"][: doc.opts.heldout_train]
     held = (sp.get("val", []) + sp.get("test", []))[: doc.opts.heldout_max]
+    available = sp["train"]
+    train_idx, budget = _heldout_train(doc, available)
     if len(held) < 8 or len(train_idx) < 8:
         doc.notes.append(f"held-out check skipped: {len(held)} held-out and "
                          f"{len(train_idx)} training graphs (needs 8 of each)")
@@ -215,34 +221,118 @@ def heldout_stage(doc: Diagnosis) -> str:
 
     box: list[nn.Module] = []
     train_summary = train_run(doc, "held-out", cfg, train_idx, stop_on_pass=False,
-                              keep=box).summary()
+                              keep=box, probe=False).summary()
     out = predict(box[-1], held_graphs, device)
     scores, targets = out["scores"].numpy(), out["targets"].numpy()
     stat, p = _signal_test(scores, targets, _groups(held_graphs), doc.cfg.loss.tie_eps,
                            doc.opts.permutations, doc.cfg.training.seed)
-    summary = {"train_graphs": len(train_idx), "held_out": len(held),
-               "pairwise_accuracy": round(stat, 4), "p_value": round(p, 4),
+    summary = {"train_graphs": len(train_idx), "train_available": len(available),
+               "held_out": len(held), "pairwise_accuracy": round(stat, 4),
+               "p_value": round(p, 4),
                "train_pairwise_accuracy": train_summary.get("pairwise_accuracy")}
-    if p <= DOCTOR_THRESHOLDS["signal_p"]:
-        doc.add_stage("held-out", "ok", summary, t0)
+    used = (f"trained on {len(train_idx)} of the {len(available)} training graphs"
+            + (f" (the stage's {doc.opts.heldout_seconds:g} s budget)" if budget else "")
+            + f" for {doc.opts.heldout_epochs} epochs with your settings")
+    against: list[dict[str, Any]] = []
+    if p >= DOCTOR_THRESHOLDS["chance_p"]:  # at chance: would a baseline rank these graphs?
+        against = _against_baselines(doc, train_idx, held, scores, targets, summary)
+    reading = heldout_reading(p, against, train=len(train_idx), available=len(available),
+                              held=len(held))
+    doc.add_stage("held-out", reading.status, summary, t0)
+    if reading.status == "ok":
         return "healthy"
-    against = _against_baselines(doc, train_idx, held, scores, targets, summary)
-    doc.add_stage("held-out", "failed", summary, t0)
+    if reading.status == "weak":
+        doc.notes.append(f"held-out ranking is above chance, but only weakly: pairwise accuracy "
+                         f"{stat:.3f} on {len(held)} held-out graphs (permutation p = {p:.3g}), "
+                         f"{used}; more training graphs or epochs give a clearer answer")
+        return "healthy"
     fit = train_summary.get("pairwise_accuracy", float("nan"))
-    base = (f"the model fits the {doc.opts.n} graphs of the overfit test and reaches "
-            f"pairwise accuracy {fit:.3f} on {len(train_idx)} training graphs, but ranks "
+    n_fit = len(doc.train_split()[: doc.opts.n])  # the count the overfit test used
+    base = (f"the model fits the {n_fit} graphs of the overfit test and reaches "
+            f"pairwise accuracy {fit:.3f} on its {len(train_idx)} training graphs, but ranks "
             f"{len(held)} held-out graphs at chance: pairwise accuracy {stat:.3f} "
-            f"(permutation p = {p:.3g})")
-    learnable = [a for a in against if a["p"] <= DOCTOR_THRESHOLDS["signal_p"]]
+            f"(permutation p = {p:.3g}); {used}")
     said = "; ".join(a["text"] for a in against) or "no baseline could be fitted"
-    if learnable:
+    if reading.status == "cannot judge":
+        doc.notes.append(f"held-out ranking cannot be judged on this sample: {base}; no "
+                         "baseline fitted to convergence on the same graphs ranks clearly "
+                         f"above chance either ({said}), and {reading.why}. Judge "
+                         "generalization on a full training run (gatrank train; 05_eval "
+                         "compares it with the baselines)")
+        return "healthy"
+    if reading.cause == "does_not_generalize":
         doc.cause("does_not_generalize", f"{base}; {said}", 0.85, "held-out",
                   held_out_pairwise_accuracy=stat, p_value=p)
     else:
-        doc.cause("no_signal", f"{base}; the baselines fitted to convergence on the same "
-                  f"training graphs are at chance too: {said}", 0.9, "held-out",
-                  held_out_pairwise_accuracy=stat, p_value=p)
+        doc.cause("no_signal", f"{base}; no baseline fitted to convergence on the same "
+                  f"training graphs ranks clearly above chance either: {said}", 0.9,
+                  "held-out", held_out_pairwise_accuracy=stat, p_value=p)
     return "no_generalization"
+
+
+@dataclass
+class HeldoutReading:
+    """What a held-out stage's statistics allow it to say."""
+
+    status: str
+    """``ok`` (above chance), ``weak`` (p between the signal and chance thresholds),
+    ``cannot judge`` or ``failed``."""
+    cause: str = ""
+    """``does_not_generalize`` or ``no_signal`` when ``failed``."""
+    why: str = ""
+    """Why the sample cannot judge."""
+
+
+def heldout_reading(p: float, baselines: Sequence[Mapping[str, Any]], *, train: int,
+                    available: int, held: int) -> HeldoutReading:
+    """The held-out stage's words, following its statistics: p <= 0.01 is above chance,
+    p < 0.05 only weakly so (never "at chance"); at chance, ``does_not_generalize`` where a
+    baseline ranks the same graphs (p <= 0.01 over the baselines, Bonferroni), else
+    ``no_signal`` only on a sample that can judge (every available training graph used, at
+    least 128 of them and 64 held-out graphs) and where the model beats no baseline; otherwise
+    the sample cannot judge.
+
+    Args:
+        p: the model's permutation p-value on the held-out graphs.
+        baselines: ``{"name", "p", "lead"}`` of each baseline fitted (``lead``: the paired
+            bootstrap of the model against it, with ``better``).
+        train, available, held: training graphs used, training graphs there were, held-out
+            graphs scored.
+    """
+    t = DOCTOR_THRESHOLDS
+    if p <= t["signal_p"]:
+        return HeldoutReading("ok")
+    if p < t["chance_p"]:
+        return HeldoutReading("weak")
+    if any(b["p"] <= t["signal_p"] / len(baselines) for b in baselines):
+        return HeldoutReading("failed", "does_not_generalize")
+    beaten = [b["name"] for b in baselines if b["lead"]["better"]]
+    if beaten:
+        why = f"the model beats the {', '.join(beaten)} baseline by more than the noise"
+    elif train < available:
+        why = f"the stage used {train} of the {available} training graphs"
+    elif train < t["judge_train"] or held < t["judge_heldout"]:
+        why = (f"{train} training and {held} held-out graphs are too few to tell chance from a "
+               f"weak signal (it needs {t['judge_train']:g} and {t['judge_heldout']:g})")
+    else:
+        return HeldoutReading("failed", "no_signal")
+    return HeldoutReading("cannot judge", why=why)
+
+
+def _heldout_train(doc: Diagnosis, available: Sequence[int]) -> tuple[list[int], bool]:
+    """The held-out stage's training graphs: the first of ``available`` up to
+    ``opts.heldout_train``, fewer where ``opts.heldout_seconds`` does not allow them at the
+    overfit run's measured speed (seconds per graph and epoch, never under 64); and whether the
+    time budget was what limited them."""
+    cap = min(len(available), doc.opts.heldout_train)
+    rb = doc.overfit_run
+    if rb is None or not rb.history or rb.seconds <= 0:
+        return list(available[:cap]), False
+    # the overfit run is one full batch per epoch; smaller batches cost about twice per graph
+    per_graph_epoch = 2 * rb.seconds / (rb.history[-1]["epoch"] * max(1, doc.opts.n))
+    allowed = int(doc.opts.heldout_seconds / (doc.opts.heldout_epochs * per_graph_epoch))
+    n = min(cap, max(allowed, 64))
+    return list(available[:n]), n < cap
 
 
 def _against_baselines(doc: Diagnosis, train_idx: Sequence[int], held: Sequence[int],
@@ -265,7 +355,7 @@ def _against_baselines(doc: Diagnosis, train_idx: Sequence[int], held: Sequence[
         summary.update({f"{name}_pairwise_accuracy": round(stat, 4),
                         f"{name}_p_value": round(p, 4),
                         f"{name}_lead_95": [round(lead["low"], 4), round(lead["high"], 4)]})
-        out.append({"name": name, "p": p, "text":
+        out.append({"name": name, "p": p, "lead": lead, "text":
                     f"the {name} baseline reaches {stat:.3f} (p = {p:.3g}); the model "
                     f"{margin_sentence(name, lead)}"})
     return out

@@ -4,12 +4,12 @@ in one place), the stages run, the notes, and the configs of the doctor's runs."
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import nn
 
-from gatrank.config import Config, overfit_config
+from gatrank.config import RECOMMENDED, Config, overfit_config
 from gatrank.data import GraphSet, split_indices
 from gatrank.doctor.report import CAUSES, Cause, DoctorOptions, Stage
 
@@ -29,13 +29,14 @@ class Diagnosis:
         model_edit: applied to every model built for the user's setup (an injected fault).
         opts: the run budgets.
         seed: seeds every run.
+        user_set: the config keys the user set, with their values.
     """
 
     def __init__(self, gs: GraphSet | None, config: Config,
                  model: str | Callable[[int], nn.Module] | nn.Module | None,
                  loss: str | Callable | None,
                  model_edit: Callable[[nn.Module], nn.Module] | None, opts: DoctorOptions,
-                 seed: int) -> None:
+                 seed: int, user_set: Mapping[str, Any] | None = None) -> None:
         self.gs = gs
         self.cfg = config.updated({"training.enable_debug_logs": False, "training.seed": seed})
         self.model = model
@@ -43,6 +44,9 @@ class Diagnosis:
         self.model_edit = model_edit
         self.opts = opts
         self.builtin = model in (None, "", "gat")
+        self.user_set: dict[str, Any] = dict(user_set or {})
+        """The dotted config keys the user set (:func:`gatrank.config.settings_set`): only
+        these are "your settings"; the rest are gatrank's defaults."""
         self.causes: dict[str, Cause] = {}
         self.stages: list[Stage] = []
         self.notes: list[str] = []
@@ -59,6 +63,8 @@ class Diagnosis:
         self.fix_runs: dict[tuple, Any] = {}
         """Runs that changed one thing (ablations, verified fixes) by
         :meth:`gatrank.doctor.fixes.Fix.key`: a fix an ablation already ran is not re-run."""
+        self.overfit_run: Any = None
+        """The overfit stage's :class:`~gatrank.doctor.symptoms.Run` (None before it)."""
         self.stage = "data"
         """The stage running now (named in a ``user_code_error``)."""
         self.stage_t0 = time.perf_counter()
@@ -121,6 +127,16 @@ class Diagnosis:
         cfg = self.cfg.updated({"training.overfit_n": 0, "training.epochs": self.opts.user_epochs,
                                 "training.log_every": 10, "training.patience": 0})
         return cfg.updated(overrides) if overrides else cfg
+
+    def own_settings(self) -> dict[str, Any]:
+        """The training settings the user set to something other than the runbook's
+        recommended config (:data:`gatrank.config.RECOMMENDED`): what the your-settings stage
+        judges. ``model.dropout`` counts for gatrank's own GAT only (a user's model has its
+        own dropout, whatever the config says)."""
+        keys = ["training.learning_rate", "training.batch_size", "training.weight_decay",
+                "training.grad_clip"] + (["model.dropout"] if self.builtin else [])
+        return {k: self.user_set[k] for k in keys
+                if k in self.user_set and self.user_set[k] != RECOMMENDED[k]}
 
     @property
     def loss_name(self) -> str:

@@ -7,12 +7,13 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from gatrank.checks.verdict import THRESHOLDS, evaluate_verdict, loss_drop
+from gatrank.doctor.optimum import LossOptimum, ScaleReading, read_scale_checks
 from gatrank.doctor.report import CAUSES, DOCTOR_THRESHOLDS
 from gatrank.doctor.state import Diagnosis
 from gatrank.losses import LN2
@@ -21,6 +22,7 @@ __all__ = [
     "Run",
     "plateau",
     "median_grad",
+    "still_learning",
     "symptoms",
     "lr_symptom",
     "failure_verdict",
@@ -38,20 +40,40 @@ class Run:
     nonfinite: bool = False
     stopped: str = ""
     seconds: float = 0.0
+    optimum: LossOptimum | None = None
+    """The loss on perfect orderings of the run's targets: what its scale checks are read
+    against (:mod:`~gatrank.doctor.optimum`); None reads the runbook's checks as they are."""
+    dropout_off: list[dict[str, Any]] = field(default_factory=list)
+    """The dropout the overfit test switched off inside the model (``summary["dropout_off"]``
+    of :func:`gatrank.training.train`)."""
 
     @property
     def verdict(self):
         return evaluate_verdict(self.history) if self.history else None
 
     @property
+    def reading(self) -> ScaleReading:
+        """The runbook's checks with the scale checks read against the loss's optimum."""
+        v = self.verdict
+        if v is None:
+            return ScaleReading(fits=False)
+        return read_scale_checks(v, self.history, self.optimum)
+
+    @property
     def passed(self) -> bool:
-        return not self.nonfinite and self.verdict is not None and self.verdict.passed
+        """The runbook's pass criteria hold, or its ranking criteria do and every failing
+        scale check is what the loss's optimum implies."""
+        return not self.nonfinite and self.verdict is not None and self.reading.fits
 
     @property
     def learns(self) -> bool:
-        """No red flag: not random, not collapsed, gradients flow, the loss moves."""
+        """No red flag: not random, not collapsed, gradients flow, the loss moves (a scale
+        flag the loss's optimum explains does not count)."""
         v = self.verdict
-        return not self.nonfinite and v is not None and not v.red_flags
+        if self.nonfinite or v is None:
+            return False
+        explained = self.reading.explained
+        return not [c for c in v.red_flags if c.name not in explained]
 
     def problem(self) -> str:
         """What went wrong, in words: the non-finite error or the red flags raised."""
@@ -76,20 +98,62 @@ class Run:
         return out
 
 
-def plateau(history: Sequence[dict], window: int) -> bool:
-    """The best loss of the last ``window`` epochs is not 1% below the best loss before them
-    (non-finite losses count as no improvement)."""
+def plateau(history: Sequence[dict], window: int, floor: float | None = None) -> bool:
+    """Neither the loss nor the ranking improved over the last ``window`` epochs: the best loss
+    of those epochs is not 1% closer to ``floor`` than the best loss before them (non-finite
+    losses count as no improvement), and their best pairwise accuracy is not 0.01 above the best
+    before them (a listwise loss can sit near its constant-score value while the ranking still
+    improves).
+
+    Args:
+        floor: the lowest value the loss can reach (the loss's optimum over perfect orderings,
+            :func:`gatrank.doctor.optimum.loss_optimum`); None or a floor not below the best
+            loss so far: 0, i.e. 1% of the loss itself. A ListNet loss on close targets can
+            fall by 1e-4 in all, so 1% of its value would call every run a plateau.
+    """
     epoch = history[-1]["epoch"]
     if epoch < window:
         return False
-    before = [r["loss"] for r in history if r["epoch"] <= epoch - window and
-              math.isfinite(r["loss"])]
-    recent = [r["loss"] for r in history if r["epoch"] > epoch - window and
-              math.isfinite(r["loss"])]
+    old = [r for r in history if r["epoch"] <= epoch - window]
+    new = [r for r in history if r["epoch"] > epoch - window]
+    before = [r["loss"] for r in old if math.isfinite(r["loss"])]
+    recent = [r["loss"] for r in new if math.isfinite(r["loss"])]
     if not before:
         return False
-    best_recent = min(recent, default=math.inf)
-    return best_recent > min(before) * (1 - DOCTOR_THRESHOLDS["flat_loss_drop"])
+    best = min(before)
+    base = floor if floor is not None and math.isfinite(floor) and floor < best else 0.0
+    if min(recent, default=math.inf) <= best - DOCTOR_THRESHOLDS["flat_loss_drop"] * (best - base):
+        return False
+    ranked = [r.get("pairwise_accuracy", math.nan) for r in new]
+    ranked_before = [r.get("pairwise_accuracy", math.nan) for r in old]
+    return not (np.nanmax(ranked + [-1.0]) > np.nanmax(ranked_before + [-1.0])
+                + DOCTOR_THRESHOLDS["ranking_gain"])
+
+
+def still_learning(history: Sequence[dict]) -> dict[str, Any] | None:
+    """The trend of a run that is still learning when it ends: over the last half of its
+    logged epochs the pairwise accuracy rises (by at least the plateau rule's 0.01) and the
+    loss falls; None otherwise, or with fewer than 4 finite records.
+
+    Returns:
+        ``{"slope" (pairwise accuracy per epoch, least squares), "from", "to" (its first and
+        last value in that half), "epochs" (that half's first and last epoch), "to_pass"
+        (epochs to 0.9 at that rate)}``.
+    """
+    recs = [r for r in history if math.isfinite(r["loss"])]
+    if len(recs) < 4 or len(recs) != len(history):
+        return None
+    half = recs[len(recs) // 2 - 1:] if len(recs) % 2 == 0 else recs[len(recs) // 2:]
+    ep = np.array([r["epoch"] for r in half], dtype=float)
+    pa = np.array([r["pairwise_accuracy"] for r in half], dtype=float)
+    loss = np.array([r["loss"] for r in half], dtype=float)
+    slope, loss_slope = float(np.polyfit(ep, pa, 1)[0]), float(np.polyfit(ep, loss, 1)[0])
+    if slope * (ep[-1] - ep[0]) < DOCTOR_THRESHOLDS["ranking_gain"] or loss_slope >= 0:
+        return None
+    gap = THRESHOLDS["pairwise_accuracy"] - pa[-1]
+    return {"slope": slope, "from": float(pa[0]), "to": float(pa[-1]),
+            "epochs": (int(ep[0]), int(ep[-1])),
+            "to_pass": max(gap, 0.0) / slope}
 
 
 def median_grad(history: Sequence[dict]) -> float:

@@ -1,6 +1,6 @@
 """Running the fault zoo: the doctor on every fault of :mod:`gatrank.doctor.faults` (and on the
-healthy setup), and the confusion table of expected against named causes that
-``gatrank doctor --zoo-table`` writes into docs/doctor.md."""
+healthy zoo of :mod:`gatrank.doctor.healthy`), and the confusion table of expected against
+named causes that ``gatrank doctor --zoo-table`` writes into docs/doctor.md."""
 
 from __future__ import annotations
 
@@ -11,11 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from gatrank.data import load_graphs
-from gatrank.datasets import DEFAULT_DATASET, dataset_manifest
-from gatrank.doctor.faults import FAULTS, Fault, get_fault
+from gatrank.datasets import DEFAULT_DATASET, sample_graphs
+from gatrank.doctor.faults import FAULTS, get_fault
 from gatrank.doctor.run import diagnose
 from gatrank.io import atomic_write_text
 
@@ -72,55 +69,56 @@ class ZooResult:
 
 
 def zoo_graphs(n: int = 128, seed: int = 0, dataset: str = DEFAULT_DATASET):
-    """A seeded sample of ``n`` graphs of an embedded data set (default chembl-activity; see
-    :data:`gatrank.datasets.DATASETS`), written once to gatrank's cache; all of it when it has
-    no more than ``n``."""
-    full = load_graphs(dataset_manifest(dataset))
-    if n >= len(full):
-        return full
-    keep = np.sort(np.random.default_rng(seed).choice(len(full), n, replace=False))
-    return full.subset(keep.tolist())
-
-
-HEALTHY_DATASETS = ("chembl-activity", "nci-tpsa", "nci-logp")
-"""The real data sets of the healthy check: on each, the doctor must raise no cause."""
+    """The zoo's sample: ``n`` graphs of an embedded data set (default chembl-activity; see
+    :func:`gatrank.datasets.sample_graphs`)."""
+    return sample_graphs(dataset, n, seed)
 
 
 def run_zoo(graphs=None, *, names: Sequence[str] | None = None,
             healthy_seeds: Sequence[int] = (0, 1, 2), seed: int = 0, options=None,
-            healthy_datasets: Sequence[str] = HEALTHY_DATASETS, n: int = 128,
+            healthy: Sequence[str] | None = None, n: int = 128,
             on_result: Callable[[ZooResult], None] | None = None) -> list[ZooResult]:
-    """Run the doctor on every fault, then on each healthy real data set for each of
-    ``healthy_seeds``.
+    """Run the doctor on every fault, then on every set-up of the healthy zoo
+    (:data:`gatrank.doctor.healthy.HEALTHY`) for each of ``healthy_seeds``.
 
     Args:
         graphs: the GraphSet to inject into (default: :func:`zoo_graphs`).
         names: faults to run (default: all, in zoo order).
-        healthy_seeds: seeds of the runs without a fault.
+        healthy_seeds: seeds of the healthy runs.
         seed: seed of the fault runs.
         options: :class:`gatrank.doctor.DoctorOptions` for every run.
-        healthy_datasets: embedded data sets of the healthy runs, ``n`` graphs of each
-            (:func:`zoo_graphs`); the first uses ``graphs`` when given.
+        healthy: healthy set-ups to run (default: all), ``n`` graphs of each
+            (:func:`gatrank.doctor.healthy.healthy_graphs`).
         on_result: called with each result as it arrives (progress display).
     """
+    from gatrank.doctor.healthy import HEALTHY, diagnose_healthy, healthy_graphs
+
     gs = zoo_graphs(n) if graphs is None else graphs
-    jobs: list[tuple[str, Fault | None, int, Any]] = [
-        (name, get_fault(name), seed, gs) for name in (names if names is not None else FAULTS)]
-    for k, dataset in enumerate(healthy_datasets):
-        data = gs if k == 0 else zoo_graphs(n, dataset=dataset)
-        jobs += [(f"healthy {dataset} (seed {s})", None, s, data) for s in healthy_seeds]
     results = []
-    for label, fault, run_seed, data in jobs:
-        t0 = time.perf_counter()
-        report = diagnose(data, inject=fault.name if fault else None, options=options,
-                          seed=run_seed)
-        res = ZooResult(label, fault.cause if fault else None, report.cause_ids, report.verdict,
-                        time.perf_counter() - t0, fault.also if fault else (), report.to_dict())
-        logger.info("zoo: %s -> %s %s (%s)", label, report.verdict, report.cause_ids[:3],
+
+    def done(res: ZooResult) -> None:
+        logger.info("zoo: %s -> %s %s (%s)", res.name, res.verdict, res.named[:3],
                     "ok" if res.ok else "WRONG")
         results.append(res)
         if on_result is not None:
             on_result(res)
+
+    for name in names if names is not None else FAULTS:
+        fault = get_fault(name)
+        # a cause judged on held-out graphs needs a sample large enough to judge
+        data = zoo_graphs(fault.graphs) if fault.graphs > len(gs) else gs
+        t0 = time.perf_counter()
+        report = diagnose(data, inject=fault.name, options=options, seed=seed)
+        done(ZooResult(name, fault.cause, report.cause_ids, report.verdict,
+                       time.perf_counter() - t0, fault.also, report.to_dict()))
+    for name in healthy if healthy is not None else HEALTHY:
+        entry = HEALTHY[name]
+        data = healthy_graphs(entry, n)
+        for s in healthy_seeds:
+            t0 = time.perf_counter()
+            report = diagnose_healthy(entry, s, graphs=data, options=options)
+            done(ZooResult(f"healthy {name} (seed {s})", None, report.cause_ids,
+                           report.verdict, time.perf_counter() - t0, (), report.to_dict()))
     return results
 
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch_geometric.loader import DataLoader
 
-from gatrank.metrics import embedding_stats, ranking_metrics
+from gatrank.metrics import embedding_stats, grouped_metrics, ranking_metrics
 from gatrank.model import GATRanker, LinearBaseline, check_scores, score_batch
 
 __all__ = ["COLLATE_ONCE_MAX", "Collated", "collate", "predict", "split_metrics"]
@@ -45,7 +45,7 @@ def predict(
     runbook's Step 2C hook), else ``None``.
     """
     model.eval()
-    scores, targets, embs = [], [], []
+    scores, targets, embs, groups = [], [], [], []
     has_embed = callable(getattr(model, "embed", None))
     head_name = _HEAD_OF_EMBED.get(type(model))
     head = getattr(model, head_name) if head_name else None
@@ -63,16 +63,28 @@ def predict(
             s = score_batch(model, batch)
         scores.append(s.float().cpu())
         targets.append(batch.y.reshape(-1).float().cpu())
+        group = getattr(batch, "group", None)
+        groups.append(group.reshape(-1).cpu() if group is not None else None)
+    grouped = bool(groups) and all(g is not None for g in groups) and bool(
+        (torch.cat(groups) >= 0).any())
     return {
         "scores": torch.cat(scores) if scores else torch.zeros(0),
         "targets": torch.cat(targets) if targets else torch.zeros(0),
         "embeddings": torch.cat(embs) if embs else None,
+        "groups": torch.cat(groups) if grouped else None,
     }
 
 
 def split_metrics(model, graphs, device, tie_eps: float, prefix: str = "") -> dict[str, float]:
+    """The ranking metrics of ``graphs`` (keys with ``prefix``); with groups, the ranking ones
+    (pairwise accuracy, Spearman, Kendall, NDCG) are the mean over groups, as the loss pairs
+    graphs within groups only, while the score statistics stay over all graphs."""
     out = predict(model, graphs, device)
     metrics = ranking_metrics(out["scores"], out["targets"], tie_eps=tie_eps)
+    if out["groups"] is not None:
+        within = grouped_metrics(out["scores"], out["targets"], out["groups"].tolist(),
+                                 tie_eps=tie_eps)["mean"]
+        metrics.update({k: v for k, v in within.items() if not k.startswith("score_")})
     if out["embeddings"] is not None:
         metrics.update(embedding_stats(out["embeddings"]))
     return {f"{prefix}{k}": v for k, v in metrics.items()}
