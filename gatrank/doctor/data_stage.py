@@ -265,7 +265,8 @@ def _scale_causes(doc: Diagnosis, summary: dict[str, Any]) -> None:
     y = doc.gs.table["y"].to_numpy(dtype=np.float64)
     mean, std = float(y.mean()), float(y.std(ddof=1))
     summary["y_mean"] = mean
-    if max(abs(mean), std) <= TARGET_SCALE:
+    small = 0 < std < DOCTOR_THRESHOLDS["target_scale_small"]
+    if max(abs(mean), std) <= TARGET_SCALE and not small:
         return
     try:
         res = target_scale_sensitivity(make_loss_fn(doc.loss or None, doc.cfg), y,
@@ -280,16 +281,21 @@ def _scale_causes(doc: Diagnosis, summary: dict[str, Any]) -> None:
     name = "gatrank's pairwise loss" if builtin else f"your loss {doc.loss_name}"
     ratio = res["grad_norm_raw"] / res["grad_norm_standardized"] \
         if res["grad_norm_standardized"] > 0 else float("inf")
+    far = (f"std below {DOCTOR_THRESHOLDS['target_scale_small']:g}" if small else
+           f"|mean| or std above {TARGET_SCALE:g}")
     evidence = (f"targets far from unit scale: mean {mean:.4g}, std {std:.4g}, min "
-                f"{float(y.min()):.4g}, max {float(y.max()):.4g} (|mean| or std above "
-                f"{TARGET_SCALE:g}), and {name} is not scale-invariant in them: at fixed scores "
+                f"{float(y.min()):.4g}, max {float(y.max()):.4g} ({far}), and {name} is not "
+                f"scale-invariant in them: at fixed scores "
                 f"it is {res['loss_raw']:.4g} on these targets and "
                 f"{res['loss_standardized']:.4g} on the same targets standardized, gradient "
                 f"norm {res['grad_norm_raw']:.4g} against {res['grad_norm_standardized']:.4g} "
                 f"({ratio:.3g}x; relative change {res['loss_change']:.3g} in the loss, "
                 f"{res['grad_change']:.3g} in the gradient)")
-    how = (f"Standardize the targets before training: y = (y - {mean:.4g}) / {std:.4g}, or "
-           "log-transform concentrations such as IC50 in nM (pIC50 = 9 - log10(IC50)). ")
+    how = (f"Standardize the targets before training: y = (y - {mean:.4g}) / {std:.4g}"
+           + (" (a loss whose optimum is scores = targets + c, as ListNet's, then asks for "
+              "scores of unit spread instead of a tiny one). " if small else
+              ", or log-transform concentrations such as IC50 in nM (pIC50 = 9 - "
+              "log10(IC50)). "))
     fix = how + (f"gatrank's pairwise loss depends on the targets' order only, except for "
                  f"loss.tie_eps={lc.tie_eps:g} and loss.margin_eps={lc.margin_eps:g}, which "
                  "are in target units: set them for the standardized targets; "

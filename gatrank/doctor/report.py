@@ -175,6 +175,7 @@ DOCTOR_THRESHOLDS: dict[str, float] = {
     "strong": 0.85,                 # a cause this likely needs no ablation to confirm it
     "tolerable_fraction": 0.05,     # rows with problems the model survives, left out, at most
     "target_scale": 100.0,          # targets with |mean| or std above this: far from unit scale
+    "target_scale_small": 0.1,      # and with std below this
 }
 """Every threshold the doctor uses, beside the runbook's
 (:data:`gatrank.checks.verdict.THRESHOLDS`)."""

@@ -21,6 +21,7 @@ from gatrank.data import GraphSet, load_graphs
 from gatrank.datasets import check_data, write_dataset
 from gatrank.doctor import DoctorOptions, diagnose
 from gatrank.doctor.data_stage import TOLERABLE_FRACTION, data_stage
+from gatrank.doctor.pyg_examples import listnet_loss
 from gatrank.doctor.state import Diagnosis
 from gatrank.model import GATRanker, LinearBaseline, adds_self_loops
 
@@ -233,6 +234,19 @@ def test_raw_targets_under_the_pairwise_loss_and_pic50_under_mse_are_not(pic50_g
     assert "unscaled_targets" not in doc.causes
     assert "target_scale" not in doc.stages[0].summary
     assert 5 < doc.stages[0].summary["y_mean"] < 8
+
+
+def test_targets_of_tiny_spread_under_a_listwise_loss_are_unscaled_targets(pic50_graphs):
+    # pIC50 / 60: std ~0.018, where ListNet's optimum asks for scores of that tiny spread
+    tiny = pic50_graphs.table["y"].to_numpy() / 60
+    doc = _data_stage(_with_targets(pic50_graphs, tiny), loss=listnet_loss)
+    cause = doc.causes["unscaled_targets"]
+    assert "std below 0.1" in cause.evidence
+    assert f"y = (y - {tiny.mean():.4g}) / {tiny.std(ddof=1):.4g}" in cause.fix
+    # the healthy twin: gatrank's pairwise loss reads the targets' order only
+    doc = _data_stage(_with_targets(pic50_graphs, tiny))
+    assert "unscaled_targets" not in doc.causes
+    assert doc.stages[0].summary["target_scale"] == "invariant"
 
 
 def test_unscaled_targets_rank_above_the_exploding_gradients_they_cause(pic50_graphs,
