@@ -86,7 +86,8 @@ class ScaleReading:
         scale, not a collapse ("" when none was re-read)."""
         if not self.explained:
             return ""
-        return ("the ranking criteria pass; " + "; ".join(self.explained.values())
+        # a pass criterion and its red flag (score std > 0.1, < 0.01) share one explanation
+        return ("the ranking criteria pass; " + "; ".join(dict.fromkeys(self.explained.values()))
                 + ": read against the loss's optimum, not a collapse")
 
 

@@ -99,6 +99,7 @@ def test_a_flat_loss_is_explained_by_a_small_room_to_fall():
     opt = _opt(bounded=True, std=0.02, loss_min=3.4655)
     reading = read_scale_checks(evaluate_verdict(h), h, opt)
     assert reading.fits and {"loss_decreasing", "loss_flat"} <= set(reading.explained)
+    assert reading.note().count("the loss fell") == 1  # the check and its red flag: once
     # the same flat loss where a perfect ordering could reach 0 is not explained
     assert not read_scale_checks(evaluate_verdict(h), h, _opt(bounded=True, std=0.02)).fits
 
