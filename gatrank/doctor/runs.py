@@ -72,8 +72,9 @@ def train_run(doc: Diagnosis, name: str, cfg: Config, idx: Sequence[int], *, sto
         if patient and out.learns:
             return None
         if plateau(records, stall, out.optimum.loss_min if out.optimum else None):
-            return (f"loss plateaued: no 1% improvement in the {stall} epochs before epoch "
-                    f"{records[-1]['epoch']}")
+            return (f"plateaued: neither the loss (1% of its way to the loss's optimum) nor "
+                    f"the pairwise accuracy (0.01) improved in the {stall} epochs before epoch "
+                    f"{records[-1]['epoch']}, a red flag standing")
         return None
 
     make = model_factory(doc, model)
