@@ -74,7 +74,7 @@ def train_run(doc: Diagnosis, name: str, cfg: Config, idx: Sequence[int], *, sto
         if plateau(records, stall, out.optimum.loss_min if out.optimum else None):
             return (f"plateaued: neither the loss (1% of its way to the loss's optimum) nor "
                     f"the pairwise accuracy (0.01) improved in the {stall} epochs before epoch "
-                    f"{records[-1]['epoch']}, a red flag standing")
+                    f"{records[-1]['epoch']}" + (", a red flag standing" if patient else ""))
         return None
 
     make = model_factory(doc, model)
