@@ -243,7 +243,9 @@ class DoctorOptions:
     user_epochs: int = 60
     """Epoch budget of the run with the user's own settings on the same graphs."""
     stall_epochs: int = 30
-    """Stop a run when its best loss has not improved by 1% over this many epochs."""
+    """Stop a failing run when over this many epochs neither its best loss moved 1% of the way
+    to the loss's optimum nor its pairwise accuracy rose 0.01 (the overfit stage: only while a
+    red flag stands; :func:`gatrank.doctor.symptoms.plateau`)."""
     heldout_train: int = 512
     """At most this many training graphs in the held-out stage (fewer when
     ``heldout_seconds`` does not allow them, never fewer than 64 where the split has them)."""
