@@ -44,6 +44,7 @@ __all__ = [
     "RECOMMENDED",
     "settings_set",
     "file_keys",
+    "nest",
 ]
 
 logger = logging.getLogger(__name__)
@@ -407,6 +408,16 @@ def settings_set(config: Config, file_keys: Sequence[str] = ()) -> dict[str, Any
             dotted = f"{section}.{key}"
             if dotted in file_keys or value != base[section][key]:
                 out[dotted] = value
+    return out
+
+
+def nest(settings: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Dotted keys (``training.learning_rate``) as the sections a YAML config file holds
+    (``{"training": {"learning_rate": ...}}``), in their order."""
+    out: dict[str, dict[str, Any]] = {}
+    for dotted, value in settings.items():
+        section, _, key = dotted.partition(".")
+        out.setdefault(section, {})[key] = value
     return out
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from gatrank.config import Config
+from gatrank.config import Config, nest, settings_set
 from gatrank.doctor.report import Cause, DoctorReport
 from gatrank.io import atomic_write_text, write_json
 
@@ -39,22 +39,12 @@ def fix_config(report: DoctorReport, cause: Cause, *, only_changes: bool = False
     (``only_changes``: the fix's keys alone, to paste into a config of one's own)."""
     changes = cause.verification["fix"].get("config", {}) if cause.verification else {}
     if only_changes:
-        out: dict[str, dict[str, Any]] = {}
-        for dotted, value in changes.items():
-            section, _, key = dotted.partition(".")
-            out.setdefault(section, {})[key] = value
-        return out
+        return nest(changes)
     cfg = Config.from_dict(report.config or {}).updated(dict(changes))
-    ours, default = cfg.to_dict(), Config().to_dict()
-    out = {}
-    for section, keys in ours.items():
-        for key, value in keys.items():
-            dotted = f"{section}.{key}"
-            if (section, key) in _DOCTOR_KEYS and dotted not in changes:
-                continue
-            if dotted in changes or value != default[section][key]:
-                out.setdefault(section, {})[key] = value
-    return out
+    # the fix's keys count as set, like a config file's (settings_set)
+    mine = settings_set(cfg, list(changes))
+    return nest({k: v for k, v in mine.items()
+                 if k in changes or tuple(k.split(".")) not in _DOCTOR_KEYS})
 
 
 def write_fix(report: DoctorReport, out_dir: str | Path) -> list[Path]:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from gatrank.config import Config
+from gatrank.config import Config, nest
 from gatrank.datasets import DEFAULT_DATASET
 
 __all__ = [
@@ -142,10 +142,6 @@ def diagnose_healthy(entry: Healthy, seed: int, *, graphs=None, n: int = 128, op
     with tempfile.TemporaryDirectory() as tmp:  # a YAML file, as a user writes one
         path = Path(tmp) / "config.yaml"
         Config().updated(dict(entry.config))  # a key gatrank does not know fails here
-        tree: dict[str, dict[str, Any]] = {}
-        for key, value in entry.config.items():
-            section, name = key.split(".")
-            tree.setdefault(section, {})[name] = value
-        path.write_text(yaml.safe_dump(tree))
+        path.write_text(yaml.safe_dump(nest(entry.config)))
         return diagnose(gs, config=path, model=entry.model, loss=entry.loss, options=options,
                         seed=seed)

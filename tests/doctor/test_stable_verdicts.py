@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gatrank.config import RECOMMENDED, Config, file_keys, settings_set
+from gatrank.config import RECOMMENDED, Config, file_keys, nest, settings_set
 from gatrank.doctor.report import DoctorOptions
 from gatrank.doctor.stages import heldout_reading
 from gatrank.doctor.state import Diagnosis
@@ -113,6 +113,16 @@ def test_only_what_the_user_set_counts_as_theirs(tmp_path):
     cfg = Config().updated({"training.batch_size": 64})
     assert settings_set(cfg, keys) == {"training.learning_rate": 1e-3,
                                       "training.batch_size": 64}
+
+
+def test_settings_nest_into_the_sections_a_config_file_holds(tmp_path):
+    set_ = {"training.learning_rate": 0.01, "loss.temperature": 2.0, "training.batch_size": 8}
+    nested = nest(set_)
+    assert nested == {"training": {"learning_rate": 0.01, "batch_size": 8},
+                      "loss": {"temperature": 2.0}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(nested))
+    assert sorted(file_keys(path)) == sorted(set_)
 
 
 def _doc(model, user_set):
