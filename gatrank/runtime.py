@@ -3,10 +3,12 @@ records. One of each; every other module imports them from here."""
 
 from __future__ import annotations
 
+import os
 import platform
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import scipy
@@ -15,7 +17,7 @@ import torch_geometric
 
 from gatrank import __version__
 
-__all__ = ["set_seed", "resolve_device", "torch_threads", "environment_info"]
+__all__ = ["set_seed", "resolve_device", "torch_threads", "environment_info", "package_dirs"]
 
 
 def set_seed(seed: int) -> None:
@@ -59,3 +61,15 @@ def environment_info() -> dict[str, str]:
         "scipy": scipy.__version__,
         "platform": platform.platform(),
     }
+
+
+def package_dirs(*modules: Any) -> tuple[str, ...]:
+    """The folders of ``modules`` (packages, or single-file modules: their file), each as
+    imported and resolved, ending in ``os.sep`` for a folder: frames name files by the path
+    they were imported from, so ``frame.f_code.co_filename.startswith(package_dirs(torch))``
+    tells library internals from the caller's code."""
+    out: set[str] = set()
+    for m in modules:
+        for f in (m.__file__, os.path.realpath(m.__file__)):
+            out.add(os.path.dirname(f) + os.sep if os.path.basename(f) == "__init__.py" else f)
+    return tuple(out)

@@ -19,6 +19,7 @@ from torch import Tensor
 from torch_geometric.utils import scatter
 
 from gatrank.checks.probes import _SATURATION_EPS
+from gatrank.runtime import package_dirs
 
 __all__ = ["CONSTANT_RTOL", "op_name", "call_site", "site_text"]
 
@@ -38,14 +39,8 @@ _NORM_FNS = {"layer_norm", "group_norm", "instance_norm", "rms_norm", "normalize
 _BROADCAST_FNS = {"expand", "expand_as", "broadcast_to", "repeat", "tile"}
 
 
-def _library_dirs(module) -> tuple[str, ...]:
-    """A package's folder, as imported and resolved (frames name files by their import path)."""
-    d = os.path.dirname(module.__file__)
-    return tuple({d + os.sep, os.path.dirname(os.path.realpath(module.__file__)) + os.sep})
-
-
-_TORCH_DIRS = _library_dirs(torch)
-_PYG_DIRS = _library_dirs(torch_geometric)
+_TORCH_DIRS = package_dirs(torch)
+_PYG_DIRS = package_dirs(torch_geometric)
 
 
 

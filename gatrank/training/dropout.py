@@ -22,7 +22,6 @@ model draws itself (``torch.bernoulli``, PyG's ``dropout_edge``).
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -33,6 +32,8 @@ import torch.nn.functional as F
 import torch_geometric
 from torch import nn
 from torch.overrides import TorchFunctionMode
+
+from gatrank.runtime import package_dirs
 
 __all__ = ["DropoutOff", "format_dropout_off", "no_dropout"]
 
@@ -83,10 +84,7 @@ _SPECS = _specs()
 
 # frames in these folders are library internals: the caller worth naming is outside them
 # (as imported and resolved: frames name files by the path they were imported from)
-_LIBRARY_DIRS = tuple({d + os.sep for m in (torch, torch_geometric)
-                       for d in (os.path.dirname(m.__file__),
-                                 os.path.dirname(os.path.realpath(m.__file__)))}
-                      | {__file__, os.path.realpath(__file__)})
+_LIBRARY_DIRS = package_dirs(torch, torch_geometric, sys.modules[__name__])
 
 _DROPOUT_MODULES = nn.modules.dropout._DropoutNd  # nn.Dropout, Dropout1d/2d/3d, AlphaDropout...
 
