@@ -63,7 +63,7 @@ class Run:
     def passed(self) -> bool:
         """The runbook's pass criteria hold, or its ranking criteria do and every failing
         scale check is what the loss's optimum implies."""
-        return not self.nonfinite and self.verdict is not None and self.reading.fits
+        return not self.nonfinite and self.reading.fits  # no record: reading does not fit
 
     @property
     def learns(self) -> bool:
@@ -72,7 +72,7 @@ class Run:
         v = self.verdict
         if self.nonfinite or v is None:
             return False
-        explained = self.reading.explained
+        explained = read_scale_checks(v, self.history, self.optimum).explained
         return not [c for c in v.red_flags if c.name not in explained]
 
     def problem(self) -> str:
