@@ -230,14 +230,19 @@ def test_layernorm_one_head_scores_every_graph_exactly_zero(zoo_set):
     assert _input_spread(model, "head.3", batch) > 1e-4  # the signal dies in head.3 itself
 
 
-def test_softmax_one_unit_scores_every_graph_exactly_one(zoo_set):
-    model = _user_model("SoftmaxScoreGNN", zoo_set.num_features)
-    batch = _real_batch(zoo_set)
+def _assert_flat_after_lin_out(model: torch.nn.Module, batch: Batch, value: float) -> None:
+    """Every score is ``value`` while lin_out's input still varies, and no gradient reaches a
+    parameter: what the model's forward code after lin_out does."""
     scores = check_scores(model(batch), batch)
-    assert bool((scores == 1.0).all())
+    assert bool((scores == value).all())
     assert _input_spread(model, "lin_out", batch) > 1e-4  # lin_out's input still varies
     make_loss_fn(None, Config())(scores, batch.y, None).loss.backward()
     assert all(p.grad is None or not p.grad.any() for p in model.parameters())  # no gradient
+
+
+def test_softmax_one_unit_scores_every_graph_exactly_one(zoo_set):
+    model = _user_model("SoftmaxScoreGNN", zoo_set.num_features)
+    _assert_flat_after_lin_out(model, _real_batch(zoo_set), 1.0)
 
 
 def test_relu_after_offset_scores_every_graph_zero_while_every_module_varies(zoo_set):
@@ -246,11 +251,7 @@ def test_relu_after_offset_scores_every_graph_zero_while_every_module_varies(zoo
 
     model = _user_model("OffsetReluHead", zoo_set.num_features)
     batch = _real_batch(zoo_set)
-    scores = check_scores(model(batch), batch)
-    assert bool((scores == 0).all())
-    assert _input_spread(model, "lin_out", batch) > 1e-4  # lin_out's input still varies
-    make_loss_fn(None, Config())(scores, batch.y, None).loss.backward()
-    assert all(p.grad is None or not p.grad.any() for p in model.parameters())  # no gradient
+    _assert_flat_after_lin_out(model, batch, 0.0)
     # no module is dead: the relu is a call in forward, where the fault's evidence looks
     trace = signal_trace(model, batch)
     assert not any(m.constant for m in trace.modules)
