@@ -158,7 +158,8 @@ def _your_settings(doc: Diagnosis, idx: Sequence[int]) -> str | None:
     mine = train_run(doc, "your settings", doc.user_cfg(), idx, stop_on_pass=True)
     ok = mine.passed or mine.learns
     budget, epochs = doc.opts.user_epochs, doc.cfg.training.epochs
-    slow = None if ok or epochs <= budget else still_learning(mine.history)
+    # still learning: at its rate the run reaches 0.9 within the epochs you train beyond ours
+    slow = None if ok or epochs <= budget else still_learning(mine.history, epochs - budget)
     status = "learns" if ok else ("still learning" if slow else "failed")
     doc.add_stage("your_settings", status, {"graphs": len(idx), **mine.summary()}, t0)
     set_ = ", ".join(f"{k} {_fmt_value(v)}" for k, v in own.items())
@@ -167,9 +168,8 @@ def _your_settings(doc: Diagnosis, idx: Sequence[int]) -> str | None:
             f"your settings ({set_}) learn the overfit graphs more slowly than the runbook's: "
             f"pairwise accuracy {slow['from']:.3f} -> {slow['to']:.3f} over epochs "
             f"{slow['epochs'][0]}-{slow['epochs'][1]} ({slow['slope']:+.4f} per epoch), still "
-            f"rising when the doctor's {budget} epochs ended; you train for {epochs}"
-            + (f"; at that rate 0.9 in about {slow['to_pass']:.0f} more epochs"
-               if math.isfinite(slow["to_pass"]) else ""))
+            f"rising when the doctor's {budget} epochs ended; at that rate 0.9 in about "
+            f"{slow['to_pass']:.0f} more epochs, within the {epochs} you train for")
         return None
     if not ok:
         if user_ablations(doc, mine, idx):

@@ -130,10 +130,11 @@ def plateau(history: Sequence[dict], window: int, floor: float | None = None) ->
                 + DOCTOR_THRESHOLDS["ranking_gain"])
 
 
-def still_learning(history: Sequence[dict]) -> dict[str, Any] | None:
+def still_learning(history: Sequence[dict], within: float = math.inf) -> dict[str, Any] | None:
     """The trend of a run that is still learning when it ends: over the last half of its
     logged epochs the pairwise accuracy rises (by at least the plateau rule's 0.01) and the
-    loss falls; None otherwise, or with fewer than 4 finite records.
+    loss falls, fast enough to reach the runbook's 0.9 in ``within`` more epochs at that rate;
+    None otherwise, or with fewer than 4 finite records.
 
     Returns:
         ``{"slope" (pairwise accuracy per epoch, least squares), "from", "to" (its first and
@@ -150,10 +151,11 @@ def still_learning(history: Sequence[dict]) -> dict[str, Any] | None:
     slope, loss_slope = float(np.polyfit(ep, pa, 1)[0]), float(np.polyfit(ep, loss, 1)[0])
     if slope * (ep[-1] - ep[0]) < DOCTOR_THRESHOLDS["ranking_gain"] or loss_slope >= 0:
         return None
-    gap = THRESHOLDS["pairwise_accuracy"] - pa[-1]
+    to_pass = max(THRESHOLDS["pairwise_accuracy"] - pa[-1], 0.0) / slope
+    if to_pass > within:
+        return None
     return {"slope": slope, "from": float(pa[0]), "to": float(pa[-1]),
-            "epochs": (int(ep[0]), int(ep[-1])),
-            "to_pass": max(gap, 0.0) / slope}
+            "epochs": (int(ep[0]), int(ep[-1])), "to_pass": to_pass}
 
 
 def median_grad(history: Sequence[dict]) -> float:

@@ -53,6 +53,9 @@ def test_still_learning_reads_the_trend_of_the_last_half():
     assert trend["slope"] == pytest.approx(0.004, rel=0.1)
     assert trend["to"] == 0.72 and trend["epochs"][1] == 60
     assert trend["to_pass"] == pytest.approx((0.9 - 0.72) / trend["slope"])
+    # a trend that reaches 0.9 only after the epochs left is not "still learning"
+    assert still_learning(learning, within=trend["to_pass"] + 1) is not None
+    assert still_learning(learning, within=trend["to_pass"] - 1) is None
     flat = _records([0.69] * 6, [0.50, 0.51, 0.50, 0.50, 0.51, 0.50])
     assert still_learning(flat) is None
     assert still_learning(learning[:3]) is None  # too few records to tell
