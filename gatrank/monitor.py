@@ -103,7 +103,7 @@ class Monitor:
         self.recorder = LoopRecorder(model, optimizer=optimizer, log_every=log_every,
                                      epochs=epochs, out_dir=out_dir, tie_eps=tie_eps,
                                      margin_eps=margin_eps, probes=[UpdateTracker()],
-                                     callbacks=[self._on_record])
+                                     callbacks=[self._on_record], watch=True)
         self.parameters = frozen_parameters(model, optimizer)
         """:func:`~gatrank.checks.static.frozen_parameters` of the model and the optimizer."""
         missing = self.parameters["not_in_optimizer"]
@@ -152,12 +152,18 @@ class Monitor:
     def findings(self) -> dict[str, Any]:
         """What the Monitor saw besides the records: ``frozen`` (see :attr:`parameters`),
         ``unused`` (trainable parameters whose gradient was None at every step), ``numel``
-        (parameter sizes), ``nonfinite`` (the steps with a NaN/Inf loss) and
-        ``nonfinite_count``."""
+        (parameter sizes), ``nonfinite`` (the steps with a NaN/Inf loss), ``nonfinite_count``
+        and ``loop``: the loop's mechanics (:meth:`gatrank.training.loop_watch.LoopWatch.summary`:
+        optimizer steps and learning rates, gradient resets, the gradient stepped against the
+        one backward produced, the input of each step, the targets passed against the batch's
+        own ``y``, the model's mode)."""
         rec = self.recorder
-        return {"frozen": self.parameters, "unused": rec.never_grad,
-                "numel": {n: p.numel() for n, p in self.model.named_parameters()},
-                "nonfinite": list(rec.nonfinite), "nonfinite_count": rec.nonfinite_count}
+        out = {"frozen": self.parameters, "unused": rec.never_grad,
+               "numel": {n: p.numel() for n, p in self.model.named_parameters()},
+               "nonfinite": list(rec.nonfinite), "nonfinite_count": rec.nonfinite_count}
+        if rec.watch is not None:
+            out["loop"] = rec.watch.summary()
+        return out
 
     def verdict(self) -> Verdict:
         """The runbook's verdict on the records (:func:`~gatrank.checks.verdict.evaluate_run`):
@@ -217,7 +223,10 @@ class Monitor:
         return self._live
 
     def close(self) -> None:
-        """Leave the final static figure of :meth:`live` in place of the live one."""
+        """Remove the Monitor's hooks from the model and the optimizer, and leave the final
+        static figure of :meth:`live` in place of the live one; the records and findings stay
+        readable."""
+        self.recorder.close()
         if self._live is not None:
             self._live.finish()
 

@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from gatrank.io import append_jsonl
 from gatrank.losses import valid_pair_mask
 from gatrank.metrics import grad_norms, ranking_metrics
+from gatrank.training.loop_watch import LoopWatch
 
 __all__ = ["LoopRecorder", "RecordProbe", "NonFiniteStep"]
 
@@ -96,21 +97,37 @@ class _Epoch:
 def _scalar(loss: Tensor | float) -> Tensor:
     if isinstance(loss, Tensor):
         if loss.numel() != 1:
-            raise ValueError(f"loss has shape {tuple(loss.shape)}: pass the scalar loss the loop "
-                             "calls backward() on (reduce it with .mean() first)")
+            raise ValueError(f"monitor.step: the loss has shape {tuple(loss.shape)}; pass the "
+                             "scalar loss the loop calls backward() on (reduce a per-graph or "
+                             "per-pair loss with .mean() first)")
         return loss.detach().reshape(())
-    return torch.tensor(float(loss))
+    try:
+        return torch.tensor(float(loss))
+    except (TypeError, ValueError):
+        raise TypeError(f"monitor.step: the loss is a {type(loss).__name__}; pass the scalar "
+                        "loss tensor the loop calls backward() on (or its float)") from None
+
+
+def _check_lengths(scores: Tensor, targets: Tensor, where: str) -> None:
+    """An error naming ``where`` when ``scores`` and ``targets`` are not one score per target
+    (a shape read: no copy, no sync)."""
+    for name, t in (("scores", scores), ("targets", targets)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{where}: {name} is a {type(t).__name__}; pass the tensor the loss "
+                            "gets (one value per graph)")
+    if scores.numel() != targets.numel():
+        raise ValueError(
+            f"{where}: {scores.numel()} scores for {targets.numel()} targets (scores of shape "
+            f"{tuple(scores.shape)}, targets of shape {tuple(targets.shape)}); pass one score per "
+            "graph and the graphs' targets, as the loss sees them (node scores need a readout, "
+            "e.g. global_mean_pool(x, batch.batch))")
 
 
 def _pair(scores: Tensor, targets: Tensor, where: str) -> tuple[Tensor, Tensor]:
     """Detached, flat scores ``[G]`` and targets ``[G]``; an error naming ``where`` when they
     are not one score per target."""
-    s, y = scores.detach().reshape(-1), targets.detach().reshape(-1)
-    if s.numel() != y.numel():
-        raise ValueError(
-            f"{where}: {s.numel()} scores for {y.numel()} targets (scores of shape "
-            f"{tuple(scores.shape)}); pass one score per graph, as the loss sees them")
-    return s, y
+    _check_lengths(scores, targets, where)
+    return scores.detach().reshape(-1), targets.detach().reshape(-1)
 
 
 class LoopRecorder:
@@ -128,13 +145,16 @@ class LoopRecorder:
             ``valid_pairs_*`` counts), as the loss configures it.
         probes: measurements merged into each record (see :data:`RecordProbe`).
         callbacks: called with each record.
+        watch: watch the loop's mechanics too (:class:`~gatrank.training.loop_watch.LoopWatch`:
+            hooks on the optimizer, the model's input and a few parameters' gradients), read
+            by :attr:`watch` and removed by :meth:`close`.
     """
 
     def __init__(self, model: nn.Module, *, optimizer: torch.optim.Optimizer | None = None,
                  log_every: int = 10, epochs: int | None = None,
                  out_dir: str | Path | None = None, tie_eps: float = 1e-6,
                  margin_eps: float = 0.0, probes: Sequence[RecordProbe] = (),
-                 callbacks: Sequence[Callback] = ()) -> None:
+                 callbacks: Sequence[Callback] = (), watch: bool = False) -> None:
         if log_every < 1:
             raise ValueError(f"log_every = {log_every}: use 1 or more (gatrank train logs every "
                              "10 epochs)")
@@ -156,6 +176,7 @@ class LoopRecorder:
         """The most scores an epoch's steps passed (the graphs one epoch trains on); None
         before the first epoch ends."""
         self._never = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self._trainable = [p for _, p in self._never]
         self._gradient_steps = 0
         self._warned_never = False
         self._cur = _Epoch()
@@ -164,6 +185,10 @@ class LoopRecorder:
         if self.out is not None:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "metrics.jsonl").write_text("")
+        self.watch: LoopWatch | None = (
+            LoopWatch(model, optimizer, sampling=lambda: self.logging_now,
+                      epoch=lambda: self.epoch) if watch else None)
+        """The loop's mechanics (None without ``watch``)."""
 
     # ------------------------------------------------------------------ what a step shows
 
@@ -181,24 +206,50 @@ class LoopRecorder:
     def step(self, scores: Tensor, targets: Tensor, loss: Tensor | float,
              group: Tensor | None = None) -> None:
         """One training step, after ``loss.backward()`` and before ``optimizer.step()``:
-        :meth:`observe_gradients` then :meth:`observe_batch`."""
+        :meth:`observe_gradients` then :meth:`observe_batch`.
+
+        Raises:
+            ValueError: on the first step, a loss that still has its graph while no parameter
+                has a gradient (``monitor.step`` before ``loss.backward()``); scores and
+                targets of different lengths; a loss that is not a scalar.
+        """
+        if self._gradient_steps == 0:
+            self._check_after_backward(loss)
         self.observe_gradients()
         self.observe_batch(scores, targets, loss, group)
+
+    def _check_after_backward(self, loss: Tensor | float) -> None:
+        if not (isinstance(loss, Tensor) and loss.grad_fn is not None and self._trainable):
+            return
+        if all(p.grad is None for p in self._trainable):
+            raise ValueError(
+                "monitor.step(scores, targets, loss) came before loss.backward(): no parameter "
+                "of the model has a gradient yet while the loss still has its graph "
+                f"(grad_fn={type(loss.grad_fn).__name__}). Call it after loss.backward() and "
+                "before optimizer.step(). (If backward() did run, the loss does not depend on "
+                "the model's parameters: compute it from the model's scores, without "
+                ".detach(), .item() or torch.no_grad().)")
 
     def observe_gradients(self) -> None:
         """The gradients of this step (call after backward, before the optimizer's step)."""
         self._gradient_steps += 1
         if self._never:  # parameters whose gradient was None so far: most leave at step one
             self._never = [(n, p) for n, p in self._never if p.grad is None]
+        total = None
         if self.logging_now:
             total, self._cur.per_layer = grad_norms(self.model)
             self._cur.norms.append(total)
+        if self.watch is not None:
+            self.watch.after_backward(total)
 
     def observe_batch(self, scores: Tensor, targets: Tensor, loss: Tensor | float,
                       group: Tensor | None = None) -> None:
         """This step's scores ``[G]`` (or ``[G, 1]``), targets ``[G]`` and scalar loss."""
+        _check_lengths(scores, targets, "monitor.step")
         self._cur.losses.append(_scalar(loss))
         self._cur.graphs += scores.numel()
+        if self.watch is not None:
+            self.watch.before_step(targets)
         if not self.logging_now:
             return
         s, y = _pair(scores, targets, "monitor.step")
@@ -224,6 +275,8 @@ class LoopRecorder:
         """Close the epoch: name its non-finite steps and, in a logged epoch, build, write and
         return its record (``None`` otherwise)."""
         cur, self._cur = self._cur, _Epoch()
+        if self.watch is not None:
+            self.watch.end_epoch()
         if cur.graphs:
             self.graphs_per_epoch = max(self.graphs_per_epoch or 0, cur.graphs)
         if not cur.losses:
@@ -244,6 +297,11 @@ class LoopRecorder:
                 cb(record)
         self.epoch += 1
         return record
+
+    def close(self) -> None:
+        """Remove the watch's hooks (the records and readings stay)."""
+        if self.watch is not None:
+            self.watch.close()
 
     def _note_nonfinite(self, losses: Tensor) -> None:
         bad = torch.nonzero(~torch.isfinite(losses)).reshape(-1).tolist()
