@@ -14,6 +14,7 @@ gradient norms > 0.01, validation where the run reports it, and the same red fla
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +41,8 @@ __all__ = [
     "margin_sentence",
     "format_verdict",
     "loss_drop",
+    "RANKING_GAIN",
+    "still_learning",
 ]
 
 THRESHOLDS: dict[str, float] = {
@@ -189,6 +192,20 @@ class Verdict:
     graphs_per_epoch: int | None = None
     """The graphs per epoch that made the run a training run (None for an overfit test: the
     overfit test's thresholds are the default, also where the count is not known)."""
+    trend: dict[str, Any] | None = None
+    """A run that has not passed but still learns when it ends: :func:`still_learning`'s
+    trend (set by :func:`evaluate_run`; None otherwise)."""
+
+    @property
+    def still_learning(self) -> str:
+        """The trend of a run still learning, in words ("" for none)."""
+        t = self.trend
+        if not t:
+            return ""
+        return (f"still learning: pairwise accuracy {t['from']:.3f} -> {t['to']:.3f} over "
+                f"epochs {t['epochs'][0]}-{t['epochs'][1]} ({t['slope']:+.2g} per epoch); at "
+                f"that rate it reaches {THRESHOLDS['pairwise_accuracy']} in about "
+                f"{math.ceil(t['to_pass'])} more epochs: train longer before judging it")
 
     @property
     def validated(self) -> bool:
@@ -228,6 +245,7 @@ class Verdict:
             "judged_as": self.judged_as,
             "graphs_per_epoch": self.graphs_per_epoch,
             "thresholds": self.thresholds,
+            "trend": self.trend,
         }
 
     def __str__(self) -> str:
@@ -400,10 +418,13 @@ def evaluate_run(history: Sequence[dict[str, Any]], *, graphs_per_epoch: int | N
                  ) -> Verdict:
     """The verdict by the thresholds that fit the run (:func:`judgement`): the overfit test's
     (:func:`evaluate_verdict`) for at most :data:`OVERFIT_MAX_GRAPHS` graphs per epoch or an
-    unknown number, training's (:func:`evaluate_training`) for more."""
-    if judgement(graphs_per_epoch) == TRAINING:
-        return evaluate_training(history, graphs_per_epoch=graphs_per_epoch)
-    return evaluate_verdict(history)
+    unknown number, training's (:func:`evaluate_training`) for more. A run that failed but
+    still learns when it ends carries its :attr:`Verdict.trend`, and says so."""
+    verdict = (evaluate_training(history, graphs_per_epoch=graphs_per_epoch)
+               if judgement(graphs_per_epoch) == TRAINING else evaluate_verdict(history))
+    if not verdict.passed:
+        verdict.trend = still_learning(history)
+    return verdict
 
 
 def stop_at_verdict(history: Sequence[dict[str, Any]]) -> str | None:
@@ -420,8 +441,8 @@ def stop_at_verdict(history: Sequence[dict[str, Any]]) -> str | None:
 
 
 def format_verdict(verdict: Verdict) -> str:
-    """A plain-text table of the checks for the terminal, and a last line naming the
-    thresholds applied (:attr:`Verdict.thresholds`)."""
+    """A plain-text table of the checks for the terminal, the trend of a run still learning,
+    and a last line naming the thresholds applied (:attr:`Verdict.thresholds`)."""
     lines = [f"verdict: {verdict.label}"]
     # the overfit test's rules fit in 45 characters; a training run's name their scope too
     width = max([45, *(len(c.rule) for c in verdict.checks)])
@@ -432,6 +453,8 @@ def format_verdict(verdict: Verdict) -> str:
         lines.append(f"  criteria first met at epoch {verdict.epochs_to_pass}"
                      + (f", ideal at epoch {verdict.epochs_to_ideal}"
                         if verdict.epochs_to_ideal is not None else ""))
+    if verdict.trend:
+        lines.append(f"  {verdict.still_learning}")
     lines.append(f"  {verdict.thresholds}")
     return "\n".join(lines)
 
@@ -446,3 +469,36 @@ def margin_sentence(name: str, m: Mapping[str, Any]) -> str:
     if m["worse"]:
         return f"loses to the {name} baseline by more than the noise ({span})"
     return f"shows no difference from the {name} baseline beyond the noise ({span})"
+
+
+RANKING_GAIN = 0.01
+"""A rise of pairwise accuracy this large over the last half of a run means it still learns
+(the doctor's plateau rule uses it too)."""
+
+
+def still_learning(history: Sequence[dict], within: float = math.inf) -> dict[str, Any] | None:
+    """The trend of a run that is still learning when it ends: over the last half of its
+    logged epochs the pairwise accuracy rises (by at least the plateau rule's 0.01) and the
+    loss falls, fast enough to reach the runbook's 0.9 in ``within`` more epochs at that rate;
+    None otherwise, or with fewer than 4 finite records.
+
+    Returns:
+        ``{"slope" (pairwise accuracy per epoch, least squares), "from", "to" (its first and
+        last value in that half), "epochs" (that half's first and last epoch), "to_pass"
+        (epochs to 0.9 at that rate)}``.
+    """
+    recs = [r for r in history if math.isfinite(r["loss"])]
+    if len(recs) < 4 or len(recs) != len(history):
+        return None
+    half = recs[len(recs) // 2 - 1:] if len(recs) % 2 == 0 else recs[len(recs) // 2:]
+    ep = np.array([r["epoch"] for r in half], dtype=float)
+    pa = np.array([r["pairwise_accuracy"] for r in half], dtype=float)
+    loss = np.array([r["loss"] for r in half], dtype=float)
+    slope, loss_slope = float(np.polyfit(ep, pa, 1)[0]), float(np.polyfit(ep, loss, 1)[0])
+    if slope * (ep[-1] - ep[0]) < RANKING_GAIN or loss_slope >= 0:
+        return None
+    to_pass = max(THRESHOLDS["pairwise_accuracy"] - pa[-1], 0.0) / slope
+    if to_pass > within:
+        return None
+    return {"slope": slope, "from": float(pa[0]), "to": float(pa[-1]),
+            "epochs": (int(ep[0]), int(ep[-1])), "to_pass": to_pass}

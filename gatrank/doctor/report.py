@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from gatrank.checks.verdict import THRESHOLDS
+from gatrank.checks.verdict import RANKING_GAIN, THRESHOLDS
 
 __all__ = [
     "CAUSES",
@@ -147,9 +147,39 @@ CAUSES: dict[str, dict[str, str]] = {
     "invalid_data": {
         "meaning": "manifest rows gatrank cannot load (missing files, bad SMILES, ...)",
         "fix": "Run gatrank check-data and fix each row it lists, or set data.on_error: skip."},
+    "optimizer_not_stepping": {
+        "meaning": "your loop never calls optimizer.step() (or the weights never move while "
+                   "gradients flow)",
+        "fix": "Call optimizer.step() after loss.backward() in every step; scheduler.step() "
+               "does not update the weights."},
+    "lr_schedule_collapse": {
+        "meaning": "a learning-rate schedule drives the rate to ~0 before the model learns "
+                   "(typically a scheduler meant per epoch stepped per batch)",
+        "fix": "Step an epoch-based scheduler once per epoch, after the epoch's optimizer "
+               "steps; only schedules sized in steps (OneCycleLR) are stepped per batch."},
+    "gradients_accumulate": {
+        "meaning": "gradients are never reset between optimizer steps (optimizer.zero_grad() "
+                   "missing), so each step adds to all earlier ones",
+        "fix": "Call optimizer.zero_grad() before loss.backward() in every step; to accumulate "
+               "over k batches, divide the loss by k and step and zero every k batches."},
+    "same_batch": {
+        "meaning": "every step of the loop trains on the same graphs",
+        "fix": "Iterate over the loader (`for batch in loader:`) instead of calling "
+               "next(iter(loader)) in each step."},
+    "targets_misaligned": {
+        "meaning": "the targets the loss gets are not the batch's graphs' own y",
+        "fix": "Use batch.y (the targets travel with their graphs through the loader); never "
+               "index a separate target array by batch position."},
+    "gradients_clipped_away": {
+        "meaning": "the optimizer steps with gradients orders of magnitude smaller than "
+                   "backward produced (clipping or scaling between them)",
+        "fix": "Clip gradients at max_norm=1.0 (training.grad_clip), not far below; do not "
+               "rescale .grad between backward() and optimizer.step()."},
 }
 """Every cause id the doctor names: its meaning and the runbook's fix. The first 23 are
-DESIGN.md's, in its order; ``does_not_generalize`` and ``invalid_data`` are added."""
+DESIGN.md's, in its order; ``does_not_generalize`` and ``invalid_data`` are added, and the six
+read from a user's loop by :class:`gatrank.Monitor`
+(:mod:`gatrank.doctor.loop_causes`)."""
 
 DOCTOR_THRESHOLDS: dict[str, float] = {
     "dead_fraction": 0.95,          # score-head ReLU units dead for every probe graph
@@ -158,7 +188,7 @@ DOCTOR_THRESHOLDS: dict[str, float] = {
     "vanishing_grad_norm": THRESHOLDS["grad_norm"],  # the runbook's 0.01
     "near_ln2": 0.9,                # loss never below this x ln 2: no better than constant
     "flat_loss_drop": 0.01,         # relative loss drop below this: "not moving"
-    "ranking_gain": 0.01,           # pairwise accuracy gain in a plateau window: still learning
+    "ranking_gain": RANKING_GAIN,   # pairwise accuracy gain in a plateau window: still learning
     "oversmoothing_mad_ratio": 0.1,  # MAD at the last GAT layer / largest MAD over layers
     "indistinguishable": 0.5,       # graphs whose pooled input features clash
     "without_pairs": 0.5,           # batches without a valid pair
@@ -181,11 +211,13 @@ DOCTOR_THRESHOLDS: dict[str, float] = {
 (:data:`gatrank.checks.verdict.THRESHOLDS`)."""
 
 VERDICTS = ("healthy", "bad_data", "broken_loss", "cannot_fit", "collapsed", "unstable",
-            "no_generalization")
+            "no_generalization", "broken_loop", "still_learning")
 """``healthy``: fits the overfit subset and ranks held-out graphs above chance; ``bad_data`` /
 ``broken_loss``: stopped at the data or loss checks; ``collapsed``: scores (nearly) constant;
 ``unstable``: NaN/Inf during training; ``cannot_fit``: neither; ``no_generalization``: fits but
-held-out ranking is at chance."""
+held-out ranking is at chance; ``broken_loop`` (a :class:`gatrank.Monitor`'s reading): the
+loop's mechanics are wrong (:mod:`gatrank.doctor.loop_causes`), whatever its metrics say;
+``still_learning``: not passed yet, but the ranking still improves when the run ends."""
 
 
 @dataclass
@@ -333,6 +365,8 @@ class DoctorReport:
                 lines += [f" {k}. {c.id}  (likelihood {c.score:.2f}, from the {c.stage} "
                           f"stage{tag})",
                           f"    evidence: {c.evidence}", f"    fix: {c.fix}"]
+        elif self.verdict == "still_learning":
+            lines.append("no cause: the run was still learning when it ended (see the notes)")
         elif self.verdict != "healthy" and self.notes:  # e.g. scores not one per graph
             lines.append("no cause id matched: see the notes below")
         else:

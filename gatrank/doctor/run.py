@@ -49,8 +49,8 @@ from gatrank.checks.static import check_graphs
 from gatrank.checks.verdict import (
     THRESHOLDS,
     TRAINING,
+    evaluate_run,
     evaluate_training,
-    evaluate_verdict,
     judgement,
 )
 from gatrank.config import Config, file_keys, load_config, settings_set
@@ -59,6 +59,7 @@ from gatrank.doctor.ablations import overfit_ablations, user_ablations
 from gatrank.doctor.data_stage import data_stage, droppable
 from gatrank.doctor.faults import Fault
 from gatrank.doctor.faults import inject as inject_fault
+from gatrank.doctor.loop_causes import demote_symptoms, eval_mode_note, loop_causes
 from gatrank.doctor.report import CAUSES, DOCTOR_THRESHOLDS, DoctorOptions, DoctorReport
 from gatrank.doctor.runs import train_run
 from gatrank.doctor.stages import heldout_stage, loss_stage, model_stage
@@ -387,8 +388,7 @@ def diagnose_history(history: Sequence[dict[str, Any]], *, config: Config | None
             run.nonfinite = True
             run.error = f"non-finite loss at {findings['nonfinite'][0]}"
     training = judgement(graphs_per_epoch) == TRAINING
-    verdict = (evaluate_training(history, graphs_per_epoch=graphs_per_epoch) if training
-               else evaluate_verdict(history))
+    verdict = evaluate_run(history, graphs_per_epoch=graphs_per_epoch)
     if training:
         doc.notes.append(verdict.thresholds)
     last = history[-1]
@@ -404,8 +404,9 @@ def diagnose_history(history: Sequence[dict[str, Any]], *, config: Config | None
     # is not a model that cannot fit
     fits = verdict.passed or (training and at_chance and evaluate_training(
         history, graphs_per_epoch=graphs_per_epoch, validation=False).passed)
+    failed = not fits or run.nonfinite
     status = "healthy"
-    if not fits or run.nonfinite:
+    if failed:
         symptoms(doc, run, "history")
         # the learning rate the run logged (a user's loop, a scheduler), else the config's
         lr = float(last.get("lr", cfg.training.learning_rate))
@@ -429,6 +430,25 @@ def diagnose_history(history: Sequence[dict[str, Any]], *, config: Config | None
         symptoms(doc, run, "history")
         doc.notes += [f"possible issue that did not stop training here: {c.id}: {c.evidence}"
                       for c in doc.ranked()]
+    loop = (findings or {}).get("loop")
+    raised = loop_causes(doc, loop, history, failed=failed) if loop else []
+    if raised:
+        demote_symptoms(doc, raised)
+        status = "broken_loop"
+        if not failed:
+            doc.notes.append(f"the runbook's verdict {'passes' if verdict.passed else 'holds'}, "
+                             "but on a run the loop did not mean to make: see the causes")
+    note = eval_mode_note(loop) if loop else None
+    if note:
+        doc.notes.append(note)
+    if (status in ("cannot_fit", "collapsed") and verdict.trend
+            and doc.strongest() < DOCTOR_THRESHOLDS["strong"]):
+        # still learning when it ended: what the measurements suggest is a note, not a cause
+        doc.notes.insert(0, verdict.still_learning)
+        doc.notes += [f"possible issue while it learns: {c.id}: {c.evidence}"
+                      for c in doc.ranked()]
+        doc.causes.clear()
+        status = "still_learning"
     doc.add_stage("history", "passed" if verdict.passed else "failed",
                   {"records": len(history), **run.summary()}, t0)
     return DoctorReport(verdict=status, causes=doc.ranked() if status != "healthy" else [],

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from gatrank.checks.verdict import THRESHOLDS, evaluate_verdict, loss_drop
+from gatrank.checks.verdict import THRESHOLDS, evaluate_verdict, loss_drop, still_learning
 from gatrank.doctor.optimum import LossOptimum, ScaleReading, read_scale_checks
 from gatrank.doctor.report import CAUSES, DOCTOR_THRESHOLDS
 from gatrank.doctor.state import Diagnosis
@@ -128,34 +128,6 @@ def plateau(history: Sequence[dict], window: int, floor: float | None = None) ->
     ranked_before = [r.get("pairwise_accuracy", math.nan) for r in old]
     return not (np.nanmax(ranked + [-1.0]) > np.nanmax(ranked_before + [-1.0])
                 + DOCTOR_THRESHOLDS["ranking_gain"])
-
-
-def still_learning(history: Sequence[dict], within: float = math.inf) -> dict[str, Any] | None:
-    """The trend of a run that is still learning when it ends: over the last half of its
-    logged epochs the pairwise accuracy rises (by at least the plateau rule's 0.01) and the
-    loss falls, fast enough to reach the runbook's 0.9 in ``within`` more epochs at that rate;
-    None otherwise, or with fewer than 4 finite records.
-
-    Returns:
-        ``{"slope" (pairwise accuracy per epoch, least squares), "from", "to" (its first and
-        last value in that half), "epochs" (that half's first and last epoch), "to_pass"
-        (epochs to 0.9 at that rate)}``.
-    """
-    recs = [r for r in history if math.isfinite(r["loss"])]
-    if len(recs) < 4 or len(recs) != len(history):
-        return None
-    half = recs[len(recs) // 2 - 1:] if len(recs) % 2 == 0 else recs[len(recs) // 2:]
-    ep = np.array([r["epoch"] for r in half], dtype=float)
-    pa = np.array([r["pairwise_accuracy"] for r in half], dtype=float)
-    loss = np.array([r["loss"] for r in half], dtype=float)
-    slope, loss_slope = float(np.polyfit(ep, pa, 1)[0]), float(np.polyfit(ep, loss, 1)[0])
-    if slope * (ep[-1] - ep[0]) < DOCTOR_THRESHOLDS["ranking_gain"] or loss_slope >= 0:
-        return None
-    to_pass = max(THRESHOLDS["pairwise_accuracy"] - pa[-1], 0.0) / slope
-    if to_pass > within:
-        return None
-    return {"slope": slope, "from": float(pa[0]), "to": float(pa[-1]),
-            "epochs": (int(ep[0]), int(ep[-1])), "to_pass": to_pass}
 
 
 def median_grad(history: Sequence[dict]) -> float:
