@@ -16,6 +16,7 @@ A symptom they explain (``learning_rate_too_low``, ``learning_rate_too_high``,
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -234,8 +235,9 @@ def _clipped(doc: Diagnosis, loop: Mapping[str, Any], history: Sequence[Mapping[
              stage: str) -> str | None:
     g = loop.get("grads") or {}
     back, stepped = g.get("backward_median"), g.get("stepped_median")
-    if g.get("pairs", 0) < MIN_CHECKED or not back or stepped is None:
-        return None
+    if (g.get("pairs", 0) < MIN_CHECKED or back is None or stepped is None
+            or not (math.isfinite(back) and math.isfinite(stepped)) or back <= 0):
+        return None  # non-finite gradients are another cause's evidence
     ratio = back / stepped if stepped > 0 else float("inf")
     if ratio < CLIPPED_RATIO or stepped >= CLIPPED_NORM:
         return None

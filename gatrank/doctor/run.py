@@ -351,6 +351,32 @@ def diagnose(
                         config=doc.cfg.to_dict())
 
 
+def _loop_reading(doc: Diagnosis, loop: Mapping[str, Any] | None,
+                  history: Sequence[dict[str, Any]], verdict: Any, status: str, *,
+                  failed: bool) -> str:
+    """The loop's mechanics a Monitor watched (:mod:`~gatrank.doctor.loop_causes`), then the
+    trend of a failed run that still learns: the status they give the reading."""
+    raised = loop_causes(doc, loop, history, failed=failed) if loop else []
+    if raised:
+        demote_symptoms(doc, raised)
+        status = "broken_loop"
+        if not failed:
+            doc.notes.append("the runbook's verdict passes, but on a run the loop did not mean "
+                             "to make: see the causes")
+    note = eval_mode_note(loop) if loop else None
+    if note:
+        doc.notes.append(note)
+    if (status in ("cannot_fit", "collapsed") and verdict.trend
+            and doc.strongest() < DOCTOR_THRESHOLDS["strong"]):
+        # still learning when it ended: what the measurements suggest is a note, not a cause
+        doc.notes.insert(0, verdict.still_learning)
+        doc.notes += [f"possible issue while it learns: {c.id}: {c.evidence}"
+                      for c in doc.ranked()]
+        doc.causes.clear()
+        status = "still_learning"
+    return status
+
+
 def diagnose_history(history: Sequence[dict[str, Any]], *, config: Config | None = None,
                      findings: Mapping[str, Any] | None = None,
                      graphs_per_epoch: int | None = None) -> DoctorReport:
@@ -430,25 +456,8 @@ def diagnose_history(history: Sequence[dict[str, Any]], *, config: Config | None
         symptoms(doc, run, "history")
         doc.notes += [f"possible issue that did not stop training here: {c.id}: {c.evidence}"
                       for c in doc.ranked()]
-    loop = (findings or {}).get("loop")
-    raised = loop_causes(doc, loop, history, failed=failed) if loop else []
-    if raised:
-        demote_symptoms(doc, raised)
-        status = "broken_loop"
-        if not failed:
-            doc.notes.append(f"the runbook's verdict {'passes' if verdict.passed else 'holds'}, "
-                             "but on a run the loop did not mean to make: see the causes")
-    note = eval_mode_note(loop) if loop else None
-    if note:
-        doc.notes.append(note)
-    if (status in ("cannot_fit", "collapsed") and verdict.trend
-            and doc.strongest() < DOCTOR_THRESHOLDS["strong"]):
-        # still learning when it ended: what the measurements suggest is a note, not a cause
-        doc.notes.insert(0, verdict.still_learning)
-        doc.notes += [f"possible issue while it learns: {c.id}: {c.evidence}"
-                      for c in doc.ranked()]
-        doc.causes.clear()
-        status = "still_learning"
+    status = _loop_reading(doc, (findings or {}).get("loop"), history, verdict, status,
+                           failed=failed)
     doc.add_stage("history", "passed" if verdict.passed else "failed",
                   {"records": len(history), **run.summary()}, t0)
     return DoctorReport(verdict=status, causes=doc.ranked() if status != "healthy" else [],

@@ -15,7 +15,8 @@ and :class:`LoopWatch` watches those:
   the new gradient is added): whether the gradient was reset (``None`` or zeros) since the last
   optimizer step, so that ``zero_grad`` missing is told apart from accumulation done right
   (``zero_grad`` after every ``optimizer.step()``, however many backward passes in between);
-- **the input of each step** (a forward pre-hook on the model): a fingerprint of the batch
+- **the input of each step** (PyTorch's global forward pre-hook, filtered to the model, so that
+  nothing is added to the model's own hook tables): a fingerprint of the batch
   (graph count, node count, a sum of ``x``), so that the same batch every step is seen, and the
   batch's own ``y``, so that targets passed to ``monitor.step`` that are not the graphs' own
   (taken in file order while the loader shuffles) are seen;
@@ -42,6 +43,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.module import register_module_forward_pre_hook
 from torch.optim.optimizer import (
     register_optimizer_step_post_hook,
     register_optimizer_step_pre_hook,
@@ -61,17 +63,23 @@ MAX_KEPT_STEPS = 512
 """Sampled steps whose fingerprints and target pairs are kept per epoch (all are counted)."""
 
 
-class _Unserializable:
-    """A hook object ``torch.save`` of the model skips quietly (PyTorch warns about hooks it
-    cannot serialize unless they carry ``__torch_unserializable__``)."""
+class _Hook:
+    """A hook that calls ``method`` of a :class:`LoopWatch` through a weak reference: the model,
+    its parameters and PyTorch's global hook tables never keep a watch (and its model) alive,
+    and a hook whose watch is gone does nothing. ``torch.save`` of a parameter skips it quietly
+    (PyTorch warns about hooks it cannot serialize unless they carry
+    ``__torch_unserializable__``)."""
 
     __torch_unserializable__ = True
 
-    def __init__(self, fn: Callable[..., Any]) -> None:
-        self.fn = fn
+    def __init__(self, watch: LoopWatch, method: str, *bound: Any) -> None:
+        self.ref = weakref.ref(watch)
+        self.method, self.bound = method, bound
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.fn(*args, **kwargs)
+    def __call__(self, *args: Any) -> None:
+        watch = self.ref()
+        if watch is not None:
+            getattr(watch, self.method)(*self.bound, *args)
 
 
 @dataclass
@@ -201,22 +209,26 @@ class LoopWatch:
     # ------------------------------------------------------------------ hooks
 
     def _attach(self) -> None:
+        # the optimizer's own hooks (an optimizer pickles without them); without one, PyTorch's
+        # global optimizer hooks. The model's input comes from the global module hook, filtered
+        # to this model: a hook in the model's own table would be pickled with the model by
+        # torch.save(model) and copied by copy.deepcopy(model)
         if self.optimizer is not None:
             self._handles += [
-                self.optimizer.register_step_pre_hook(_Unserializable(self._pre_step)),
-                self.optimizer.register_step_post_hook(_Unserializable(self._post_step))]
+                self.optimizer.register_step_pre_hook(_Hook(self, "_pre_step")),
+                self.optimizer.register_step_post_hook(_Hook(self, "_post_step"))]
         else:
-            self._handles += [register_optimizer_step_pre_hook(_Unserializable(self._pre_any)),
-                              register_optimizer_step_post_hook(_Unserializable(self._post_any))]
-        self._handles.append(self.model.register_forward_pre_hook(
-            _Unserializable(self._forward), with_kwargs=True))
+            self._handles += [register_optimizer_step_pre_hook(_Hook(self, "_pre_any")),
+                              register_optimizer_step_post_hook(_Hook(self, "_post_any"))]
+        self._handles.append(register_module_forward_pre_hook(_Hook(self, "_any_forward")))
         for p in self._probes:
-            self._handles.append(p.register_hook(_Unserializable(self._make_probe(p))))
+            self._handles.append(p.register_hook(_Hook(self, "_probe", weakref.ref(p))))
+        # a watch dropped without close() takes its hooks with it
+        self._finalizer = weakref.finalize(self, _remove, list(self._handles))
 
     def close(self) -> None:
         """Remove every hook (the Monitor's ``close``); the readings so far stay."""
-        for h in self._handles:
-            h.remove()
+        _remove(self._handles)
         self._handles = []
 
     def _holds_model(self, optimizer: torch.optim.Optimizer) -> bool:
@@ -268,23 +280,22 @@ class LoopWatch:
         if self._sampling():
             self._await_reset, self._reset_reading = True, None
 
-    def _make_probe(self, p: nn.Parameter) -> Callable[[Tensor], None]:
-        ref = weakref.ref(p)
+    def _probe(self, ref: weakref.ref, grad: Tensor) -> None:
+        # run by backward before it adds ``grad``: the parameter's .grad is what the last
+        # optimizer step left, unless zero_grad reset it
+        if not self._await_reset:
+            return
+        param = ref()
+        old = None if param is None else param.grad
+        if old is None:
+            return
+        amax = old.detach().abs().amax()
+        now = self._reset_reading
+        self._reset_reading = amax if now is None else torch.maximum(now, amax.to(now))
 
-        def probe(grad: Tensor) -> None:
-            # run by backward before it adds ``grad``: the parameter's .grad is what the last
-            # optimizer step left, unless zero_grad reset it
-            if not self._await_reset:
-                return
-            param = ref()
-            old = None if param is None else param.grad
-            if old is None:
-                return
-            amax = old.detach().abs().amax()
-            now = self._reset_reading
-            self._reset_reading = amax if now is None else torch.maximum(now, amax.to(now))
-
-        return probe
+    def _any_forward(self, module: nn.Module, args: tuple) -> None:
+        if module is self.model:
+            self._forward(module, args, {})
 
     def _forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if not self._sampling():
@@ -377,8 +388,8 @@ class LoopWatch:
 
     def summary(self) -> dict[str, Any]:
         """What was watched, as plain JSON data (see :mod:`gatrank.doctor.loop_causes`)."""
-        backs = sorted(b for b, _ in self.grad_pairs)
-        stepped = sorted(s for _, s in self.grad_pairs)
+        finite = [(b, s) for b, s in self.grad_pairs if math.isfinite(b) and math.isfinite(s)]
+        backs, stepped = sorted(b for b, _ in finite), sorted(s for _, s in finite)
         return {
             "steps": self.steps,
             "epochs": self.epochs,
@@ -395,7 +406,7 @@ class LoopWatch:
                    "by_epoch": self.lr_by_epoch[:3] + self.lr_by_epoch[-3:]
                    if len(self.lr_by_epoch) > 6 else list(self.lr_by_epoch)},
             "resets": {"checked": self.resets_checked, "not_reset": self.not_reset},
-            "grads": {"pairs": len(self.grad_pairs),
+            "grads": {"pairs": len(finite), "nonfinite_pairs": len(self.grad_pairs) - len(finite),
                       "backward_median": _median(backs), "stepped_median": _median(stepped)},
             "inputs": {"steps": self.input_steps, "distinct": len(self.fingerprints),
                        "graphs_per_step": sorted(self.graphs_per_step)[:8],
@@ -406,6 +417,11 @@ class LoopWatch:
                         "example": self.misaligned_example},
             "mode": {"steps": self.mode_steps, "eval_steps": self.eval_steps},
         }
+
+
+def _remove(handles: list[Any]) -> None:
+    for h in handles:
+        h.remove()  # removing twice is harmless
 
 
 def _agreement(t: Tensor, y: Tensor) -> float | None:
