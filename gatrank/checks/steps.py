@@ -35,7 +35,6 @@ from gatrank.checks.static import (
 )
 from gatrank.checks.verdict import (
     Check,
-    margin_sentence,
     runbook_check,
     step3_checks,
     summarize_checks,
@@ -43,6 +42,7 @@ from gatrank.checks.verdict import (
 from gatrank.config import Config
 from gatrank.data import CheckReport, GraphSet, check_dataset, check_manifest, split_indices
 from gatrank.losses import LN2, make_loss_fn
+from gatrank.metrics import margin_sentence
 from gatrank.model import build_model, reads_edge_attr, score_batch
 from gatrank.runtime import set_seed
 

@@ -38,7 +38,6 @@ __all__ = [
     "evaluate_training",
     "evaluate_run",
     "stop_at_verdict",
-    "margin_sentence",
     "format_verdict",
     "loss_drop",
     "RANKING_GAIN",
@@ -457,18 +456,6 @@ def format_verdict(verdict: Verdict) -> str:
         lines.append(f"  {verdict.still_learning}")
     lines.append(f"  {verdict.thresholds}")
     return "\n".join(lines)
-
-
-def margin_sentence(name: str, m: Mapping[str, Any]) -> str:
-    """One line on the model against baseline ``name`` (a :func:`gatrank.metrics.
-    paired_bootstrap` result): beats it, loses to it, or no difference beyond the noise."""
-    span = (f"Spearman {m['difference']:+.3f}, {m['level']:.0%} interval "
-            f"{m['low']:+.3f} to {m['high']:+.3f}, {m['n']} graphs")
-    if m["better"]:
-        return f"beats the {name} baseline by more than the noise ({span})"
-    if m["worse"]:
-        return f"loses to the {name} baseline by more than the noise ({span})"
-    return f"shows no difference from the {name} baseline beyond the noise ({span})"
 
 
 RANKING_GAIN = 0.01

@@ -22,13 +22,13 @@ from gatrank.checks.static import (
     frozen_parameters,
     gradient_path,
 )
-from gatrank.checks.verdict import THRESHOLDS, margin_sentence
+from gatrank.checks.verdict import THRESHOLDS
 from gatrank.doctor.report import CAUSES, DOCTOR_THRESHOLDS
 from gatrank.doctor.runs import model_factory, train_run
 from gatrank.doctor.state import Diagnosis
 from gatrank.doctor.trace import signal_trace
 from gatrank.losses import make_loss_fn
-from gatrank.metrics import paired_bootstrap, pairwise_accuracy
+from gatrank.metrics import margin_sentence, paired_bootstrap, pairwise_accuracy
 from gatrank.runtime import resolve_device, set_seed
 from gatrank.training import predict
 

@@ -7,7 +7,7 @@ import html
 from collections.abc import Mapping
 from typing import Any
 
-from gatrank.checks.verdict import margin_sentence
+from gatrank.metrics import margin_sentence
 
 __all__ = ["render_index"]
 
