@@ -25,8 +25,10 @@ by the runbook's Step 3, "Monitor training" (score std, pairwise accuracy improv
 norms > 0.01, validation where :meth:`Monitor.validation` reports it) and its red flags. The
 verdict names the thresholds it applied.
 
-``out_dir/metrics.jsonl`` is what ``gatrank train --out`` writes, so ``gatrank verdict
-runs/mine`` and the notebooks' ``metrics`` parameter judge it too.
+``out_dir/metrics.jsonl`` is what ``gatrank train --out`` writes, and ``out_dir/findings.json``
+(:mod:`gatrank.training.findings_file`, rewritten at each record) what the Monitor saw besides,
+so ``gatrank verdict runs/mine`` and the notebooks' ``metrics`` parameter show the same verdict
+and diagnosis as :meth:`Monitor.verdict` and :meth:`Monitor.diagnose`.
 
 The recording itself is :class:`gatrank.training.monitor.LoopRecorder` (training/ owns what a
 loop logs); this module adds what lives further down the data flow: the parameter checks and
@@ -51,6 +53,7 @@ from gatrank.checks.verdict import THRESHOLDS, Verdict, evaluate_run
 from gatrank.config import Config, ConfigError
 from gatrank.doctor.report import DoctorReport
 from gatrank.doctor.run import diagnose_history
+from gatrank.training.findings_file import remove_findings, write_findings
 from gatrank.training.monitor import LoopRecorder
 
 __all__ = ["Monitor"]
@@ -104,6 +107,8 @@ class Monitor:
                                      epochs=epochs, out_dir=out_dir, tie_eps=tie_eps,
                                      margin_eps=margin_eps, probes=[UpdateTracker()],
                                      callbacks=[self._on_record], watch=True)
+        if self.recorder.out is not None:  # a previous run's, until this one's first record
+            remove_findings(self.recorder.out)
         self.parameters = frozen_parameters(model, optimizer)
         """:func:`~gatrank.checks.static.frozen_parameters` of the model and the optimizer."""
         missing = self.parameters["not_in_optimizer"]
@@ -188,17 +193,22 @@ class Monitor:
                              "of each epoch (epoch 1 is always recorded)")
         return self.history
 
-    def _config(self) -> Config:
-        """The learning rate and weight decay of the optimizer, for the doctor's rules."""
+    def _settings(self) -> dict[str, float]:
+        """The optimizer's learning rate and weight decay as config keys, for the doctor's
+        rules; empty without an optimizer or for values gatrank's config cannot hold."""
         if self.optimizer is None:
-            return Config()
+            return {}
         group = self.optimizer.param_groups[0]
         try:
-            return Config().updated({"training.learning_rate": float(group["lr"]),
-                                     "training.weight_decay": float(group.get("weight_decay",
-                                                                              0.0))})
-        except (ConfigError, TypeError, ValueError):  # an lr gatrank's config cannot hold
-            return Config()
+            settings = {"training.learning_rate": float(group["lr"]),
+                        "training.weight_decay": float(group.get("weight_decay", 0.0))}
+            Config().updated(settings)
+        except (ConfigError, TypeError, ValueError):  # e.g. an lr a scheduler drove to 0
+            return {}
+        return settings
+
+    def _config(self) -> Config:
+        return Config().updated(self._settings())
 
     # ------------------------------------------------------------------ live curves
 
@@ -231,6 +241,10 @@ class Monitor:
             self._live.finish()
 
     def _on_record(self, record: dict[str, Any]) -> None:
+        out = self.recorder.out
+        if out is not None:  # beside metrics.jsonl, so that gatrank verdict reads the same
+            write_findings(out, graphs_per_epoch=self.graphs_per_epoch,
+                           config=self._settings(), findings=self.findings())
         if self._live is not None:
             self._live(record)
             if record["epoch"] == self.recorder.epochs:

@@ -296,6 +296,8 @@ def test_overfit_notebook_judges_a_monitors_log_instead_of_training(tmp_path, ti
     assert "No signal trace" in "".join(o.get("text", "") for o in cell.outputs)
     assert res["verdict"] == json.loads(json.dumps(monitor.verdict().to_dict()))
     assert res["epochs_run"] == 25 and res["label"] == monitor.verdict().label
+    assert res["causes"] == json.loads(json.dumps([c.to_dict() for c in
+                                                   monitor.diagnose().causes]))
     step_2c = next(c for c in res["checks"] if c["name"] == "embedding_spread")
     assert step_2c["kind"] == "warning" and step_2c["value"] is None  # not in a Monitor's log
     nb = nbformat.read(str(out), as_version=4)

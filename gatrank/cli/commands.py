@@ -48,7 +48,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def _print_baselines(fits: dict[str, dict[str, Any]], margins: dict[str, dict[str, Any]]
                      ) -> None:
     """The model against each fitted baseline, one line each (or why one was skipped)."""
-    from gatrank.checks.verdict import margin_sentence
+    from gatrank.metrics import margin_sentence
 
     for name, fit in fits.items():
         if fit.get("skipped"):
@@ -184,17 +184,21 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_verdict(args: argparse.Namespace) -> int:
     """0 when the run passes the runbook's criteria, 1 when it fails (2, from main, for a
-    missing or bad log: the message names the file and the line)."""
-    from gatrank.checks.verdict import evaluate_verdict, format_verdict
+    missing or bad log: the message names the file and the line). A Monitor's run is judged
+    with its findings.json, as monitor.verdict() and monitor.diagnose() judge it."""
+    from gatrank.checks.verdict import format_verdict
     from gatrank.config import load_config
-    from gatrank.doctor import diagnose_history
-    from gatrank.training.history import read_run, run_config
+    from gatrank.doctor import judge_run
+    from gatrank.training.findings_file import findings_path
+    from gatrank.training.history import read_run
 
     run = read_run(args.run)
-    verdict = evaluate_verdict(run.history)
-    cfg = load_config(args.config) if args.config else run_config(run.summary)
-    print(f"{run.summary['source']}: {len(run.history)} records, last epoch "
-          f"{run.history[-1]['epoch']}\n{format_verdict(verdict)}\n\nthe doctor's reading "
+    judged = judge_run(run, config=load_config(args.config) if args.config else None)
+    source = run.summary["source"]
+    seen = ("" if judged.findings is None else
+            f", with what the Monitor saw ({findings_path(source)})")
+    print(f"{source}: {len(run.history)} records, last epoch {run.history[-1]['epoch']}{seen}\n"
+          f"{format_verdict(judged.verdict)}\n\nthe doctor's reading "
           "(causes suspected; gatrank doctor confirms them):\n"
-          f"{diagnose_history(run.history, config=cfg).format_text()}")
-    return 0 if verdict.passed else EXIT_PROBLEMS
+          f"{judged.reading.format_text()}")
+    return 0 if judged.verdict.passed else EXIT_PROBLEMS

@@ -183,7 +183,8 @@ def _add_verdict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", metavar="RUN_DIR_OR_METRICS_JSONL", help="a run folder (gatrank train "
                    "--out, Monitor(out_dir=...)) or its metrics.jsonl")
     p.add_argument("--config", default="", help="the run's YAML config, for the doctor "
-                   "(default: summary.json's beside the log, else gatrank's defaults)")
+                   "(default: the Monitor's findings.json beside the log, else summary.json's, "
+                   "else gatrank's defaults)")
     _add_common(p)
 
 

@@ -1,6 +1,7 @@
 """The doctor: runs the runbook's stages on a model and its data and names the cause of a
 collapse."""
 
+from gatrank.doctor.judge import Judgement, judge_run
 from gatrank.doctor.report import (
     CAUSES,
     DOCTOR_THRESHOLDS,
@@ -22,4 +23,6 @@ __all__ = [
     "DoctorReport",
     "diagnose",
     "diagnose_history",
+    "Judgement",
+    "judge_run",
 ]

@@ -17,7 +17,7 @@ from gatrank.checks.verdict import THRESHOLDS, evaluate_verdict, stop_at_verdict
 from gatrank.config import overfit_config
 from gatrank.data import check_manifest
 from gatrank.datasets import check_data
-from gatrank.doctor import diagnose_history
+from gatrank.doctor import diagnose_history, judge_run
 from gatrank.evaluate import evaluate_checkpoint
 from gatrank.losses import LN2
 from gatrank.notebook.display import (
@@ -130,6 +130,7 @@ __all__ = [
     "overfit_config",
     "train",
     "diagnose_history",
+    "judge_run",
     "evaluate_checkpoint",
     "LN2",
 ]

@@ -27,6 +27,8 @@ def train_or_read(metrics: str, config: Config, *,
     ``metrics.jsonl`` (or the run folder holding one), that run read back without training
     (:func:`gatrank.training.history.read_run`: ``model`` None), its records passed to
     ``callbacks`` in order, so live curves draw them as if training had just run.
+    :func:`gatrank.doctor.judge_run` judges either: a Monitor's run with its ``findings.json``,
+    as ``monitor.verdict()`` and ``monitor.diagnose()`` judged it.
 
     Raises:
         FileNotFoundError, ValueError: a missing file, or a line that is not a record (named).

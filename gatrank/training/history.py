@@ -1,20 +1,24 @@
 """A run read back from its files: the records of ``metrics.jsonl`` (what ``gatrank train
 --out`` and :class:`gatrank.Monitor` write) and, beside them, ``summary.json`` when training
-wrote one, so a run that already happened is judged without training (``gatrank verdict``, the
-notebooks' ``metrics`` parameter)."""
+wrote one and ``findings.json`` when a Monitor did, so a run that already happened is judged
+without training (``gatrank verdict``, the notebooks' ``metrics`` parameter) as it was judged
+when it ran."""
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from gatrank.config import Config, ConfigError
 from gatrank.io import read_jsonl
+from gatrank.training.findings_file import RunFindings, read_findings
 from gatrank.training.loop import TrainResult
 
-__all__ = ["HISTORY_KEYS", "metrics_file", "read_history", "read_run", "run_config"]
+__all__ = ["HISTORY_KEYS", "metrics_file", "read_history", "read_run", "run_config",
+           "run_findings", "epoch_graphs"]
 
 logger = logging.getLogger(__name__)
 
@@ -112,3 +116,31 @@ def run_config(summary: dict[str, Any]) -> Config:
         logger.warning("the run's config is not usable (%s); reading the run with gatrank's "
                        "defaults", exc)
         return Config()
+
+
+def run_findings(result: TrainResult) -> RunFindings | None:
+    """The :class:`gatrank.Monitor`'s ``findings.json`` beside the log of a run read back
+    (:func:`read_run`; see :mod:`gatrank.training.findings_file`). None for a run trained here,
+    a log without one, and a malformed one: that is logged as a warning naming the file and
+    what is wrong, and the log is judged alone, as :func:`read_run` does with a
+    ``summary.json`` that is not JSON."""
+    source = result.summary.get("source")
+    if not source:
+        return None
+    try:
+        return read_findings(source)
+    except ValueError as exc:
+        logger.warning("%s; judging %s alone", exc, source)
+        return None
+
+
+def epoch_graphs(summary: Mapping[str, Any]) -> int | None:
+    """The graphs one epoch of a ``gatrank train`` run trained on, as
+    :func:`gatrank.checks.verdict.evaluate_run` reads it: the training split of full training
+    (``mode`` ``"full"``). None for the overfit test (``"overfit"``: judged by its thresholds
+    whatever its ``n``, as ``gatrank train`` and ``--stop-at-verdict`` judge it) and for a log
+    without a summary (``"logged"``: a Monitor's count is in its ``findings.json``)."""
+    if summary.get("mode") != "full":
+        return None
+    n = (summary.get("split_sizes") or {}).get("train")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None

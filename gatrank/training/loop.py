@@ -42,6 +42,7 @@ from gatrank.training.epoch import (
     format_record,
     train_epoch,
 )
+from gatrank.training.findings_file import remove_findings
 from gatrank.training.scoring import predict, split_metrics
 from gatrank.training.setup import Setup, set_up
 from gatrank.training.state import LoopState
@@ -196,6 +197,8 @@ def _start_metrics_log(s: Setup, st: LoopState) -> None:
         # a resumed run's log restarts from the checkpoint's history (drops a lost partial epoch)
         (s.out / "metrics.jsonl").write_text("")
         append_jsonl(s.out / "metrics.jsonl", st.history)
+        # this log is not a Monitor's: findings one left here would be read as this run's
+        remove_findings(s.out)
 
 
 def _run_epochs(

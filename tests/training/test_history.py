@@ -1,16 +1,28 @@
 """gatrank.training.history: a run read back from its files, as train() returned it (the log,
-the summary beside it and its config), and every malformed log named by file and line."""
+the summary beside it and its config), every malformed log named by file and line, a Monitor's
+findings.json found beside the log (a malformed one warned about, a stale one removed by
+train), and the graphs per epoch a train summary tells."""
 
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 from tiny_training import strip, tiny
 
 from gatrank.config import Config
 from gatrank.io import append_jsonl
-from gatrank.training.history import HISTORY_KEYS, read_history, read_run, run_config
+from gatrank.training import train
+from gatrank.training.findings_file import FINDINGS_FILE, write_findings
+from gatrank.training.history import (
+    HISTORY_KEYS,
+    epoch_graphs,
+    read_history,
+    read_run,
+    run_config,
+    run_findings,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -55,3 +67,35 @@ def test_a_missing_or_empty_log_says_what_to_pass(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("")
     with pytest.raises(ValueError, match="holds no record"):
         read_history(tmp_path)
+
+
+def test_a_run_read_back_finds_its_findings_and_warns_of_a_bad_file(tmp_path, caplog):
+    append_jsonl(tmp_path / "metrics.jsonl",
+                 [{**dict.fromkeys(HISTORY_KEYS, 0.5), "epoch": e} for e in (1, 2)])
+    assert run_findings(read_run(tmp_path)) is None
+    write_findings(tmp_path, graphs_per_epoch=200, config={}, findings={})
+    assert run_findings(read_run(tmp_path)).graphs_per_epoch == 200
+    (tmp_path / FINDINGS_FILE).write_text('{"format": 7}')
+    with caplog.at_level(logging.WARNING, logger="gatrank.training.history"):
+        assert run_findings(read_run(tmp_path)) is None  # judged alone, as a bad summary.json
+    message = caplog.records[-1].getMessage()
+    assert str(tmp_path / FINDINGS_FILE) in message and "format 7" in message
+    assert f"judging {tmp_path / 'metrics.jsonl'} alone" in message
+
+
+def test_a_train_run_in_a_monitors_folder_is_not_read_with_its_findings(graphs, tmp_path):
+    write_findings(tmp_path, graphs_per_epoch=8, config={}, findings={"unused": ["w"]})
+    train(tiny(training__epochs=1), graphs=graphs, progress=False, out_dir=tmp_path,
+          with_baseline=False, checkpoints=[])
+    assert not (tmp_path / FINDINGS_FILE).exists()
+    assert run_findings(read_run(tmp_path)) is None
+
+
+@pytest.mark.parametrize(("summary", "graphs"), [
+    ({"mode": "full", "split_sizes": {"train": 200, "val": 40, "test": 40}}, 200),
+    ({"mode": "overfit", "split_sizes": {"train": 100, "val": 0, "test": 0}}, None),
+    ({"mode": "logged", "split_sizes": {}}, None),
+    ({"mode": "full"}, None),
+])
+def test_a_train_summary_tells_the_graphs_of_full_training_only(summary, graphs):
+    assert epoch_graphs(summary) == graphs
