@@ -103,19 +103,23 @@ def test_records_have_gatrank_trains_keys_and_values_for_the_same_loop(graphs):
 
 def test_recording_never_changes_training(make_graphs):
     """One seeded loop (dropout on, shuffled batches) with and without the recorder at its
-    most active (a record every epoch, written to disk): bitwise-equal weights, gradients,
-    optimizer state and RNG state after it."""
+    most active (a record every epoch, the loop's mechanics watched through hooks on the
+    optimizer, the model and its parameters): bitwise-equal weights, gradients, optimizer state
+    and RNG state after it."""
     graphs = make_graphs(k=10, n=5, f=4, seed=3)
     results = []
     for with_recorder in (False, True):
         torch.manual_seed(7)
         model = _model(graphs, dropout=0.3)
         rec = LoopRecorder(model, optimizer=torch.optim.Adam(model.parameters(), lr=0.01),
-                           log_every=1) if with_recorder else None
+                           log_every=1, watch=True) if with_recorder else None
         opt = _user_loop(model, graphs, epochs=4, recorder=rec)
         results.append((model, opt, torch.get_rng_state(), model.training))
         if rec is not None:
             assert len(rec.history) == 4
+            watched = rec.watch.summary()  # it did watch: every step, every optimizer step
+            assert watched["steps"] == watched["optimizer_steps"] == 4 * 3
+            assert watched["resets"]["checked"] > 0 and watched["grads"]["pairs"] > 0
     (m0, o0, rng0, tr0), (m1, o1, rng1, tr1) = results
     for (name, p0), p1 in zip(m0.named_parameters(), m1.parameters(), strict=True):
         assert torch.equal(p0, p1), name
