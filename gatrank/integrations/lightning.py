@@ -1,5 +1,5 @@
 """A PyTorch Lightning callback that gives a ``LightningModule``'s training the records, the
-verdict and the doctor's reading of :class:`gatrank.Monitor`.
+verdict and the doctor's reading of :class:`gatrank.Monitor`, loop checks included.
 
 .. code-block:: python
 
@@ -11,17 +11,50 @@ verdict and the doctor's reading of :class:`gatrank.Monitor`.
             loss = loss_fn(scores, batch.y)
             return {"loss": loss, "scores": scores, "targets": batch.y}
 
+        def validation_step(self, batch, batch_idx):          # optional
+            return {"scores": self.model(batch), "targets": batch.y}
+
     monitor = MonitorCallback(log_every=10, out_dir="runs/mine")
-    L.Trainer(max_epochs=100, callbacks=[monitor]).fit(Ranker(), loader)
+    L.Trainer(max_epochs=100, callbacks=[monitor]).fit(Ranker(), loader, val_loader)
     print(monitor.verdict()); print(monitor.diagnose())
 
 The contract: ``training_step`` returns a dict with ``loss`` (as Lightning wants it), ``scores``
 (one per graph, ``[G]`` or ``[G, 1]``) and ``targets`` (``[G]``; without it the batch's ``y`` is
-read); ``group`` is read too when present. Gradients are read in ``on_before_optimizer_step``
-(after backward, before clipping and the step, as ``gatrank train`` measures them), the outputs
-in ``on_train_batch_end``, and each epoch closes in ``on_train_epoch_end``; ``max_epochs`` makes
-the last epoch a logged one. Under a multi-process strategy each process records its own
-batches and only rank 0 writes ``metrics.jsonl``.
+read); ``group`` is read too when present. ``validation_step`` may return a dict with ``scores``
+and ``targets`` (or a batch with ``y``): the epoch's record then gets the validation metrics
+(``val_spearman``, ``val_pairwise_accuracy``, ...), which a training run's verdict reads; a
+``validation_step`` that returns anything else is not recorded, nor is the validation of the
+sanity check or of ``trainer.validate()``; several validation runs in one epoch
+(``val_check_interval`` below 1) pool into its record. ``max_epochs`` makes the last epoch a
+logged one. Under a multi-process strategy each process records its own batches and only rank 0
+writes ``metrics.jsonl``.
+
+Where each hook reads (Lightning 2.x's order within a step and an epoch):
+
+- ``on_train_start`` builds the Monitor on ``trainer.optimizers[0]``, after the sanity check's
+  validation, which is not recorded;
+- ``on_after_backward``, after every backward: the end of the gradient-reset check that the
+  last optimizer step's gradients were zeroed (with ``accumulate_grad_batches`` several
+  backward passes add up before one step, as they should);
+- ``on_before_optimizer_step``: the gradients (after backward and any AMP unscaling, before
+  clipping and the step, as ``gatrank train`` measures them);
+- ``on_train_batch_end``: the training step's outputs; ``on_validation_batch_end``: the
+  validation step's; Lightning validates before ``on_train_epoch_end``, so an epoch's
+  validation lands in that epoch's record;
+- ``on_train_epoch_end`` closes the epoch; ``on_train_end`` (or ``on_exception``) removes the
+  Monitor's hooks (on the optimizer, the parameters and the model's input). The records,
+  :meth:`~MonitorCallback.verdict` and :meth:`~MonitorCallback.diagnose` stay readable after
+  ``fit``.
+
+What it catches in a Lightning loop, beside what the records show
+(:mod:`gatrank.doctor.loop_causes`): targets in ``training_step`` that are not the batch's own
+(``targets_misaligned``: e.g. ``self.y_all[batch_idx * 8:(batch_idx + 1) * 8]`` while the loader
+shuffles), a ``train_dataloader`` that serves one batch at every step (``same_batch``), a
+per-epoch scheduler configured with ``"interval": "step"`` (``lr_schedule_collapse``, when the
+run failed) and ``gradient_clip_val`` far too small (``gradients_clipped_away``, when the run
+failed; not yet seen under ``accumulate_grad_batches``). Lightning calls ``optimizer.step()``
+and ``zero_grad()`` itself, so ``optimizer_not_stepping`` and ``gradients_accumulate`` come only
+from a LightningModule that overrides ``optimizer_step`` or ``optimizer_zero_grad``.
 
 Layers are named inside the module that holds all of the LightningModule's parameters
 (``self.model = GATRanker(...)`` gives ``convs.0``, ``score_head.0`` as a plain loop over that
@@ -35,10 +68,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 try:
     import lightning.pytorch as pl
+    from lightning.pytorch.trainer.states import TrainerFn
 except ImportError as exc:  # the extra is optional: say how to get it
     raise ImportError("gatrank.integrations.lightning needs PyTorch Lightning 2.2 or later: "
                       "pip install 'gatrank[lightning]'") from exc
@@ -65,6 +99,17 @@ def monitored_module(pl_module: nn.Module, module: str = "") -> nn.Module:
     return pl_module
 
 
+def _targets(outputs: Mapping[str, Any], batch: Any, step: str) -> Tensor:
+    """The ``targets`` a step returned, else its batch's ``y``; an error naming ``step``."""
+    targets = outputs.get("targets")
+    if targets is None:
+        targets = getattr(batch, "y", None)
+        if targets is None:
+            raise ValueError(f"MonitorCallback: {step} returned no 'targets' and the batch has "
+                             f"no y; add 'targets' to the dict {step} returns")
+    return targets
+
+
 class MonitorCallback(pl.Callback):
     """:class:`gatrank.Monitor` for ``Trainer(callbacks=[...])``.
 
@@ -83,6 +128,8 @@ class MonitorCallback(pl.Callback):
         self.monitor: Monitor | None = None
         """The Monitor of the current (or last) fit; None before training starts."""
 
+    # ------------------------------------------------------------------ training
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         optimizers = trainer.optimizers
         self.monitor = Monitor(
@@ -91,6 +138,16 @@ class MonitorCallback(pl.Callback):
             out_dir=self.out_dir if trainer.is_global_zero else None,
             epochs=trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None,
             tie_eps=self.tie_eps, margin_eps=self.margin_eps)
+
+    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # the watch's reset probe reads what a parameter's gradient held when a backward adds to
+        # it, until told that backward is over; a plain loop tells it at monitor.step after each
+        # backward. on_before_optimizer_step comes once per optimizer step, so with
+        # accumulate_grad_batches the second backward would read the first one's gradient as a
+        # gradient never reset
+        watch = self._monitor().recorder.watch
+        if watch is not None:
+            watch.after_backward(None)
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                                  optimizer: Any) -> None:
@@ -104,18 +161,34 @@ class MonitorCallback(pl.Callback):
                 f"MonitorCallback: training_step returned {got}; return a dict with 'loss', "
                 "'scores' (one per graph) and 'targets' (else batch.y is read), e.g. "
                 "{'loss': loss, 'scores': scores, 'targets': batch.y}")
-        targets = outputs.get("targets")
-        if targets is None:
-            targets = getattr(batch, "y", None)
-            if targets is None:
-                raise ValueError("MonitorCallback: training_step returned no 'targets' and the "
-                                 "batch has no y; add 'targets' to the dict training_step "
-                                 "returns")
-        self._monitor().recorder.observe_batch(outputs["scores"], targets, outputs["loss"],
-                                               outputs.get("group"))
+        self._monitor().recorder.observe_batch(
+            outputs["scores"], _targets(outputs, batch, "training_step"), outputs["loss"],
+            outputs.get("group"))
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                                outputs: Any, batch: Any, batch_idx: int,
+                                dataloader_idx: int = 0) -> None:
+        # the sanity check validates before on_train_start, and trainer.validate() after fit:
+        # neither belongs to an epoch of the fit
+        if (self.monitor is None or trainer.sanity_checking
+                or trainer.state.fn != TrainerFn.FITTING):
+            return
+        if not isinstance(outputs, Mapping) or "scores" not in outputs:
+            return
+        self.monitor.validation(outputs["scores"], _targets(outputs, batch, "validation_step"))
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._monitor().end_epoch()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._monitor().close()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                     exception: BaseException) -> None:
+        if self.monitor is not None:
+            self.monitor.close()
+
+    # ------------------------------------------------------------------ reading the fit
 
     def _monitor(self) -> Monitor:
         if self.monitor is None:

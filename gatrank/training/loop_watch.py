@@ -193,6 +193,10 @@ class LoopWatch:
         self.multi_step_epochs = 0
         self.eval_steps = 0
         self.mode_steps = 0
+        self.leaf_loss_steps = 0
+        """Steps whose loss required grad but had no graph behind it (rebuilt from a number)."""
+        self.scores_without_graph = 0
+        """Steps whose scores did not require grad (a forward under no_grad, or detached)."""
         self.targets_checked = 0
         self.misaligned = 0
         self.misaligned_example: dict[str, Any] | None = None
@@ -270,13 +274,15 @@ class LoopWatch:
             else:
                 self.lr_changes_between += 1
         self._lr_prev, self._lr_prev_epoch, self.lr_last = lr, epoch, lr
+
+    def _post_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        # the gradient stepped with is read after the step: a closure (LBFGS, Lightning) runs
+        # backward inside optimizer.step(), after the pre-hook; .grad still holds it here
         if self._pending_backward is not None:
             stepped = _grad_norm(self._stepped)
             if stepped is not None:
                 self._cur.grads.append((self._pending_backward, stepped))
             self._pending_backward = None
-
-    def _post_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if self._sampling():
             self._await_reset, self._reset_reading = True, None
 
@@ -317,20 +323,29 @@ class LoopWatch:
     # ------------------------------------------------------------------ the loop's calls
 
     def after_backward(self, backward_norm: Tensor | float | None) -> None:
-        """The gradients of a step are complete (``monitor.step``, Lightning's
-        ``on_before_optimizer_step``): ``backward_norm`` is their norm when it was measured
-        (sampled epochs), which the next optimizer step's gradient is compared with."""
+        """A backward pass is complete (``monitor.step``; in Lightning ``on_after_backward``
+        with None, then ``on_before_optimizer_step`` with the norm): ``backward_norm`` is the
+        gradients' norm when it was measured (sampled epochs), which the gradient the next
+        optimizer step steps with is compared with. The first call after a watched optimizer
+        step closes its gradient-reset check."""
         if backward_norm is not None:
             self._pending_backward = torch.as_tensor(backward_norm, dtype=torch.float64)
         if self._await_reset:  # the first backward since a watched optimizer step is done
             self._cur.resets.append(self._reset_reading)
             self._await_reset, self._reset_reading = False, None
 
-    def before_step(self, targets: Tensor) -> None:
-        """``monitor.step``: the targets the loop passed for the batch of its last forward."""
+    def before_step(self, targets: Tensor, scores: Tensor | None = None,
+                    loss: Tensor | float | None = None) -> None:
+        """``monitor.step``: the targets the loop passed for the batch of its last forward, and
+        its scores and loss, whose autograd state is read (a loss rebuilt from a number, scores
+        made without a graph)."""
         self.steps += 1
         cur = self._cur
         cur.steps += 1
+        if isinstance(loss, Tensor) and loss.requires_grad and loss.grad_fn is None:
+            self.leaf_loss_steps += 1  # torch.tensor(loss.item(), requires_grad=True) & co
+        if scores is not None and not scores.requires_grad:
+            self.scores_without_graph += 1
         inp, self._input = self._input, None
         if inp is None:
             return
@@ -416,6 +431,8 @@ class LoopWatch:
                         "reversed": self.reversed_targets,
                         "example": self.misaligned_example},
             "mode": {"steps": self.mode_steps, "eval_steps": self.eval_steps},
+            "autograd": {"leaf_loss_steps": self.leaf_loss_steps,
+                         "scores_without_graph": self.scores_without_graph},
         }
 
 
