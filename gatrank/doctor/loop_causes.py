@@ -24,7 +24,8 @@ from gatrank.doctor.state import Diagnosis
 
 __all__ = ["LOOP_CAUSES", "BUGS", "SYMPTOMS", "loop_causes", "demote_symptoms", "eval_mode_note"]
 
-BUGS = ("optimizer_not_stepping", "gradients_accumulate", "same_batch", "targets_misaligned")
+BUGS = ("loss_detached", "optimizer_not_stepping", "gradients_accumulate", "same_batch",
+        "targets_misaligned")
 """Loop causes raised whatever the verdict."""
 
 LOOP_CAUSES = (*BUGS, "lr_schedule_collapse", "gradients_clipped_away")
@@ -61,7 +62,7 @@ def loop_causes(doc: Diagnosis, loop: Mapping[str, Any], history: Sequence[Mappi
     """Raise the loop causes ``loop`` (a :meth:`LoopWatch.summary`) shows; ``failed``: the run
     did not pass its verdict (the magnitude causes need it). Returns the ids raised."""
     raised: list[str] = []
-    for rule in (_not_stepping, _accumulate, _same_batch, _misaligned):
+    for rule in (_detached, _not_stepping, _accumulate, _same_batch, _misaligned):
         cid = rule(doc, loop, history, stage)
         if cid:
             raised.append(cid)
@@ -74,10 +75,17 @@ def loop_causes(doc: Diagnosis, loop: Mapping[str, Any], history: Sequence[Mappi
 
 
 def demote_symptoms(doc: Diagnosis, raised: Sequence[str]) -> None:
-    """Keep the symptom causes below the loop causes that explain them."""
+    """Keep the symptom causes below the loop causes that explain them: a loss cut off from
+    the model also explains parameters that never got a gradient (``frozen_parameters`` of
+    unused parameters only, none frozen or left out of the optimizer)."""
     if not raised:
         return
-    for cid in SYMPTOMS:
+    symptoms = list(SYMPTOMS)
+    frozen = doc.static.get("frozen") or {}
+    if "loss_detached" in raised and not frozen.get("frozen") \
+            and not frozen.get("not_in_optimizer"):
+        symptoms.append("frozen_parameters")
+    for cid in symptoms:
         c = doc.causes.get(cid)
         if c is not None and c.score > SYMPTOM_CAP:
             c.score = SYMPTOM_CAP
@@ -102,6 +110,40 @@ def _moved(history: Sequence[Mapping[str, Any]]) -> bool | None:
     if not ratios:
         return None
     return any(r > 0 for r in ratios)
+
+
+def _detached(doc: Diagnosis, loop: Mapping[str, Any], history: Sequence[Mapping[str, Any]],
+              stage: str) -> str | None:
+    steps = loop.get("steps", 0)
+    a = loop.get("autograd") or {}
+    leaf, no_graph = a.get("leaf_loss_steps", 0), a.get("scores_without_graph", 0)
+    unused = set(doc.static.get("unused") or ())
+    frozen = set((doc.static.get("frozen") or {}).get("frozen") or ())
+    trainable = [n for n in doc.static.get("numel") or {} if n not in frozen]
+    # only where no parameter ever got a gradient: a loop may pass detached scores or a float
+    # loss to monitor.step while training through the real ones
+    if steps < MIN_CHECKED or not trainable or not unused.issuperset(trainable):
+        return None
+    if no_graph * 2 >= steps:
+        how = (f"the scores passed to monitor.step have requires_grad=False in {no_graph} of "
+               f"{steps} steps: the forward ran under torch.no_grad() (or its output was "
+               "detached)" + (", and the loss was then made to require grad by hand"
+                              if leaf * 2 >= steps else ""))
+    elif leaf * 2 >= steps:
+        how = (f"the loss passed to monitor.step requires grad but has no grad_fn in {leaf} of "
+               f"{steps} steps: it was rebuilt from a number (torch.tensor(loss.item(), "
+               "requires_grad=True) or similar)")
+    else:
+        return None
+    doc.cause("loss_detached",
+              f"{how}, so backward() reaches no parameter: none of the {len(trainable)} trainable "
+              "parameter tensors ever got a gradient", 0.97, stage,
+              fix="Compute the loss from the model's scores as they come out of forward(), "
+                  "outside torch.no_grad(), with no .item(), .detach(), .numpy() or "
+                  "torch.tensor(...) between them; then loss.requires_grad is True without "
+                  "setting it (never set it by hand: that hides the cut).",
+              leaf_loss_steps=leaf, scores_without_graph=no_graph)
+    return "loss_detached"
 
 
 def _not_stepping(doc: Diagnosis, loop: Mapping[str, Any], history: Sequence[Mapping[str, Any]],
@@ -178,8 +220,12 @@ def _same_batch(doc: Diagnosis, loop: Mapping[str, Any], history: Sequence[Mappi
 def _misaligned(doc: Diagnosis, loop: Mapping[str, Any], history: Sequence[Mapping[str, Any]],
                 stage: str) -> str | None:
     t = loop.get("targets") or {}
-    checked, bad = t.get("checked", 0), t.get("misaligned", 0)
-    if checked < MIN_CHECKED or bad * 2 < checked:
+    checked, bad, rev = t.get("checked", 0), t.get("misaligned", 0), t.get("reversed", 0)
+    same = checked - bad - rev
+    # targets deliberately reversed (lower is better) are reversed in every step; in small
+    # batches misaligned ones land on either side: same order in some steps, reversed in others
+    flips = same * 4 >= checked and rev * 4 >= checked
+    if checked < MIN_CHECKED or (bad * 2 < checked and not flips):
         return None
     ex = t.get("example") or {}
     example = (f"; e.g. epoch {ex['epoch']}, batch {ex['step']}: targets {ex['targets']} "
@@ -188,7 +234,9 @@ def _misaligned(doc: Diagnosis, loop: Mapping[str, Any], history: Sequence[Mappi
     doc.cause("targets_misaligned",
               f"the targets passed to monitor.step are not the batch's own y in {bad} of "
               f"{checked} steps checked: they order its graphs differently from their y "
-              f"(neither the same order nor reversed){example}. Targets taken by position "
+              f"(neither the same order nor reversed)"
+              + (f", and {rev} more order them in reverse where {same} order them as y"
+                 if flips else "") + f"{example}. Targets taken by position "
               "(in file order) while the loader shuffles the graphs give each graph another "
               "graph's target", 0.95, stage,
               fix="Take the targets from the batch itself (batch.y), or carry them in each "

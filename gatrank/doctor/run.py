@@ -351,6 +351,27 @@ def diagnose(
                         config=doc.cfg.to_dict())
 
 
+def _over_regularized(doc: Diagnosis, cfg: Config, *, user_loop: bool) -> None:
+    """Heavy dropout or weight decay on a run that failed. In a user's loop (a Monitor's
+    findings) the weight decay is the optimizer's own and the model's dropout is not known:
+    a heavy decay there is the mechanism, and the small gradients it brings a symptom."""
+    wd, heavy = cfg.training.weight_decay, DOCTOR_THRESHOLDS["heavy_weight_decay"]
+    if user_loop:
+        if wd >= heavy:
+            doc.cause("over_regularized", f"the optimizer's weight decay is {wd:g} "
+                      f"(heavy from {heavy:g}): each step pulls every weight toward 0 by "
+                      f"{wd:g} x the weight, which outweighs a ranking loss's gradient",
+                      0.85, "history",
+                      fix="Set the optimizer's weight_decay to 0, as the runbook's config does "
+                          "(training.weight_decay: 0.0); to regularize later, start near 1e-5 "
+                          "(AdamW decouples the decay from the gradient).")
+            demote_symptoms(doc, ["over_regularized"])
+        return
+    if cfg.model.dropout >= DOCTOR_THRESHOLDS["heavy_dropout"] or wd >= heavy:
+        doc.cause("over_regularized", f"dropout {cfg.model.dropout:g}, weight decay "
+                  f"{wd:g}", 0.5, "history")
+
+
 def _loop_reading(doc: Diagnosis, loop: Mapping[str, Any] | None,
                   history: Sequence[dict[str, Any]], verdict: Any, status: str, *,
                   failed: bool) -> str:
@@ -443,10 +464,7 @@ def diagnose_history(history: Sequence[dict[str, Any]], *, config: Config | None
                       f"{last['epoch']} epochs with median gradient norm "
                       f"{median_grad(history):.3g} at learning rate "
                       f"{lr:g}", 0.5, "history")
-        if (cfg.model.dropout >= DOCTOR_THRESHOLDS["heavy_dropout"]
-                or cfg.training.weight_decay >= DOCTOR_THRESHOLDS["heavy_weight_decay"]):
-            doc.cause("over_regularized", f"dropout {cfg.model.dropout:g}, weight decay "
-                      f"{cfg.training.weight_decay:g}", 0.5, "history")
+        _over_regularized(doc, cfg, user_loop=findings is not None)
         status = failure_verdict(run)
     elif at_chance:
         doc.cause("no_signal", f"training Spearman {last['spearman']:.3f} but validation "

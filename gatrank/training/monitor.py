@@ -249,7 +249,7 @@ class LoopRecorder:
         self._cur.losses.append(_scalar(loss))
         self._cur.graphs += scores.numel()
         if self.watch is not None:
-            self.watch.before_step(targets)
+            self.watch.before_step(targets, scores, loss)
         if not self.logging_now:
             return
         s, y = _pair(scores, targets, "monitor.step")
