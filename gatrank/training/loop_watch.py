@@ -20,14 +20,15 @@ and :class:`LoopWatch` watches those:
   (graph count, node count, a sum of ``x``), so that the same batch every step is seen, and the
   batch's own ``y``, so that targets passed to ``monitor.step`` that are not the graphs' own
   (taken in file order while the loader shuffles) are seen;
-- whether the model was in training mode at each step.
+- whether the model was in training mode at each step (of the sampled epochs).
 
 It never changes training: no forward pass of its own, no mode switch, no random numbers;
 gradients and weights are only read (the tensor hooks return None, so backward adds exactly the
 gradient it computed). Costly readings (sums over a tensor, norms) are taken only in the
 epochs the Monitor records (``sampling``), and kept as tensors until the epoch ends (one sync
-per epoch on a GPU); between them a step costs the hooks' Python calls and a float read of the
-learning rate.
+per epoch on a GPU); the forward hook is there in those epochs only (:meth:`LoopWatch.start_epoch`).
+Between them a step costs the optimizer's and three parameters' hook calls and a float read of
+the learning rate.
 
 :meth:`LoopWatch.summary` is plain JSON data (the ``loop`` key of the Monitor's findings, and of
 ``findings.json``); :mod:`gatrank.doctor.loop_causes` reads it.
@@ -119,14 +120,12 @@ def _as_float(v: Any) -> float:
 
 
 def _grad_norm(params: list[nn.Parameter]) -> Tensor | None:
-    """The L2 norm of the gradients of ``params`` as a 0-d float64 tensor on the first
-    gradient's device (no sync); None without a gradient."""
+    """The L2 norm of the gradients of ``params`` as a 0-d tensor (no sync; one fused call, as
+    ``clip_grad_norm_`` measures it); None without a gradient."""
     grads = [p.grad.detach() for p in params if p.grad is not None]
     if not grads:
         return None
-    dev = grads[0].device
-    return torch.linalg.vector_norm(torch.stack(
-        [torch.linalg.vector_norm(g, dtype=torch.float64).to(dev) for g in grads]))
+    return torch.nn.utils.get_total_norm(grads, foreach=None)
 
 
 def _graph_input(args: tuple, kwargs: dict) -> Any:
@@ -224,16 +223,31 @@ class LoopWatch:
         else:
             self._handles += [register_optimizer_step_pre_hook(_Hook(self, "_pre_any")),
                               register_optimizer_step_post_hook(_Hook(self, "_post_any"))]
-        self._handles.append(register_module_forward_pre_hook(_Hook(self, "_any_forward")))
         for p in self._probes:
             self._handles.append(p.register_hook(_Hook(self, "_probe", weakref.ref(p))))
-        # a watch dropped without close() takes its hooks with it
-        self._finalizer = weakref.finalize(self, _remove, list(self._handles))
+        # a watch dropped without close() takes its hooks with it (the forward hook's list is
+        # shared, so a hook added later goes too)
+        self._forward_handle: list[Any] = []
+        self._finalizer = weakref.finalize(self, _remove, [*self._handles], self._forward_handle)
+        self.start_epoch()
+
+    def start_epoch(self) -> None:
+        """The loop enters a new epoch: the forward hook is on in sampled epochs only. A global
+        module hook sends every module call of the process down PyTorch's slow path (2-3% of a
+        small GAT's step here), so epochs whose input is not read do not carry it."""
+        if self._sampling() and not self._forward_handle and self._handles:
+            self._forward_handle.append(
+                register_module_forward_pre_hook(_Hook(self, "_any_forward")))
+        elif not self._sampling() and self._forward_handle:
+            _remove(self._forward_handle)
+            self._forward_handle.clear()
 
     def close(self) -> None:
         """Remove every hook (the Monitor's ``close``); the readings so far stay."""
         _remove(self._handles)
+        _remove(self._forward_handle)
         self._handles = []
+        self._forward_handle.clear()
 
     def _holds_model(self, optimizer: torch.optim.Optimizer) -> bool:
         known = self._holds.get(optimizer)
@@ -317,7 +331,7 @@ class LoopWatch:
             y, graphs = None, None
         self._input = _Input(
             graphs=graphs, nodes=None if x is None else int(x.shape[0]),
-            checksum=None if x is None else x.detach().double().sum(),
+            checksum=None if x is None else x.detach().sum(dtype=torch.float64),
             y=y.detach() if isinstance(y, Tensor) else None, training=module.training)
 
     # ------------------------------------------------------------------ the loop's calls
@@ -436,9 +450,10 @@ class LoopWatch:
         }
 
 
-def _remove(handles: list[Any]) -> None:
-    for h in handles:
-        h.remove()  # removing twice is harmless
+def _remove(*handles: list[Any]) -> None:
+    for group in handles:
+        for h in group:
+            h.remove()  # removing twice is harmless
 
 
 def _agreement(t: Tensor, y: Tensor) -> float | None:

@@ -282,7 +282,7 @@ class LoopRecorder:
         if not cur.losses:
             logger.warning("epoch %d ended without a step (call monitor.step(scores, targets, "
                            "loss) after each backward()): nothing recorded", self.epoch)
-            self.epoch += 1
+            self._next_epoch()
             return None
         losses = torch.stack(cur.losses).double().cpu()
         self._note_nonfinite(losses)
@@ -295,8 +295,13 @@ class LoopRecorder:
                 append_jsonl(self.out / "metrics.jsonl", [record])
             for cb in self.callbacks:
                 cb(record)
-        self.epoch += 1
+        self._next_epoch()
         return record
+
+    def _next_epoch(self) -> None:
+        self.epoch += 1
+        if self.watch is not None:
+            self.watch.start_epoch()
 
     def close(self) -> None:
         """Remove the watch's hooks (the records and readings stay)."""
