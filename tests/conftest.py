@@ -3,6 +3,7 @@ fixtures more than one test file uses."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from torch_geometric.data import Data
 
 import gatrank.io
 from gatrank.datasets import write_dataset
+from gatrank.doctor import CAUSES, VERDICTS
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -75,3 +77,22 @@ def crash_on_fsync() -> Callable[[pytest.MonkeyPatch], None]:
         monkeypatch.setattr(gatrank.io.os, "fsync", crash)
 
     return install
+
+
+def _check_report(report) -> None:
+    """Every report: a known verdict, every cause known and backed by numbers and a fix."""
+    assert report.verdict in VERDICTS
+    d = json.loads(json.dumps(report.to_dict()))
+    assert d["verdict"] == report.verdict
+    for c in d["causes"]:
+        assert c["id"] in CAUSES
+        assert c["fix"] and c["evidence"]
+        assert any(ch.isdigit() for ch in c["evidence"]), c  # evidence carries measurements
+    text = report.format_text()
+    assert all(c.id in text for c in report.causes)
+
+
+@pytest.fixture
+def check_report():
+    """The checks of ``_check_report``, for a test to call on each report it makes."""
+    return _check_report

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+import gatrank
+
 PACKAGE = Path(__file__).resolve().parents[1] / "gatrank"
 
 MAX_FUNCTION_LINES = 100
@@ -30,10 +32,14 @@ LAYERS: list[set[str]] = [
     {"doctor"},
     {"notebook"},
     {"monitor"},
-    {"integrations"},
+    {"integrations", "loops"},
     {"suite"},
     {"cli"},
 ]
+
+
+LAZY_EXPORTS: dict[str, str] = gatrank._LAZY
+"""What ``gatrank`` exports lazily, by the module that defines it."""
 
 
 def _module_name(path: Path) -> str:
@@ -51,7 +57,8 @@ def _modules() -> dict[str, Path]:
 def _imported(node: ast.AST, importer: str, is_package: bool, known: set[str]) -> Iterator[str]:
     """gatrank modules an import statement loads, resolved to the deepest existing module
     (``from gatrank.doctor import faults`` -> gatrank.doctor.faults, ``from gatrank.doctor
-    import diagnose`` -> gatrank.doctor, the package's ``__init__``)."""
+    import diagnose`` -> gatrank.doctor, the package's ``__init__``; a lazy export of
+    ``gatrank`` to the module that defines it)."""
     if isinstance(node, ast.Import):
         for alias in node.names:
             name = alias.name
@@ -72,6 +79,8 @@ def _imported(node: ast.AST, importer: str, is_package: bool, known: set[str]) -
         full = f"{base}.{alias.name}"
         if full in known:
             yield full
+        elif base == "gatrank" and alias.name in LAZY_EXPORTS:
+            yield LAZY_EXPORTS[alias.name]  # `from gatrank import Monitor` loads gatrank.monitor
         elif base in known:
             yield base
 

@@ -159,7 +159,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
                                + (f" --zoo-graphs {args.zoo_graphs}" if args.zoo_graphs != 128
                                   else ""))
         print(f"wrote the confusion table to {args.zoo_table}")
-        return 0 if all(r.ok for r in results) else EXIT_PROBLEMS
+        loops = _loop_table(args.zoo_table)
+        return 0 if all(r.ok for r in results) and all(r.ok for r in loops) else EXIT_PROBLEMS
     config: Any = args.config or None
     if args.model_kwargs:
         config = load_config(config).updated({"model.kwargs": _model_kwargs(args)})
@@ -180,6 +181,20 @@ def cmd_doctor(args: argparse.Namespace) -> int:
               f"no fix was verified: nothing written to {args.write_fix}"
               + (" (--no-verify)" if args.no_verify else ""))
     return 0 if report.verdict == "healthy" else EXIT_PROBLEMS
+
+
+def _loop_table(page: str) -> list:
+    """The loop zoo on seeds 0 and 1, its table written into ``page``."""
+    from gatrank.loops.table import run_loop_zoo, write_loop_page
+
+    def show(r) -> None:
+        print(f"loop {r.case.name:<24} seed {r.seed} {'ok   ' if r.ok else 'WRONG'} "
+              f"{r.verdict:<15} {', '.join(r.named[:2]) or '-'}  ({r.seconds:.1f}s)", flush=True)
+
+    loops = run_loop_zoo(on_result=show)
+    write_loop_page(page, loops, command=f"gatrank doctor --zoo-table {page}")
+    print(f"wrote the loop table to {page}")
+    return loops
 
 
 def cmd_verdict(args: argparse.Namespace) -> int:

@@ -170,7 +170,8 @@ def _add_doctor(sub: argparse._SubParsersAction) -> None:
                         "--config), apply_fix.py for a data or model change, fix.json")
     p.add_argument("--zoo-table", default="", metavar="PAGE",
                    help="run the doctor on every fault (and the healthy default, 3 seeds) and "
-                        "write the confusion table into PAGE, e.g. docs/doctor.md")
+                        "the Monitor on every loop of the loop zoo (seeds 0 and 1), and write "
+                        "both tables into PAGE, e.g. docs/doctor.md")
     p.add_argument("--zoo-graphs", type=int, default=128,
                    help="--zoo-table: graphs of the embedded data to inject into")
     _add_model_loss(p)

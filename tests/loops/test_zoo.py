@@ -1,4 +1,4 @@
-"""The loop zoo (gatrank.doctor.loop_zoo): every loop bug of a public report, written as users
+"""The loop zoo (gatrank.loops.zoo): every loop bug of a public report, written as users
 write their loops with a gatrank.Monitor in them, gets its cause among the doctor's first two
 with the evidence that names it, on seeds 0 and 1; its healthy twins (the README's loop, SGD,
 per-epoch and per-batch schedulers used as meant, gradient accumulation done right, no
@@ -15,7 +15,8 @@ import json
 
 import pytest
 
-from gatrank.doctor.loop_zoo import HEALTHY_LOOPS, LOOP_FAULTS, LoopCase, loop_graphs, run_loop
+from gatrank.loops.table import LoopResult, loop_graphs, loop_markdown, run_loop
+from gatrank.loops.zoo import HEALTHY_LOOPS, LOOP_FAULTS, LoopCase
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -68,3 +69,27 @@ def test_a_healthy_loop_gets_no_cause(case, seed, graphs, check_report, tmp_path
     # the records the Monitor kept are the ones it wrote for `gatrank verdict`
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [r["epoch"] for r in monitor.history]
+    verdict = monitor.verdict()
+    if "still_learning" in case.status:  # the runbook's verdict says so too, with the trend
+        assert not verdict.passed and verdict.trend["to"] > verdict.trend["from"]
+        assert "still learning: pairwise accuracy" in str(verdict)
+        assert report.notes[0] == verdict.still_learning
+    else:
+        assert verdict.passed and verdict.trend is None
+
+
+def test_the_table_counts_a_fault_right_only_with_its_words_among_the_first_two():
+    fault, healthy = LOOP_FAULTS[0], HEALTHY_LOOPS[0]
+    words = " ".join(fault.words)
+    results = [
+        LoopResult(fault, 0, "broken_loop", ["x", fault.expect], words, False, 1.0),
+        LoopResult(fault, 1, "broken_loop", ["x", "y", fault.expect], words, False, 1.0),
+        LoopResult(fault, 2, "broken_loop", [fault.expect], "", False, 1.0),
+        LoopResult(healthy, 0, "healthy", [], "", True, 1.0),
+        LoopResult(healthy, 1, "cannot_fit", [], "", False, 1.0),
+    ]
+    assert [r.ok for r in results] == [True, False, False, True, False]
+    table = loop_markdown(results)
+    assert f"| `{fault.name}` | {fault.source} | `{fault.expect}` | 0, 1, 2 |" in table
+    assert "| 1/3 |" in table and "| 1/2 |" in table
+    assert table.endswith("2 of 5 runs right; 5 s in all (one thread).")

@@ -26,12 +26,10 @@ from torch_geometric.loader import DataLoader
 from torch_geometric.nn import GATConv, global_mean_pool
 
 from gatrank import Monitor
-from gatrank.doctor.report import CAUSES, DoctorReport
+from gatrank.doctor.report import CAUSES
 from gatrank.losses import pairwise_rank_loss
-from gatrank.runtime import set_seed
 
-__all__ = ["GAT", "LoopSetup", "LoopCase", "LOOP_FAULTS", "HEALTHY_LOOPS", "loop_graphs",
-           "run_loop"]
+__all__ = ["GAT", "LoopSetup", "LoopCase", "LOOP_FAULTS", "HEALTHY_LOOPS", "rank_loss"]
 
 class GAT(nn.Module):
     """A small GAT the way a user writes one: two GATConv layers with ReLU, mean readout, one
@@ -467,33 +465,3 @@ HEALTHY_LOOPS: tuple[LoopCase, ...] = (
              status=("still_learning",), epochs=80),
 )
 """Loops without a bug: the doctor must name no cause, and the verdict be one of ``status``."""
-
-
-def loop_graphs(n: int = 32) -> list[Data]:
-    """The first ``n`` graphs (the runbook's overfit test: 32) of the embedded default data
-    (chembl-activity) as PyG ``Data``, each with a float ``y`` ``[1]``."""
-    from gatrank.data import load_graphs
-    from gatrank.datasets import default_manifest
-
-    return list(load_graphs(default_manifest()).subset(list(range(n))).graphs)
-
-
-def run_loop(case: LoopCase, seed: int = 0, out_dir: str | Path | None = None, *,
-             graphs: list[Data] | None = None) -> tuple[Monitor, DoctorReport]:
-    """Run ``case``'s loop on the shared set-up, seeded with ``seed`` (the model's
-    initialisation, the loader's order); its Monitor and the Monitor's diagnosis.
-
-    Args:
-        out_dir: where the Monitor writes ``metrics.jsonl`` (None: nowhere).
-        graphs: the graphs to train on (default: :func:`loop_graphs`; load them once for many
-            runs).
-    """
-    graphs = loop_graphs() if graphs is None else graphs
-    set_seed(seed)
-    model = case.model(graphs[0].num_features)
-    loader = DataLoader(graphs, batch_size=8, shuffle=True,
-                        generator=torch.Generator().manual_seed(seed))
-    setup = LoopSetup(model=model, graphs=graphs, loader=loader, loss_fn=rank_loss,
-                      epochs=case.epochs, out_dir=Path(out_dir) if out_dir is not None else None)
-    monitor = case.loop(setup)
-    return monitor, monitor.diagnose()
