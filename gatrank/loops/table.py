@@ -104,7 +104,8 @@ def run_loop_zoo(seeds: Sequence[int] = (0, 1), *,
 
 
 def loop_markdown(results: Sequence[LoopResult]) -> str:
-    """The table: one row per loop, its seeds' verdicts and causes side by side."""
+    """The table (one row per loop, its seeds' verdicts and causes side by side), then each
+    fault's evidence on its first seed."""
     rows = ["| loop | bug (source) | expected | seeds | verdict | causes named (first two) "
             "| runbook verdict | right |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     by_case: dict[str, list[LoopResult]] = {}
@@ -120,6 +121,10 @@ def loop_markdown(results: Sequence[LoopResult]) -> str:
         expect = f"`{case.expect}`" if case.expect else "no cause"
         rows.append(f"| `{name}` | {case.source} | {expect} | {seeds} | {verdicts} | {named} "
                     f"| {passed} | {right} |")
+    rows += ["", "The evidence each fault's cause gave (the first seed):", ""]
+    for name, rs in by_case.items():
+        if rs[0].case.expect is not None:
+            rows.append(f"- `{name}` ({rs[0].case.expect}): {rs[0].evidence or 'not named'}")
     total = sum(r.ok for r in results)
     seconds = sum(r.seconds for r in results)
     rows.append("")

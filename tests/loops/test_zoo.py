@@ -92,4 +92,5 @@ def test_the_table_counts_a_fault_right_only_with_its_words_among_the_first_two(
     table = loop_markdown(results)
     assert f"| `{fault.name}` | {fault.source} | `{fault.expect}` | 0, 1, 2 |" in table
     assert "| 1/3 |" in table and "| 1/2 |" in table
+    assert f"- `{fault.name}` ({fault.expect}): {words}" in table
     assert table.endswith("2 of 5 runs right; 5 s in all (one thread).")

@@ -312,3 +312,25 @@ def test_each_loop_cause_needs_a_count_a_correct_loop_cannot_produce(over, faile
         == 0 else _MOVED
     assert loop_causes(doc, _summary(**over), history, failed=failed) == expect
     assert sorted(doc.causes) == sorted(expect)
+
+
+def test_a_model_left_in_eval_mode_is_a_note_and_changes_nothing_else(make_graphs):
+    graphs = make_graphs(k=8)
+    model = _model(graphs)
+    opt = torch.optim.Adam(model.parameters(), lr=0.03)
+    monitor = Monitor(model, optimizer=opt, log_every=1)
+    model.eval()  # the bug: validation's eval() never undone
+    for _ in range(20):
+        for batch in DataLoader(graphs, batch_size=4):
+            opt.zero_grad()
+            scores = model(batch)
+            loss = _loss(scores, batch.y)
+            loss.backward()
+            monitor.step(scores, batch.y, loss)
+            opt.step()
+        monitor.end_epoch()
+    assert _watched(monitor)["mode"] == {"steps": 40, "eval_steps": 40}
+    reading = monitor.diagnose()
+    note = next(n for n in reading.notes if "eval mode" in n)
+    assert note.startswith("the model was in eval mode at 40 of 40 training steps")
+    assert "model.train()" in note and reading.causes == []
