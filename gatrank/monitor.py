@@ -167,7 +167,7 @@ class Monitor:
                "numel": {n: p.numel() for n, p in self.model.named_parameters()},
                "nonfinite": list(rec.nonfinite), "nonfinite_count": rec.nonfinite_count}
         if rec.watch is not None:
-            out["loop"] = rec.watch.summary()
+            out["loop"] = {**rec.watch.summary(), "num_graphs": self.num_graphs}
         return out
 
     def verdict(self) -> Verdict:

@@ -198,6 +198,9 @@ def _same_batch(doc: Diagnosis, loop: Mapping[str, Any], history: Sequence[Mappi
     if multi < 1 or one < multi or inp.get("distinct") != 1 or inp.get("steps", 0) < MIN_CHECKED:
         return None
     graphs = inp.get("graphs_per_step") or []
+    full = loop.get("num_graphs")
+    if full and graphs and max(graphs) >= full:
+        return None  # every step holds the whole training set: full-batch training, repeated
     per_epoch = loop.get("steps_per_epoch") or []
     what = f"the same {graphs[0]} graphs" if len(graphs) == 1 else "the same graphs"
     steps = f"{per_epoch[0]}" if per_epoch and per_epoch[0] == per_epoch[-1] else "several"

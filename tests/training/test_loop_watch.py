@@ -300,6 +300,8 @@ _MOVED = [{"update_ratio": None}, {"update_ratio": 1e-3}]
     # full-batch training: one step an epoch on the same graphs is no bug
     ({"steps_per_epoch": [1, 1], "inputs": {"distinct": 1, "multi_step_epochs": 0}}, False, []),
     ({"inputs": {"distinct": 1, "one_input_epochs": 11}}, False, ["same_batch"]),
+    # several steps an epoch on the whole training set (num_graphs=8): deliberate
+    ({"inputs": {"distinct": 1, "one_input_epochs": 11}, "num_graphs": 8}, False, []),
     ({"resets": {"checked": 40, "not_reset": 19}}, False, []),
     ({"resets": {"checked": 40, "not_reset": 40}}, False, ["gradients_accumulate"]),
     ({"targets": {"checked": 44, "misaligned": 5, "reversed": 39}}, False, []),
