@@ -26,7 +26,6 @@ from scipy import stats
 from torch import nn
 
 __all__ = [
-    "margin_sentence",
     "pairwise_accuracy",
     "spearman",
     "kendall",
@@ -382,15 +381,3 @@ def embedding_stats(embeddings: torch.Tensor) -> dict[str, float]:
         "emb_std": float(e.std(unbiased=False)),
         "emb_graph_std": float(across),
     }
-
-
-def margin_sentence(name: str, m: Mapping[str, Any]) -> str:
-    """One line on the model against baseline ``name`` (a :func:`gatrank.metrics.
-    paired_bootstrap` result): beats it, loses to it, or no difference beyond the noise."""
-    span = (f"Spearman {m['difference']:+.3f}, {m['level']:.0%} interval "
-            f"{m['low']:+.3f} to {m['high']:+.3f}, {m['n']} graphs")
-    if m["better"]:
-        return f"beats the {name} baseline by more than the noise ({span})"
-    if m["worse"]:
-        return f"loses to the {name} baseline by more than the noise ({span})"
-    return f"shows no difference from the {name} baseline beyond the noise ({span})"

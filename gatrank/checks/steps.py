@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 from torch_geometric.loader import DataLoader
 
+from gatrank.checks.margins import margin_sentence
 from gatrank.checks.static import (
     check_configured_loss,
     feature_table,
@@ -42,7 +43,6 @@ from gatrank.checks.verdict import (
 from gatrank.config import Config
 from gatrank.data import CheckReport, GraphSet, check_dataset, check_manifest, split_indices
 from gatrank.losses import LN2, make_loss_fn
-from gatrank.metrics import margin_sentence
 from gatrank.model import build_model, reads_edge_attr, score_batch
 from gatrank.runtime import set_seed
 

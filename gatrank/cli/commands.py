@@ -48,7 +48,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def _print_baselines(fits: dict[str, dict[str, Any]], margins: dict[str, dict[str, Any]]
                      ) -> None:
     """The model against each fitted baseline, one line each (or why one was skipped)."""
-    from gatrank.metrics import margin_sentence
+    from gatrank.checks.margins import margin_sentence
 
     for name, fit in fits.items():
         if fit.get("skipped"):

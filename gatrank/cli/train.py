@@ -129,8 +129,8 @@ def _run_training(args: argparse.Namespace, cfg: Config) -> tuple[TrainResult, b
 def _print_training(args: argparse.Namespace, res: TrainResult) -> None:
     """What the run did: processes, dropped rows, final train metrics, the dropout the overfit
     test switched off, verdict, test scores."""
+    from gatrank.checks.margins import margin_sentence
     from gatrank.checks.verdict import evaluate_verdict, format_verdict
-    from gatrank.metrics import margin_sentence
     from gatrank.training.dropout import format_dropout_off
 
     s = res.summary

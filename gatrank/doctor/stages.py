@@ -16,6 +16,7 @@ from torch import nn
 from torch_geometric.data import Batch
 
 from gatrank.baselines import fit_baselines
+from gatrank.checks.margins import margin_sentence
 from gatrank.checks.probes import weight_kind
 from gatrank.checks.static import (
     check_configured_loss,
@@ -28,7 +29,7 @@ from gatrank.doctor.runs import model_factory, train_run
 from gatrank.doctor.state import Diagnosis
 from gatrank.doctor.trace import signal_trace
 from gatrank.losses import make_loss_fn
-from gatrank.metrics import margin_sentence, paired_bootstrap, pairwise_accuracy
+from gatrank.metrics import paired_bootstrap, pairwise_accuracy
 from gatrank.runtime import resolve_device, set_seed
 from gatrank.training import predict
 

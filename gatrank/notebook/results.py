@@ -14,11 +14,11 @@ from typing import Any
 
 import pandas as pd
 
+from gatrank.checks.margins import margin_sentence
 from gatrank.checks.steps import check
 from gatrank.checks.verdict import Check, Verdict
 from gatrank.doctor import DoctorReport
 from gatrank.evaluate import EvalResult
-from gatrank.metrics import margin_sentence
 from gatrank.training import TrainResult
 
 __all__ = [

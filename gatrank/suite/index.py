@@ -7,7 +7,7 @@ import html
 from collections.abc import Mapping
 from typing import Any
 
-from gatrank.metrics import margin_sentence
+from gatrank.checks.margins import margin_sentence
 
 __all__ = ["render_index"]
 

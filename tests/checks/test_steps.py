@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from gatrank.checks import steps
+from gatrank.checks.margins import margin_sentence
 from gatrank.checks.static import check_loss
 from gatrank.checks.verdict import THRESHOLDS, evaluate_verdict
 from gatrank.config import Config
 from gatrank.losses import LN2, make_loss_fn
-from gatrank.metrics import margin_sentence
 
 
 def _rec(epoch, pa, sp, std, gn=0.5, loss=0.5):
