@@ -52,7 +52,7 @@ What it catches in a Lightning loop, beside what the records show
 shuffles), a ``train_dataloader`` that serves one batch at every step (``same_batch``), a
 per-epoch scheduler configured with ``"interval": "step"`` (``lr_schedule_collapse``, when the
 run failed) and ``gradient_clip_val`` far too small (``gradients_clipped_away``, when the run
-failed; not yet seen under ``accumulate_grad_batches``). Lightning calls ``optimizer.step()``
+failed; also under ``accumulate_grad_batches``). Lightning calls ``optimizer.step()``
 and ``zero_grad()`` itself, so ``optimizer_not_stepping`` and ``gradients_accumulate`` come only
 from a LightningModule that overrides ``optimizer_step`` or ``optimizer_zero_grad``.
 
