@@ -10,7 +10,8 @@ rate too, after learning) and ``gradients_clipped_away`` (clipping at 1.0 makes 
 smaller in every healthy run that uses it). Each is raised only from a count that a correct
 loop cannot produce, so a healthy loop gets none.
 
-A symptom they explain (``learning_rate_too_low``, ``learning_rate_too_high``,
+``loss_detached`` is read here too, from the autograd state of what the loop passed, and raised
+whatever the verdict. A symptom they explain (``learning_rate_too_low``, ``learning_rate_too_high``,
 ``vanishing_gradients``, ``exploding_gradients``) is kept below them: :func:`demote_symptoms`.
 """
 
@@ -22,14 +23,11 @@ from typing import Any
 
 from gatrank.doctor.state import Diagnosis
 
-__all__ = ["LOOP_CAUSES", "BUGS", "SYMPTOMS", "loop_causes", "demote_symptoms", "eval_mode_note"]
+__all__ = ["LOOP_CAUSES", "SYMPTOMS", "loop_causes", "demote_symptoms", "eval_mode_note"]
 
-BUGS = ("loss_detached", "optimizer_not_stepping", "gradients_accumulate", "same_batch",
-        "targets_misaligned")
-"""Loop causes raised whatever the verdict."""
-
-LOOP_CAUSES = (*BUGS, "lr_schedule_collapse", "gradients_clipped_away")
-"""Every cause id read from the loop's mechanics."""
+LOOP_CAUSES = ("loss_detached", "optimizer_not_stepping", "gradients_accumulate", "same_batch",
+               "targets_misaligned", "lr_schedule_collapse", "gradients_clipped_away")
+"""Every cause id :func:`loop_causes` raises."""
 
 SYMPTOMS = ("learning_rate_too_low", "learning_rate_too_high", "vanishing_gradients",
             "exploding_gradients")
@@ -101,6 +99,13 @@ def eval_mode_note(loop: Mapping[str, Any]) -> str | None:
                 "and batch norm uses its running statistics while it trains. Call "
                 "model.train() at the start of each epoch (after validation's model.eval()).")
     return None
+
+
+def _per_epoch(loop: Mapping[str, Any], key: str) -> str:
+    """A per-epoch count of ``loop`` (its ``[min, max]``) in words: the number where every
+    epoch had the same, else "several"."""
+    spread = loop.get(key) or []
+    return f"{spread[0]}" if spread and spread[0] == spread[-1] else "several"
 
 
 def _moved(history: Sequence[Mapping[str, Any]]) -> bool | None:
@@ -201,9 +206,8 @@ def _same_batch(doc: Diagnosis, loop: Mapping[str, Any], history: Sequence[Mappi
     full = loop.get("num_graphs")
     if full and graphs and max(graphs) >= full:
         return None  # every step holds the whole training set: full-batch training, repeated
-    per_epoch = loop.get("steps_per_epoch") or []
     what = f"the same {graphs[0]} graphs" if len(graphs) == 1 else "the same graphs"
-    steps = f"{per_epoch[0]}" if per_epoch and per_epoch[0] == per_epoch[-1] else "several"
+    steps = _per_epoch(loop, "steps_per_epoch")
     seen = (f"; an epoch of {steps} steps of {graphs[0]} graphs should see {int(steps) * graphs[0]}"
             if len(graphs) == 1 and steps.isdigit() else "")
     doc.cause("same_batch",
@@ -257,13 +261,11 @@ def _schedule(doc: Diagnosis, loop: Mapping[str, Any], history: Sequence[Mapping
         return None
     epochs = loop.get("epochs", 0)
     within, changed = lr.get("changes_within_epochs", 0), lr.get("epochs_changed_within", 0)
-    per_epoch = loop.get("optimizer_steps_per_epoch") or []
     since = lr.get("low_since_epoch")
     by = f" by epoch {since}" if since else ""
     head = (f"lr {_g(lr.get('first'))} -> {_g(lr.get('last'))}{by} (peak {_g(lr['max'])}); "
             f"{low} of {opt_steps} optimizer steps ran below 1% of the peak")
-    steps = (f"{per_epoch[0]}" if per_epoch and per_epoch[0] == per_epoch[-1]
-             else "several")
+    steps = _per_epoch(loop, "optimizer_steps_per_epoch")
     if within and changed * 2 >= max(epochs, 1):
         evidence = (f"{head}; it changed {within} times between steps of one epoch, in "
                     f"{changed} of {epochs} epochs ({steps} optimizer steps per epoch): a "

@@ -128,9 +128,9 @@ def _grad_norm(params: list[nn.Parameter]) -> Tensor | None:
     return torch.nn.utils.get_total_norm(grads, foreach=None)
 
 
-def _graph_input(args: tuple, kwargs: dict) -> Any:
+def _graph_input(args: tuple) -> Any:
     """The PyG batch (an object with ``x``) among a forward's arguments, else None."""
-    for a in (*args, *kwargs.values()):
+    for a in args:
         if hasattr(a, "x") and isinstance(getattr(a, "x", None), Tensor):
             return a
     return None
@@ -314,14 +314,12 @@ class LoopWatch:
         self._reset_reading = amax if now is None else torch.maximum(now, amax.to(now))
 
     def _any_forward(self, module: nn.Module, args: tuple) -> None:
+        # on in sampled epochs only (start_epoch); PyTorch's global hook gets no kwargs
         if module is self.model:
-            self._forward(module, args, {})
+            self._forward(module, args)
 
-    def _forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        if not self._sampling():
-            self._input = _Input(None, None, None, None, module.training)
-            return
-        data = _graph_input(args, kwargs)
+    def _forward(self, module: nn.Module, args: tuple) -> None:
+        data = _graph_input(args)
         if data is not None:
             x, y = data.x, getattr(data, "y", None)
             graphs = getattr(data, "num_graphs", None)
@@ -365,8 +363,8 @@ class LoopWatch:
             return
         self.mode_steps += 1
         self.eval_steps += not inp.training
-        if inp.checksum is None and inp.nodes is None:
-            return  # an epoch not sampled: only the mode was read
+        if inp.checksum is None:
+            return  # no batch and no float tensor among the forward's arguments
         self.input_steps += 1
         if len(cur.fingerprints) < MAX_KEPT_STEPS:
             cur.fingerprints.append((inp.graphs, inp.nodes, inp.checksum))
