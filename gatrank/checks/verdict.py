@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from gatrank.render import verdict_html
+
 __all__ = [
     "THRESHOLDS",
     "KINDS",
@@ -249,6 +251,12 @@ class Verdict:
 
     def __str__(self) -> str:
         return format_verdict(self)
+
+    def _repr_html_(self) -> str:
+        return verdict_html(self.to_dict(), still_learning=self.still_learning)
+
+    def _repr_pretty_(self, p, cycle) -> None:  # IPython's text form: the table, not a repr
+        p.text(str(self))
 
     def table(self):
         """Checks as a pandas DataFrame (for notebooks)."""

@@ -13,6 +13,7 @@ from gatrank.data.graphset import GraphSet, _assemble, _collect
 from gatrank.data.manifest import SPLITS
 from gatrank.data.problems import DataProblem, _format_problems
 from gatrank.data.pyg_dataset import _collect_dataset, _graphset
+from gatrank.render import check_report_html
 
 __all__ = ["CheckReport", "check_manifest", "check_dataset", "TIE_EPS"]
 
@@ -48,6 +49,17 @@ class CheckReport:
                 "problems": [{**asdict(p), "severity": "warning" if p.is_warning else "error"}
                              for p in self.problems],
                 "summary": self.summary}
+
+    def _repr_html_(self) -> str:
+        """The report as HTML in a notebook (:func:`gatrank.render.check_report_html`)."""
+        return check_report_html(self.to_dict())
+
+    def __str__(self) -> str:
+        return self.format_table()
+
+    def _repr_pretty_(self, p, cycle) -> None:
+        """IPython's text form (a terminal, a text export): the table, not the fields."""
+        p.text(self.format_table())
 
     def format_table(self) -> str:
         """The problems table and the summary, for the CLI."""

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gatrank.checks.verdict import RANKING_GAIN, THRESHOLDS
+from gatrank.render import doctor_html
 
 __all__ = [
     "CAUSES",
@@ -354,6 +355,14 @@ class DoctorReport:
 
     def __str__(self) -> str:
         return self.format_text()
+
+    def _repr_html_(self) -> str:
+        """The report as HTML in a notebook (:func:`gatrank.render.doctor_html`)."""
+        return doctor_html(self.to_dict())
+
+    def _repr_pretty_(self, p, cycle) -> None:
+        """IPython's text form (a terminal, a text export): the report, not the fields."""
+        p.text(self.format_text())
 
     def format_text(self) -> str:
         """The report for a terminal."""

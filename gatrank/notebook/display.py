@@ -20,6 +20,7 @@ from IPython.display import HTML, Markdown, display
 from plotly.io._base_renderers import MimetypeRenderer, PlotlyRenderer
 from plotly.io.json import to_json_plotly
 
+from gatrank import render
 from gatrank.checks.verdict import Check
 from gatrank.config import Config
 from gatrank.notebook.results import check_dicts, fix_rows
@@ -132,28 +133,14 @@ def show(obj: Any, handle: Any = None) -> Any:
 def checks_table(checks: Sequence[Mapping[str, Any] | Check]) -> pd.DataFrame:
     """Checks (dicts or a verdict's :class:`~gatrank.checks.verdict.Check` objects) as a
     DataFrame with a ``result`` column: ok/FAIL, -- /FLAG, ok/WARN."""
-    marks = {"pass": ("ok", "FAIL"), "red_flag": ("--", "FLAG"), "warning": ("ok", "WARN")}
     rows = [{"check": c["rule"], "kind": c["kind"], "measured": c["value"],
-             "result": marks[c["kind"]][0 if c["ok"] else 1], "detail": c.get("detail", "")}
+             "result": render.check_mark(c), "detail": c.get("detail", "")}
             for c in check_dicts(checks)]
     return pd.DataFrame(rows, columns=["check", "kind", "measured", "result", "detail"])
 
 
 def _checks_html(checks: Sequence[Mapping[str, Any] | Check]) -> str:
-    rows = []
-    for _, r in checks_table(checks).iterrows():
-        bad = r["result"] in ("FAIL", "FLAG")
-        style = ("color:#cf222e;font-weight:bold" if bad
-                 else "color:#9a6700;font-weight:bold" if r["result"] == "WARN" else "")
-        measured = "" if r["measured"] is None or pd.isna(r["measured"]) else f"{r['measured']:.4g}"
-        rows.append(f"<tr><td style='text-align:left'>{html.escape(r['check'])}</td>"
-                    f"<td style='text-align:left'>{r['kind']}</td>"
-                    f"<td style='text-align:right'>{measured}</td>"
-                    f"<td style='text-align:left;{style}'>{r['result']}</td>"
-                    f"<td style='text-align:left'>{html.escape(str(r['detail']))}</td></tr>")
-    head = "".join(f"<th style='text-align:left'>{h}</th>"
-                   for h in ("check", "kind", "measured", "result", "detail"))
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    return render.checks_html(check_dicts(checks))
 
 
 def show_checks(checks: Sequence[Mapping[str, Any] | Check]) -> None:
@@ -167,34 +154,18 @@ def show_results(results: Mapping[str, Any]) -> None:
     """Display a results dict: its step and label as a heading, then its checks."""
     if not in_ipython():
         return
-    colour = "#1a7f37" if results["passed"] else "#cf222e"
-    display(HTML(f"<h3 style='color:{colour}'>{html.escape(results['step'])}: "
-                 f"{html.escape(results['label'])}</h3>" + _checks_html(results["checks"])))
+    display(HTML(render.results_html({**results, "checks": check_dicts(results["checks"])})))
 
 
 def show_causes(report: Any, *, command: str = "gatrank doctor") -> None:
     """Display a :class:`gatrank.doctor.DoctorReport`: its verdict, then each cause (most likely
-    first) with its likelihood, evidence and the runbook's fix; when there is none, one line."""
+    first) with its likelihood, whether its fix was verified (where it was tried), evidence and
+    the runbook's fix; when there is none, one line."""
     if not in_ipython():
         return
-    if not report.causes:
-        display(HTML(f"<p>The doctor's reading: <b>{html.escape(report.verdict)}</b>, no cause "
-                     "of collapse found.</p>"))
-        return
-    rows = "".join(
-        f"<tr><td style='text-align:right'>{k}</td>"
-        f"<td style='text-align:left'><code>{html.escape(c.id)}</code></td>"
-        f"<td style='text-align:right'>{c.score:.2f}</td>"
-        f"<td style='text-align:left'>{html.escape(c.evidence)}</td>"
-        f"<td style='text-align:left'>{html.escape(c.fix)}</td></tr>"
-        for k, c in enumerate(report.causes, 1))
-    head = "".join(f"<th style='text-align:left'>{h}</th>"
-                   for h in ("#", "cause", "likelihood", "evidence", "fix"))
-    display(HTML(
-        f"<p style='color:#cf222e'>The doctor's reading: <b>{html.escape(report.verdict)}</b>. "
-        f"Likely causes, most likely first (for static checks and ablations that tell them "
-        f"apart, run <code>{html.escape(command)}</code>):</p>"
-        f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"))
+    display(HTML(render.causes_html(
+        {"verdict": report.verdict, "causes": [c.to_dict() for c in report.causes]},
+        command=command)))
 
 
 def show_fixes(report: Any, *, passed: bool) -> None:
@@ -215,16 +186,7 @@ def show_fixes(report: Any, *, passed: bool) -> None:
         display(HTML(f"<p>The doctor ({html.escape(report.verdict)}) found no cause whose fix "
                      "could be tried.</p>"))
         return
-    cells = "".join(
-        "<tr>" + "".join(f"<td style='text-align:{a}'>{html.escape(_cell(r[k]))}</td>"
-                         for k, a in (("cause", "left"), ("result", "left"), ("fix", "left"),
-                                      ("epoch", "right"), ("pairwise_accuracy", "right"),
-                                      ("spearman", "right"), ("score_std", "right"))) + "</tr>"
-        for r in rows)
-    head = "".join(f"<th style='text-align:left'>{h}</th>" for h in (
-        "cause", "result", "change applied", "passes at epoch", "pairwise accuracy",
-        "Spearman", "score std"))
-    display(HTML(f"<table><thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table>"))
+    display(HTML(render.fixes_html(rows)))
     from gatrank.doctor.handover import fix_config, verified_cause
 
     cause = verified_cause(report)
@@ -236,12 +198,6 @@ def show_fixes(report: Any, *, passed: bool) -> None:
                      "changes, to copy into your YAML config (<code>gatrank doctor --write-fix "
                      "DIR</code> writes your whole config with them as a file):</p>"
                      f"<pre>{html.escape(text)}</pre>"))
-
-
-def _cell(v: Any) -> str:
-    if v is None:
-        return "-"
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def config_table(config: Config) -> pd.DataFrame:
