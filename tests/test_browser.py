@@ -10,6 +10,7 @@ CI installs ``chromium`` with apt (``.ci/run``); without it these tests are skip
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
@@ -153,18 +155,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_notebook_runs_in_jupyterlab_and_shows_its_live_figure(tmp_path, browser,
-                                                               tiny_manifest):
-    from papermill.iorw import load_notebook_node
-    from papermill.parameterize import parameterize_notebook
-
-    run_dir = tmp_path / "run"
-    nb = parameterize_notebook(load_notebook_node(str(ROOT / "notebooks" / "03_overfit.ipynb")),
-                               {"manifest": str(tiny_manifest), "n": 8, "epochs": 500,
-                                "run_dir": str(run_dir)})
-    nbformat.write(nb, str(tmp_path / "overfit.ipynb"))
+@contextlib.contextmanager
+def _jupyterlab(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """A JupyterLab server on localhost serving ``tmp_path``: ``(base URL, token)``; every
+    cell in the DOM (no windowing) and no news prompt."""
     settings = tmp_path / "settings" / "@jupyterlab"
-    # every cell in the DOM (no windowing), and no news prompt
     (settings / "notebook-extension").mkdir(parents=True)
     (settings / "notebook-extension" / "tracker.jupyterlab-settings").write_text(
         '{"windowingMode": "none"}')
@@ -192,13 +187,38 @@ def test_notebook_runs_in_jupyterlab_and_shows_its_live_figure(tmp_path, browser
                 if time.time() > deadline or server.poll() is not None:
                     pytest.fail("JupyterLab did not start:\n" + (tmp_path / "lab.log").read_text())
                 time.sleep(0.5)
+        yield base, token
+    finally:
+        server.terminate()
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def _open_and_run_all(page, url: str) -> None:
+    """Open a notebook in JupyterLab, wait for its kernel, start running every cell."""
+    page.goto(url)
+    # optional chaining: the shell has no current widget until the notebook has opened
+    page.wait_for_function("window.jupyterapp?.shell?.currentWidget?.sessionContext"
+                           "?.session?.kernel?.status === 'idle'", timeout=120_000)
+    # not awaited: execute() resolves only when every cell has run
+    page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+
+
+def test_notebook_runs_in_jupyterlab_and_shows_its_live_figure(tmp_path, browser,
+                                                               tiny_manifest):
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
+
+    run_dir = tmp_path / "run"
+    nb = parameterize_notebook(load_notebook_node(str(ROOT / "notebooks" / "03_overfit.ipynb")),
+                               {"manifest": str(tiny_manifest), "n": 8, "epochs": 500,
+                                "run_dir": str(run_dir)})
+    nbformat.write(nb, str(tmp_path / "overfit.ipynb"))
+    with _jupyterlab(tmp_path) as (base, token):
         ctx, page, blocked, errors = _offline_page(browser, (base,))
-        page.goto(f"{base}/lab/tree/overfit.ipynb?token={token}")
-        # optional chaining: the shell has no current widget until the notebook has opened
-        page.wait_for_function("window.jupyterapp?.shell?.currentWidget?.sessionContext"
-                               "?.session?.kernel?.status === 'idle'", timeout=120_000)
-        # not awaited: execute() resolves only when every cell has run
-        page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+        _open_and_run_all(page, f"{base}/lab/tree/overfit.ipynb?token={token}")
         # the training cell's figure: sample its number of logged epochs while it runs
         probe = ("() => { const g = document.querySelector('.jp-OutputArea-output "
                  ".js-plotly-plot, .jp-OutputArea-output.js-plotly-plot'); "
@@ -222,9 +242,3 @@ def test_notebook_runs_in_jupyterlab_and_shows_its_live_figure(tmp_path, browser
         assert res["passed"] and res["python"] == sys.executable
         assert blocked == [], blocked
         ctx.close()
-    finally:
-        server.terminate()
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
