@@ -4,11 +4,13 @@ import importlib
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "Monitor"]
+__all__ = ["__version__", "Monitor", "check_data", "overfit_test", "diagnose"]
 
 # Exported lazily (PEP 562): `import gatrank` and `gatrank --help` stay free of torch, and
-# `from gatrank import Monitor` imports the module that defines it on first use.
-_LAZY = {"Monitor": "gatrank.monitor"}
+# `from gatrank import Monitor` imports the module that defines it on first use. The three
+# functions are gatrank in a notebook of your own (gatrank.api, docs/api.md).
+_LAZY = {"Monitor": "gatrank.monitor", "check_data": "gatrank.api",
+         "overfit_test": "gatrank.api", "diagnose": "gatrank.api"}
 
 
 def __getattr__(name: str) -> Any:

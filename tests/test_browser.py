@@ -242,3 +242,32 @@ def test_notebook_runs_in_jupyterlab_and_shows_its_live_figure(tmp_path, browser
         assert res["passed"] and res["python"] == sys.executable
         assert blocked == [], blocked
         ctx.close()
+
+
+def test_the_api_example_notebook_shows_the_doctors_report_as_a_table_in_jupyterlab(
+        tmp_path, browser):
+    """docs/in_your_notebook.ipynb in JupyterLab: a cell ending in gatrank.diagnose(...) shows
+    the rendered report (a table with the cause ids), not the dataclass's repr."""
+    shutil.copy(ROOT / "docs" / "in_your_notebook.ipynb", tmp_path / "mine.ipynb")
+    with _jupyterlab(tmp_path) as (base, token):
+        ctx, page, blocked, errors = _offline_page(browser, (base,))
+        _open_and_run_all(page, f"{base}/lab/tree/mine.ipynb?token={token}")
+        # the last cell: the fixed model's overfit test passes
+        done = ("() => Array.from(document.querySelectorAll('.jp-OutputArea-output'))"
+                ".some(e => e.textContent.includes('verdict: PASS') "
+                "|| e.textContent.includes('Traceback'))")
+        page.wait_for_function(done, timeout=400_000)
+        texts = page.locator(".jp-OutputArea-output").all_inner_texts()
+        assert not any("Traceback" in t for t in texts), texts
+        # the doctor's cause ids sit in table cells, and no output is a dataclass repr
+        cause_cells = page.evaluate(
+            "() => Array.from(document.querySelectorAll('.jp-OutputArea-output table td code'))"
+            ".map(e => e.textContent)")
+        assert "constant_output_layer" in cause_cells, cause_cells
+        assert not any(r in t for t in texts for r in ("DoctorReport(", "OverfitResult(",
+                                                        "CheckReport(", "Verdict("))
+        # the overfit test's curves are a static figure (inline SVG, no plotly.js)
+        assert page.locator(".jp-OutputArea-output svg path.series").count() >= 4
+        page.screenshot(path=str(tmp_path / "in_your_notebook.png"), full_page=True)
+        assert blocked == [], blocked
+        ctx.close()

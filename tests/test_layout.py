@@ -31,7 +31,7 @@ LAYERS: list[set[str]] = [
     {"evaluate"},
     {"doctor"},
     {"notebook"},
-    {"monitor"},
+    {"monitor", "api"},
     {"integrations", "loops"},
     {"suite"},
     {"cli"},

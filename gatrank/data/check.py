@@ -3,6 +3,7 @@ summary of its valid graphs."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -146,15 +147,17 @@ def check_manifest(path: str | Path, *, allow_outside_root: bool = False,
                                       **_graph_summary(gs)})
 
 
-def check_dataset(spec: str) -> CheckReport:
-    """Validate a PyG dataset (``package.module:name`` or a ``.pt`` path, see
+def check_dataset(spec: str | Sequence) -> CheckReport:
+    """Validate a PyG dataset (``package.module:name`` or a ``.pt`` path, or the graphs in
+    memory: a ``Dataset`` instance or a sequence of ``Data``; see
     :mod:`gatrank.data.pyg_dataset`); never raises for data problems, collects them all, each
     naming the graph's ``index`` and id.
 
-    Summary: as :func:`check_manifest`'s, with ``dataset`` (the spec) in place of ``manifest``
-    and ``num_rows`` the number of items in the dataset.
+    Summary: as :func:`check_manifest`'s, with ``dataset`` (the spec, or the graphs' label such
+    as ``<list of 40 graphs>``) in place of ``manifest`` and ``num_rows`` the number of items in
+    the dataset.
     """
     col = _collect_dataset(spec)
     gs = _graphset(col, []) if col.keep else None
-    return CheckReport(col.problems, {"dataset": spec, "num_rows": col.num_items,
+    return CheckReport(col.problems, {"dataset": col.spec, "num_rows": col.num_items,
                                       **_graph_summary(gs)})

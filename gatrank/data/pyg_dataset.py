@@ -10,6 +10,10 @@ checks.
   (the collated ``(data, slices)`` form, possibly with a third element, the data class), read
   with :func:`~gatrank.data.safe_load.safe_torch_load` (never unpickling other objects).
 
+or the graphs themselves, in memory: a PyG ``Dataset``/``InMemoryDataset`` instance or a
+sequence of ``Data`` (named in messages as ``<list of 40 graphs>``; see
+:mod:`gatrank.data.sources` for everything a notebook may hold).
+
 Each graph's target is its ``y`` (exactly one value). The optional attributes ``id`` (or
 ``name``, or ``gid`` as gatrank's own graphs carry it), ``group``, ``split`` and ``smiles`` play
 the roles of the manifest's columns (an integer ``group`` of -1 means none, as in gatrank's
@@ -50,7 +54,7 @@ from gatrank.plugins import load_object
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_dataset", "is_dataset_file"]
+__all__ = ["load_dataset", "is_dataset_file", "memory_label"]
 
 _ID_ATTRS = ("id", "name", "gid")
 _INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
@@ -155,8 +159,20 @@ def _from_import(spec: str) -> Sequence:
     return obj
 
 
-def _read(spec: str) -> list[Any]:
-    source = _from_file(spec) if is_dataset_file(spec) else _from_import(spec)
+def memory_label(graphs: Sequence) -> str:
+    """How messages name graphs held in memory: ``<list of 40 graphs>``,
+    ``<ZINC of 12000 graphs>``."""
+    n = len(graphs)
+    return f"<{type(graphs).__name__} of {n} graph{'s' if n != 1 else ''}>"
+
+
+def _read(spec: str, graphs: Sequence | None = None) -> list[Any]:
+    """The items of the dataset ``spec`` names, or of ``graphs`` (in memory, ``spec`` its
+    label)."""
+    if graphs is not None:
+        source = graphs
+    else:
+        source = _from_file(spec) if is_dataset_file(spec) else _from_import(spec)
     items = []
     for i in range(len(source)):
         try:
@@ -291,10 +307,14 @@ class _DatasetCollected:
     tensors: dict[int, tuple[Tensor, Tensor, Tensor | None]]
 
 
-def _collect_dataset(spec: str) -> _DatasetCollected:
-    """Read and check every graph, collecting every problem instead of stopping."""
+def _collect_dataset(spec: str | Sequence) -> _DatasetCollected:
+    """Read and check every graph, collecting every problem instead of stopping (``spec``: a
+    dataset spec, or graphs in memory)."""
+    graphs = None
+    if not isinstance(spec, str):
+        graphs, spec = spec, memory_label(spec)
     try:
-        items = _read(spec)
+        items = _read(spec, graphs)
     except _SourceProblem as sp:
         return _DatasetCollected(spec, 0, [DataProblem(None, None, spec, sp.problem, sp.fix,
                                                        sp.code)], sp, None, [], {})
@@ -308,7 +328,8 @@ def _collect_dataset(spec: str) -> _DatasetCollected:
         problems += [DataProblem(None, row["id"], spec, problem, fix, code, i)
                      for code, problem, fix in found]
     problems += _all_or_none(rows, "split", spec) + _all_or_none(rows, "group", spec)
-    problems += _duplicate_ids(rows, spec) + _singleton_groups(rows, spec)
+    graphs = [r for r, item in zip(rows, items, strict=True) if isinstance(item, Data)]
+    problems += _duplicate_ids(graphs, spec) + _singleton_groups(graphs, spec)
     bad = {p.index for p in problems if not p.is_warning}
     widths = {i: t for i, t in tensors.items() if i not in bad}
     problems += [DataProblem(None, rows[i]["id"], spec, problem, fix, code, i)
@@ -328,11 +349,12 @@ def _graphset(col: _DatasetCollected, dropped: list[DataProblem]) -> GraphSet:
     return _build(table, [col.tensors[i] for i in col.keep], None, dropped, dataset=col.spec)
 
 
-def load_dataset(spec: str, *, on_error: str = "raise") -> GraphSet:
+def load_dataset(spec: str | Sequence, *, on_error: str = "raise") -> GraphSet:
     """Read and validate every graph of a PyG dataset (see the module docstring for ``spec``).
 
     Args:
-        spec: ``package.module:name`` or a ``.pt`` path.
+        spec: ``package.module:name`` or a ``.pt`` path; or the graphs themselves, a PyG
+            ``Dataset`` instance or a sequence of ``Data``.
         on_error: ``"raise"`` raises :class:`DataError` listing every problem (each with the
             graph's ``index`` and id); ``"skip"`` drops the bad graphs, records their problems
             in ``GraphSet.dropped`` and logs a warning. Dataset-level problems (the spec cannot
@@ -344,6 +366,7 @@ def load_dataset(spec: str, *, on_error: str = "raise") -> GraphSet:
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     col = _collect_dataset(spec)
+    spec = col.spec
     errors = [p for p in col.problems if not p.is_warning]
     if col.source_error is not None:  # the user's exception (if any) stays the cause
         raise DataError(errors, dataset=spec) from col.source_error.__cause__

@@ -36,7 +36,6 @@ ablations in :mod:`~gatrank.doctor.ablations`, and the state they share in
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -54,11 +53,11 @@ from gatrank.checks.verdict import (
     judgement,
 )
 from gatrank.config import Config, file_keys, load_config, settings_set
-from gatrank.datasets import check_data, load_data, with_source
 from gatrank.doctor.ablations import overfit_ablations, user_ablations
-from gatrank.doctor.data_stage import data_stage, droppable
+from gatrank.doctor.data_stage import data_stage
 from gatrank.doctor.faults import Fault
 from gatrank.doctor.faults import inject as inject_fault
+from gatrank.doctor.inputs import load_inputs
 from gatrank.doctor.loop_causes import demote_symptoms, eval_mode_note, loop_causes
 from gatrank.doctor.report import CAUSES, DOCTOR_THRESHOLDS, DoctorOptions, DoctorReport
 from gatrank.doctor.runs import train_run
@@ -251,26 +250,6 @@ def _config_diff(doc: Diagnosis) -> list[dict[str, Any]]:
     return out
 
 
-def _load(graphs, manifest, dataset, cfg: Config) -> tuple[Any, list, list, str]:
-    """(GraphSet or None, problems that count, rows dropped, where the graphs came from).
-
-    Under ``data.on_error=raise`` a manifest (or dataset) with problems gives no graphs,
-    except when they are a few rows the data stage may leave out (:func:`data_stage.droppable`):
-    then the other rows are loaded and the problems returned for the data stage to judge.
-    """
-    if graphs is not None:
-        return graphs, check_graphs(graphs.graphs), [], "in-memory graphs"
-    data = with_source(cfg.data, manifest, dataset)
-    report = check_data(data)
-    source = f"dataset {data.dataset}" if data.dataset else str(report.summary["manifest"])
-    if report.errors and data.on_error == "raise":
-        if not droppable(report.errors, report.summary["num_rows"]):
-            return None, report.problems, [], source
-        return load_data(dataclasses.replace(data, on_error="skip")), report.problems, [], source
-    gs = load_data(data)
-    return gs, check_graphs(gs.graphs), list(gs.dropped), source
-
-
 def _setup(source: str, gs, model, loss, seed: int, fault: Fault | None) -> dict[str, Any]:
     """What was diagnosed, for the report: where the graphs came from, how many, the model and
     loss by name, the seed and the fault injected."""
@@ -297,8 +276,10 @@ def diagnose(
     """Diagnose why a ranking model collapses: run the stages and rank the causes.
 
     Args:
-        graphs: a :class:`gatrank.data.GraphSet` already in memory (validated here too);
-            default: load ``manifest``.
+        graphs: graphs already in memory: a :class:`gatrank.data.GraphSet`, or a list of
+            ``Data``, a PyG ``Dataset``, a ``DataLoader`` (anything
+            :func:`gatrank.data.sources.graph_source` takes; checked graph by graph as a
+            ``dataset`` is); default: load ``manifest``.
         manifest: manifest.csv; default ``config.data.manifest`` or the embedded default.
         dataset: a PyG dataset instead (``package.module:name`` or a ``.pt`` file; see
             :mod:`gatrank.data.pyg_dataset`); default ``config.data.dataset``.
@@ -321,7 +302,7 @@ def diagnose(
     seed = cfg.training.seed if seed is None else seed
     threads = opts.num_threads if opts.num_threads is not None else cfg.training.cpu_threads
     with torch_threads(threads):
-        gs, problems, dropped, source = _load(graphs, manifest, dataset, cfg)
+        gs, problems, dropped, source = load_inputs(graphs, manifest, dataset, cfg)
         model_edit = None
         fault = None
         if inject:
