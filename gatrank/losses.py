@@ -69,14 +69,17 @@ def valid_pair_mask(
     """Boolean ``[B, B]`` mask of valid ordered pairs (i ranked above j).
 
     Args:
-        targets: ``[B]`` targets.
+        targets: ``[B]`` (or ``[B, 1]``) targets.
         margin_eps: ``y_i - y_j`` must exceed this.
         tie_eps: pairs with ``|y_i - y_j| <= tie_eps`` are ties and excluded.
-        group: optional ``[B]`` integer group ids; pairs form only inside a group.
+        group: optional ``[B]`` (or ``[B, 1]``) integer group ids; pairs form only inside a
+            group.
     """
+    targets = _one_per_item(targets, "targets")
     dy = targets[:, None] - targets[None, :]  # (B, B)
     mask = (dy > margin_eps) & (dy.abs() > tie_eps)
     if group is not None:
+        group = _one_per_item(group, "group")
         mask &= group[:, None] == group[None, :]
     return mask
 
@@ -94,22 +97,28 @@ def pairwise_rank_loss(
     """Robust pairwise logistic ranking loss.
 
     Args:
-        scores: ``[B]`` model scores (any float dtype; computed in float32 or wider).
-        targets: ``[B]`` targets; larger should rank higher.
+        scores: ``[B]`` or ``[B, 1]`` model scores (any float dtype; computed in float32 or
+            wider); the gradient flows back to the tensor passed, whichever shape it has.
+        targets: ``[B]`` or ``[B, 1]`` targets; larger should rank higher.
         margin_eps: minimum target gap for a pair to count.
         tie_eps: target gaps at or below this are ties and ignored.
         temperature: score gaps are divided by this.
         weight_by_diff: weight pairs by ``|y_i - y_j|`` (a weighted mean) instead of a plain mean.
-        group: optional ``[B]`` group ids; pairs form only within a group.
+        group: optional ``[B]`` (or ``[B, 1]``) group ids; pairs form only within a group.
 
     Returns:
         :class:`LossOutput` with the scalar loss and the number of valid pairs.
 
+    Raises:
+        ValueError: scores, targets or group of another shape (``[B, 2]``...: named, with
+            what is accepted), of different lengths, or ``temperature <= 0``.
+
     Shapes:
-        scores, targets, group: ``[B]``; internally ``(B, B)`` pair matrices, or row blocks
-        of them above :data:`CHUNK_THRESHOLD` items (see :func:`pairwise_rank_loss_chunked`).
+        scores, targets, group: ``[B]`` or ``[B, 1]`` each (read as ``[B]``); internally
+        ``(B, B)`` pair matrices, or row blocks of them above :data:`CHUNK_THRESHOLD` items
+        (see :func:`pairwise_rank_loss_chunked`).
     """
-    _check_args(scores, targets, temperature, group)
+    scores, targets, group = _check_args(scores, targets, temperature, group)
     if scores.shape[0] > CHUNK_THRESHOLD:
         return pairwise_rank_loss_chunked(
             scores,
@@ -140,16 +149,42 @@ def pairwise_rank_loss(
     return LossOutput(loss=loss, num_pairs=num_pairs)
 
 
-def _check_args(scores: Tensor, targets: Tensor, temperature: float, group: Tensor | None) -> None:
-    if scores.dim() != 1 or targets.shape != scores.shape:
+def _one_per_item(t: Tensor, name: str) -> Tensor:
+    """``t`` as ``[B]``: a ``[B]`` or ``[B, 1]`` tensor (one value per item), else an error
+    naming its shape and what is accepted."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a tensor, [B] or [B, 1] (one value per item); got "
+                        f"{type(t).__name__}")
+    if t.dim() == 1:
+        return t
+    if t.dim() == 2 and t.shape[1] == 1:
+        return t.reshape(-1)  # a view: gradients flow back to the [B, 1] tensor
+    raise ValueError(
+        f"{name} must be [B] or [B, 1] (one value per item); got shape {tuple(t.shape)}"
+        + (f": {t.shape[1]} columns per item, pick the one to rank by" if t.dim() == 2
+           else "")
+    )
+
+
+def _check_args(scores: Tensor, targets: Tensor, temperature: float, group: Tensor | None
+                ) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``scores``, ``targets`` and ``group`` as ``[B]`` tensors (each may be ``[B]`` or
+    ``[B, 1]``), or an error naming what is wrong."""
+    s, y = _one_per_item(scores, "scores"), _one_per_item(targets, "targets")
+    if y.shape != s.shape:
         raise ValueError(
-            f"scores and targets must both be 1-D of the same length; got scores "
+            f"scores and targets must have the same length, one target per score; got scores "
             f"{tuple(scores.shape)} and targets {tuple(targets.shape)}"
         )
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    if group is not None and group.shape != scores.shape:
-        raise ValueError(f"group must have shape {tuple(scores.shape)}, got {tuple(group.shape)}")
+    if group is not None:
+        g = _one_per_item(group, "group")
+        if g.shape != s.shape:
+            raise ValueError(f"group must have shape {tuple(s.shape)} (or [B, 1]), got "
+                             f"{tuple(group.shape)}")
+        group = g
+    return s, y, group
 
 
 def _block_terms(s: Tensor, y: Tensor, group: Tensor | None, rows: slice, opts: dict) -> tuple:
@@ -236,9 +271,9 @@ def pairwise_rank_loss_chunked(
             ``BLOCK_ELEMENTS // B`` (at least 1).
 
     Shapes:
-        scores, targets, group: ``[B]``; temporaries ``(block_rows, B)``.
+        scores, targets, group: ``[B]`` or ``[B, 1]`` each; temporaries ``(block_rows, B)``.
     """
-    _check_args(scores, targets, temperature, group)
+    scores, targets, group = _check_args(scores, targets, temperature, group)
     n = scores.shape[0]
     if block_rows is None:
         block_rows = max(1, BLOCK_ELEMENTS // max(n, 1))
@@ -258,7 +293,8 @@ def pairwise_rank_loss_chunked(
 
 
 class PairwiseRankLoss(torch.nn.Module):
-    """Module form of :func:`pairwise_rank_loss`; ``forward(scores, targets, group=None)``.
+    """Module form of :func:`pairwise_rank_loss`; ``forward(scores, targets, group=None)``
+    (each ``[B]`` or ``[B, 1]``).
 
     Returns the scalar loss like any PyTorch loss and keeps the last batch's number of valid
     pairs in ``last_num_pairs``.

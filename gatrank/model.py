@@ -1,12 +1,13 @@
 """Graph ranking models: the GAT ranker, a linear baseline, and a user's own model.
 
 Every model maps a PyG batch of graphs to one score per graph (``[num_graphs]``). A user's
-model named by import string is built by :func:`build_model`: constructor arguments gatrank
-knows (``in_channels``, ``out_channels``, ``edge_dim``) are filled in, the rest come from
-``model.kwargs``; a ``forward`` written the PyG way (``forward(x, edge_index, edge_attr,
-batch)``) is called with the batch's tensors by name (:func:`adapt_forward`). Scores come out
-of a model through :func:`score_batch`, which names a wrong shape and what it means
-(:class:`ScoreShapeError`).
+model (an import string, a class or a factory) is built by :func:`build_model`: constructor
+arguments gatrank knows (``in_channels``, ``out_channels``, ``edge_dim``) are filled in, the
+rest come from ``model.kwargs``; a ``forward`` written the PyG way (``forward(x, edge_index,
+edge_attr, batch)``) is called with the batch's tensors by name (:func:`adapt_forward`).
+Scores come out of a model through :func:`score_batch`, which names a wrong shape and what it
+means (:class:`ScoreShapeError`), and says how to feed an ``nn.Embedding`` gatrank's float
+node features (:func:`embedding_hint`).
 """
 
 from __future__ import annotations
@@ -29,28 +30,18 @@ from torch_geometric.nn import (
 )
 
 from gatrank.config import ConfigError, ModelConfig
+from gatrank.model_hints import embedding_hint, unset_global
 from gatrank.plugins import load_object
 
-__all__ = [
-    "GATRanker",
-    "LinearBaseline",
-    "ForwardByName",
-    "ScoreShapeError",
-    "adapt_forward",
-    "build_model",
-    "check_scores",
-    "pool",
-    "adds_self_loops",
-    "reads_edge_attr",
-    "score_batch",
-]
+__all__ = ["GATRanker", "LinearBaseline", "ForwardByName", "ScoreShapeError", "adapt_forward",
+           "build_model", "check_scores", "pool", "adds_self_loops", "reads_edge_attr",
+           "score_batch", "embedding_hint"]
 
 _POOLS = {"mean": global_mean_pool, "max": global_max_pool, "add": global_add_pool}
 
 
 def pool(x: Tensor, batch: Tensor, how: str, size: int | None = None) -> Tensor:
-    """Global pooling of node features ``[N, F]`` to graph features ``[G, F]`` (or ``[G, 2F]``
-    for ``mean+max``)."""
+    """Global pooling of node features ``[N, F]`` to ``[G, F]`` (``[G, 2F]`` for mean+max)."""
     if how == "mean+max":
         return torch.cat([global_mean_pool(x, batch, size), global_max_pool(x, batch, size)], -1)
     return _POOLS[how](x, batch, size)
@@ -62,47 +53,32 @@ class GATRanker(nn.Module):
     Architecture: ``num_layers`` GAT layers (PyG ``GATConv`` or ``GATv2Conv``; heads
     concatenated), ELU between layers, residual connections where widths match, dropout on
     features and attention, global pooling, then the runbook's score head
-    ``Linear(pool_dim, hidden) → LayerNorm(hidden) → ReLU → Linear(hidden, 1)``.
+    ``Linear(pool_dim, hidden) → LayerNorm(hidden) → ReLU → Linear(hidden, 1)``, for
+    node features ``in_channels`` (F) wide and a :class:`~gatrank.config.ModelConfig`.
 
-    Args:
-        in_channels: node-feature width F.
-        config: a :class:`~gatrank.config.ModelConfig`.
-
-    Shapes:
-        batch.x ``[N, F]``, batch.edge_index ``[2, E]``, batch.batch ``[N]`` →
-        scores ``[G]``; :meth:`embed` → ``[G, pool_dim]``.
+    Shapes: batch.x ``[N, F]``, batch.edge_index ``[2, E]``, batch.batch ``[N]`` → scores
+    ``[G]``; :meth:`embed` → ``[G, pool_dim]``.
     """
 
     def __init__(self, in_channels: int, config: ModelConfig | None = None) -> None:
         super().__init__()
-        cfg = config or ModelConfig()
-        self.config = cfg
+        self.config = cfg = config or ModelConfig()
         self.in_channels = in_channels
         conv_cls = GATConv if cfg.conv == "gat" else GATv2Conv
         per_head = cfg.hidden_dim // cfg.heads
-        self.convs = nn.ModuleList()
-        width = in_channels
-        for _ in range(cfg.num_layers):
-            self.convs.append(
-                conv_cls(width, per_head, heads=cfg.heads, concat=True, dropout=cfg.dropout)
-            )
-            width = cfg.hidden_dim
+        self.convs = nn.ModuleList(
+            conv_cls(in_channels if i == 0 else cfg.hidden_dim, per_head, heads=cfg.heads,
+                     concat=True, dropout=cfg.dropout) for i in range(cfg.num_layers))
         self.dropout = nn.Dropout(cfg.dropout)
         self.pool_dim = cfg.hidden_dim * (2 if cfg.pooling == "mean+max" else 1)
-        layers: list[nn.Module] = [nn.Linear(self.pool_dim, cfg.hidden_dim)]
-        if cfg.head != "plain":
-            layers.append(nn.LayerNorm(cfg.hidden_dim))
-        layers += [nn.ReLU(), nn.Linear(cfg.hidden_dim, 1)]
-        if cfg.head == "sigmoid":
-            layers.append(nn.Sigmoid())
-        elif cfg.head == "tanh":
-            layers.append(nn.Tanh())
-        self.score_head = nn.Sequential(*layers)
+        norm = [] if cfg.head == "plain" else [nn.LayerNorm(cfg.hidden_dim)]  # no random init
+        bound = {"sigmoid": [nn.Sigmoid()], "tanh": [nn.Tanh()]}.get(cfg.head, [])
+        self.score_head = nn.Sequential(nn.Linear(self.pool_dim, cfg.hidden_dim), *norm,
+                                        nn.ReLU(), nn.Linear(cfg.hidden_dim, 1), *bound)
 
     def node_embeddings(self, batch) -> list[Tensor]:
         """Node embeddings after each GAT layer: ``num_layers`` tensors ``[N, hidden]``."""
-        x, edge_index = batch.x, batch.edge_index
-        outs = []
+        x, edge_index, outs = batch.x, batch.edge_index, []
         for i, conv in enumerate(self.convs):
             h = conv(self.dropout(x), edge_index)
             if self.config.residual and i > 0:
@@ -121,11 +97,8 @@ class GATRanker(nn.Module):
 
 
 class LinearBaseline(nn.Module):
-    """Mean-pooled input node features → one linear score: the runbook's "simpler baseline".
-
-    Shapes:
-        batch.x ``[N, F]`` → scores ``[G]``.
-    """
+    """Mean-pooled input node features → one linear score: the runbook's "simpler baseline"
+    (batch.x ``[N, F]`` → scores ``[G]``)."""
 
     def __init__(self, in_channels: int) -> None:
         super().__init__()
@@ -142,39 +115,52 @@ class LinearBaseline(nn.Module):
 # --------------------------------------------------------------------------- a user's model
 
 
-def build_model(in_channels: int, config: ModelConfig | None = None, spec: str = "", *,
+def build_model(in_channels: int, config: ModelConfig | None = None,
+                spec: str | Callable[..., nn.Module] = "", *,
                 edge_dim: int | None = None) -> nn.Module:
     """Build the model named by ``spec``: empty or ``gat`` → :class:`GATRanker`, ``linear`` →
-    :class:`LinearBaseline`, otherwise an import string ``package.module:Name`` of a class or
-    factory returning an ``nn.Module``.
-
-    A user's constructor gets, where its signature names them and ``config.kwargs`` does not,
-    ``in_channels`` (the node-feature width), ``out_channels=1`` (one score per graph) and
-    ``edge_dim`` (the edge-feature width; left out when the graphs have no ``edge_attr``);
-    the rest come from ``config.kwargs`` (``--model-kwargs``). A factory naming none of these
-    is called as ``factory(in_channels, **kwargs)``. The model is passed through
-    :func:`adapt_forward`, so ``forward(x, edge_index, edge_attr, batch)`` models work as
-    written. gatrank's own models ignore ``config.kwargs``.
+    :class:`LinearBaseline`, else an import string ``package.module:Name`` of a class or
+    factory returning an ``nn.Module``, or that class or factory itself (messages name it by
+    its qualified name); a module instance is returned as it is. A user's constructor gets,
+    where its signature names them and ``config.kwargs`` does not, ``in_channels``,
+    ``out_channels=1`` and ``edge_dim`` (if the graphs have ``edge_attr``); the rest come from
+    ``config.kwargs`` (``--model-kwargs``; gatrank's own models ignore them). A factory naming
+    none of these is called as ``factory(in_channels, **kwargs)``; a factory object taking
+    nothing but what gatrank fills in (``lambda f: Net(f, 64)``) gets no kwargs; then
+    :func:`adapt_forward`.
 
     Raises:
         ValueError: a malformed or unimportable ``spec``.
-        ConfigError: required constructor arguments missing (named, with the fix), or
-            ``model.kwargs`` naming arguments the constructor does not take.
+        ConfigError: required constructor arguments missing (named, with the fix); kwargs the
+            constructor does not take, or ``in_channels``/``edge_dim`` not the graphs' widths;
+            a ``NameError`` for a global its module does not set on import (``__cause__``).
         TypeError: the factory returned something that is not an ``nn.Module``.
     """
-    if spec in ("", "gat"):
-        return GATRanker(in_channels, config)
-    if spec == "linear":
-        return LinearBaseline(in_channels)
-    factory = load_object(spec, what="model")
+    if isinstance(spec, nn.Module):
+        return adapt_forward(spec)
     kwargs = dict(config.kwargs) if config is not None else {}
-    args, kwargs = _constructor_arguments(factory, spec, in_channels, edge_dim, kwargs)
-    model = factory(*args, **kwargs)
+    if isinstance(spec, str):
+        if spec in ("", "gat"):
+            return GATRanker(in_channels, config)
+        if spec == "linear":
+            return LinearBaseline(in_channels)
+        factory, label = load_object(spec, what="model"), f"--model {spec}"
+    else:
+        factory, label = spec, f"model {_name(spec)}"
+        if not isinstance(spec, type) and _builds_itself(spec):
+            kwargs = {}  # factory(in_channels) configures its model itself
+    args, kwargs = _constructor_arguments(factory, label, in_channels, edge_dim, kwargs)
+    try:
+        model = factory(*args, **kwargs)
+    except NameError as exc:
+        said = unset_global(exc, factory, f"the model from the import string {spec}"
+                             if isinstance(spec, str) else label)
+        if said is None:
+            raise
+        raise ConfigError(said) from exc
     if not isinstance(model, nn.Module):
-        raise TypeError(
-            f"--model {spec}: calling it with in_channels={in_channels} returned "
-            f"{type(model).__name__}, not a torch.nn.Module"
-        )
+        raise TypeError(f"{label}: calling it with in_channels={in_channels} returned "
+                        f"{type(model).__name__}, not a torch.nn.Module")
     return adapt_forward(model)
 
 
@@ -182,11 +168,19 @@ _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_O
 _VARIADIC = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
 
 
-def _constructor_arguments(factory: Callable, spec: str, in_channels: int, edge_dim: int | None,
-                           kwargs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+def _constructor_arguments(factory: Callable, label: str, in_channels: int,
+                           edge_dim: int | None, kwargs: dict[str, Any]
+                           ) -> tuple[list[Any], dict[str, Any]]:
     """``(args, kwargs)`` to call ``factory`` with: the user's kwargs, gatrank's known
     arguments where the signature names them, ``in_channels`` positionally where it names none.
     """
+    for key, width, what in (("in_channels", in_channels, "node"), ("edge_dim", edge_dim, "edge")):
+        if key in kwargs and width is not None and kwargs[key] != width:  # the same is fine
+            edges = f" (edge features {edge_dim} wide)" if edge_dim and key == "in_channels" else ""
+            raise ConfigError(
+                f"{label}: model.kwargs (--model-kwargs) sets {key}={kwargs[key]!r}, but the "
+                f"graphs' {what} features are {width} wide{edges}. gatrank fills in {key} from "
+                f"the graphs ({key}={width}): leave {key} out of the kwargs.")
     try:
         sig = inspect.signature(factory)
     except (TypeError, ValueError):  # a builtin without a signature: today's convention
@@ -198,7 +192,7 @@ def _constructor_arguments(factory: Callable, spec: str, in_channels: int, edge_
         unknown = sorted(set(kwargs) - named)
         if unknown:
             raise ConfigError(
-                f"--model {spec}: model.kwargs (--model-kwargs) names {', '.join(unknown)}, "
+                f"{label}: model.kwargs (--model-kwargs) names {', '.join(unknown)}, "
                 f"which {_name(factory)} does not take; its arguments: {', '.join(params)}"
             )
     known = {"in_channels": in_channels, "out_channels": 1}
@@ -216,16 +210,27 @@ def _constructor_arguments(factory: Callable, spec: str, in_channels: int, edge_
     missing = [n for n, p in params.items() if p.default is inspect.Parameter.empty
                and p.kind not in _VARIADIC and n not in bound]
     if missing:
-        raise ConfigError(_missing_message(factory, spec, sig, missing, in_channels, edge_dim))
+        raise ConfigError(_missing_message(factory, label, sig, missing, in_channels, edge_dim))
     return args, kwargs
 
 
-def _missing_message(factory: Callable, spec: str, sig: inspect.Signature, missing: list[str],
-                     in_channels: int, edge_dim: int | None) -> str:
+def _builds_itself(factory: Callable) -> bool:
+    """A factory whose parameters are all gatrank's to fill in (the first positional one takes
+    ``in_channels``): it configures its model itself, ``model.kwargs`` are not for it (the
+    doctor's and a notebook's ``factory(in_channels)`` wrap :func:`build_model` with them)."""
+    try:
+        params = list(inspect.signature(factory).parameters.values())
+    except (TypeError, ValueError):
+        return True
+    return all(p.name in ("in_channels", "out_channels", "edge_dim")
+               or (i == 0 and p.kind in _POSITIONAL) for i, p in enumerate(params))
+
+
+def _missing_message(factory: Callable, label: str, sig: inspect.Signature,
+                     missing: list[str], in_channels: int, edge_dim: int | None) -> str:
     """Which required constructor arguments are missing, and where each comes from."""
-    sig = sig.replace(return_annotation=inspect.Signature.empty)
-    user = [n for n in missing if n != "edge_dim"]
-    parts = [f"--model {spec}: {_name(factory)}{sig} needs {', '.join(missing)}."]
+    user, sig = [n for n in missing if n != "edge_dim"], sig.replace(return_annotation=sig.empty)
+    parts = [f"{label}: {_name(factory)}{sig} needs {', '.join(missing)}."]
     if user:
         example = ", ".join(f'"{n}": ...' for n in user)
         parts.append(f"Pass {', '.join(user)} in --model-kwargs (config key model.kwargs), "
@@ -247,9 +252,7 @@ def _name(obj: Any) -> str:
 def _forward_of(model: Any) -> Callable | None:
     """The ``forward`` a model, model class or import string would be called through."""
     if isinstance(model, str):
-        if model in ("", "gat", "linear"):
-            return None
-        model = load_object(model, what="model")
+        model = None if model in ("", "gat", "linear") else load_object(model, what="model")
     if isinstance(model, nn.Module) or (isinstance(model, type) and issubclass(model, nn.Module)):
         return model.forward
     return None
@@ -269,13 +272,11 @@ def reads_edge_attr(model: Any) -> bool:
 
 
 def adds_self_loops(model: nn.Module) -> bool:
-    """Whether every message-passing layer of ``model`` (an instance: build one first, e.g.
-    with :func:`build_model`) adds self-loops: PyG's ``add_self_loops`` attribute is True on
-    each :class:`~torch_geometric.nn.conv.MessagePassing` submodule (``GATConv``,
-    ``GATv2Conv``, ``GCNConv`` by default; gatrank's GATRanker uses them so). A node without
-    edges then still attends to, or aggregates, itself. ``False`` for a model without
-    message-passing layers and for a layer without the attribute (``GraphConv``, ``SAGEConv``,
-    ``GINConv``: they keep a node's own features by other means, not visible here)."""
+    """Whether every message-passing layer of ``model`` (an instance, e.g. from
+    :func:`build_model`) adds self-loops: PyG's ``add_self_loops`` is True on each
+    ``MessagePassing`` submodule (``GATConv``, ``GATv2Conv``, ``GCNConv`` by default), so a
+    node without edges still attends to, or aggregates, itself. ``False`` without such layers
+    or for one without the attribute (``GraphConv``, ``SAGEConv``, ``GINConv``)."""
     layers = [m for m in model.modules() if isinstance(m, MessagePassing)]
     return bool(layers) and all(getattr(m, "add_self_loops", None) is True for m in layers)
 
@@ -287,16 +288,12 @@ _TENSOR_NAMES = ("x", "edge_index")
 
 
 class ForwardByName:
-    """A forward pre-hook that turns ``model(batch)`` into ``model(x=batch.x, edge_index=...,
-    ...)`` for a ``forward`` written the PyG way (see :func:`adapt_forward`).
-
-    Each parameter of ``forward`` gets, by its name: ``x``, ``edge_index``, ``edge_attr``,
-    ``batch`` (the node-to-graph vector) and any other attribute of the batch (``pos``,
-    ``edge_weight``...); ``num_graphs`` the number of graphs, ``num_nodes`` of nodes;
-    ``batch_size`` the number of graphs only where it is required, because an optional
-    ``batch_size`` in PyG (``GCN``, ``GAT``...) means the seed nodes of a sampled mini-batch.
-    Optional parameters the batch lacks keep their defaults.
-    """
+    """A forward pre-hook turning ``model(batch)`` into ``model(x=batch.x, edge_index=...,
+    ...)`` for a ``forward`` written the PyG way (see :func:`adapt_forward`). Each parameter
+    gets, by its name: ``x``, ``edge_index``, ``edge_attr``, ``batch`` and any other attribute
+    of the batch (``pos``...); ``num_graphs``, ``num_nodes`` the counts; ``batch_size`` the
+    number of graphs only where required (optional in PyG's ``GCN``, ``GAT``..., it means a
+    sampled mini-batch's seed nodes). Optional ones the batch lacks keep their defaults."""
 
     def __init__(self, names: Mapping[str, bool], owner: str) -> None:
         self.names = dict(names)
@@ -311,13 +308,10 @@ class ForwardByName:
                 out[name] = batch.num_graphs
             elif name == "num_nodes":
                 out[name] = batch.num_nodes
-            elif name in ("x", "edge_index", "edge_attr", "batch") or name in batch:
-                value = getattr(batch, name, None)
-                if value is None and required:
-                    raise ValueError(self._missing(name, batch))
-                if value is not None:
-                    out[name] = value
-            elif required:
+            elif (name in ("x", "edge_index", "edge_attr", "batch") or name in batch) \
+                    and getattr(batch, name, None) is not None:
+                out[name] = getattr(batch, name)
+            elif required:  # a required one the batch lacks (or holds as None)
                 raise ValueError(self._missing(name, batch))
         return out
 
@@ -331,8 +325,7 @@ class ForwardByName:
 
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict
                  ) -> tuple[tuple, dict[str, Any]] | None:
-        # only gatrank's call model(batch) is rewritten: the user's own model(x, edge_index, ...)
-        # calls go through unchanged
+        # only gatrank's model(batch) is rewritten: the user's model(x, edge_index, ...) is not
         if len(args) == 1 and not kwargs and isinstance(args[0], BaseData):
             return (), self.arguments(args[0])
         return None
@@ -345,13 +338,10 @@ def _adapter(model: nn.Module) -> ForwardByName | None:
 
 def adapt_forward(model: nn.Module) -> nn.Module:
     """Let gatrank call ``model(batch)`` on a model whose ``forward`` takes tensors by name
-    (``forward(x, edge_index, edge_attr, batch)``, as PyG's models do); returns ``model``.
-
-    A ``forward`` naming ``x`` or ``edge_index`` gets a :class:`ForwardByName` forward
-    pre-hook (idempotent); any other (``forward(batch)``, ``forward(data)``) is left as it is.
-    The module itself is not wrapped, so its parameter names, ``state_dict`` keys (a
-    checkpoint loads into the user's own class as it is) and submodules (hooks, per-layer
-    gradient norms) stay the user's, and ``model(x, edge_index, ...)`` still works.
+    (``forward(x, edge_index, edge_attr, batch)``, as PyG's models do); returns ``model``. A
+    ``forward`` naming ``x`` or ``edge_index`` gets a :class:`ForwardByName` forward pre-hook
+    (idempotent); any other (``forward(batch)``) is left as it is. The module is not wrapped:
+    its parameter names, ``state_dict`` keys and submodules stay the user's.
 
     Raises:
         TypeError: ``forward`` has positional-only parameters (they cannot be passed by name).
@@ -386,20 +376,25 @@ class ScoreShapeError(ValueError):
         super().__init__(message)
         self.shape = shape
         """The shape returned (``None``: not a tensor)."""
-        self.num_graphs = num_graphs
-        self.num_nodes = num_nodes
+        self.num_graphs, self.num_nodes = num_graphs, num_nodes
         self.meaning = meaning
         """What the shape means and the fix, the message's last sentences."""
 
 
 def score_batch(model: nn.Module, batch: BaseData) -> Tensor:
     """``model(batch)`` as one score per graph, ``[G]``: the one way scores come out of a model
-    (training steps, scoring, the checks, the doctor).
+    (training steps, scoring, the checks, the doctor). What the model raises is raised as it
+    is (an Embedding's error on float features with :func:`embedding_hint`'s hint added).
 
     Raises:
         ScoreShapeError: the output is not ``[G]`` or ``[G, 1]`` (see :func:`check_scores`).
     """
-    return check_scores(model(batch), batch, model=model)
+    try:
+        out = model(batch)
+    except (RuntimeError, IndexError) as exc:
+        embedding_hint(exc, getattr(batch, "x", None))
+        raise  # the same exception and traceback: the doctor finds the user's frame in it
+    return check_scores(out, batch, model=model)
 
 
 def check_scores(scores: Any, batch: BaseData, *, model: nn.Module | None = None) -> Tensor:
@@ -408,9 +403,8 @@ def check_scores(scores: Any, batch: BaseData, *, model: nn.Module | None = None
 
     Raises:
         ScoreShapeError: any other shape, saying what it means: one score for the whole batch
-            (pooling without the ``batch`` vector), one per node (no readout), ``[G, G]`` (a
-            broadcast), ``[G, k]`` (several outputs); or not a tensor.
-    """
+            (pooling without ``batch``), one per node (no readout), ``[G, G]`` (a broadcast),
+            ``[G, k]`` (several outputs); or not a tensor."""
     g = int(batch.num_graphs)
     if isinstance(scores, Tensor) and (tuple(scores.shape) in ((g,), (g, 1))
                                        or (g == 1 and scores.dim() == 0)):

@@ -19,6 +19,7 @@ from torch_geometric.loader import DataLoader
 from torch_geometric.nn import GATConv, global_add_pool
 
 import gatrank
+from gatrank.config import ConfigError
 from gatrank.data import DataError, load_graphs
 from gatrank.datasets import default_manifest
 from gatrank.doctor import DoctorOptions
@@ -277,3 +278,25 @@ def test_the_example_notebook_runs_and_shows_each_result_as_html(tmp_path):
     cells = Cells(doctor).cells
     assert cells[cells.index("fix") + 2].startswith("constant_output_layer")
     assert "Verified" in doctor and "score.1" in doctor
+
+
+class Named(nn.Module):
+    """A user's class whose first argument is not in_channels (PyG's own models' style)."""
+
+    def __init__(self, hidden_channels: int, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = GATConv(in_channels, hidden_channels)
+        self.out = nn.Linear(hidden_channels, out_channels)
+
+    def forward(self, x, edge_index, batch):
+        return self.out(global_add_pool(self.conv(x, edge_index).relu(), batch))
+
+
+def test_a_class_passed_to_the_doctor_gets_its_arguments_by_name(molecules):
+    with pytest.raises(ConfigError, match=r"model Named: Named\(hidden_channels.*needs "
+                                          r"hidden_channels\. Pass hidden_channels in"):
+        gatrank.diagnose(Named, molecules[:16], options=QUICK)
+    report = gatrank.diagnose(Named, molecules[:16], options=QUICK,
+                              config={"model": {"kwargs": {"hidden_channels": 8}}})
+    assert "user_code_error" not in report.cause_ids
+    assert [s.name for s in report.stages][:4] == ["data", "loss", "model", "overfit"]

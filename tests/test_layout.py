@@ -22,7 +22,7 @@ MAX_MODULE_LINES = 500
 LAYERS: list[set[str]] = [
     {"gatrank", "gatrank.__main__"},  # the version; __main__ only calls cli (checked apart)
     {"config", "plugins", "io", "runtime", "project", "render"},
-    {"metrics", "losses", "model", "baselines"},
+    {"metrics", "losses", "model", "model_hints", "baselines"},
     {"data"},
     {"datasets"},
     {"training"},

@@ -178,7 +178,7 @@ def test_valid_pair_mask_is_antisymmetric():
     "kwargs, message",
     [
         ({"scores": torch.zeros(3), "targets": torch.zeros(4)}, "same length"),
-        ({"scores": torch.zeros(3, 1), "targets": torch.zeros(3, 1)}, "1-D"),
+        ({"scores": torch.zeros(3, 2), "targets": torch.zeros(3)}, r"\[B\] or \[B, 1\]"),
         ({"scores": torch.zeros(3), "targets": torch.zeros(3), "temperature": 0.0}, "temperature"),
         ({"scores": torch.zeros(3), "targets": torch.zeros(3), "group": torch.zeros(2)}, "group"),
     ],

@@ -215,15 +215,20 @@ def _shape_cause(doc: Diagnosis, exc: ScoreShapeError) -> None:
 def _user_error(doc: Diagnosis, exc: Exception, frame: UserFrame) -> str:
     """``user_code_error`` for an exception raised in the user's code at ``frame``; the
     verdict: ``broken_loss`` when the frame is the loss's, else ``cannot_fit``."""
+    from gatrank.model_hints import embedding_hint  # an Embedding fed gatrank's float features
+
     in_loss = frame.file in user_files(doc.loss)
     what = "loss" if in_loss else "model"
+    # the hint score_batch added, or (a forward outside score_batch: the signal trace) this one
+    hint = getattr(exc, "gatrank_hint", None) or (
+        embedding_hint(exc, doc.gs[0].x) if doc.gs is not None and len(doc.gs) else None)
     message = " ".join(str(exc).split())
     message = message if len(message) <= 300 else message[:297] + "..."
     said = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
     doc.cause("user_code_error", f"your {what} raised {said} in the {doc.stage} stage, at "
               f"{frame}", 1.0, doc.stage,
               fix=f"In {frame.file}, line {frame.line} ({frame.function}): "
-                  f"{CAUSES['user_code_error']['fix']}",
+                  f"{hint or CAUSES['user_code_error']['fix']}",
               exception=type(exc).__name__, frame=frame.to_dict(), in_stage=doc.stage)
     doc.add_stage(doc.stage, "failed", {"error": said}, doc.stage_t0)
     return "broken_loss" if in_loss else "cannot_fit"

@@ -39,9 +39,7 @@ def model_factory(doc: Diagnosis,
     def make(in_channels: int, cfg: Config) -> nn.Module:
         if isinstance(spec, nn.Module):
             net = copy.deepcopy(spec)
-        elif callable(spec):
-            net = spec(in_channels)
-        else:
+        else:  # an import string, a class or a factory: their constructor arguments filled in
             net = build_model(in_channels, cfg.model, spec or "", edge_dim=doc.gs.edge_dim)
         return adapt_forward(edit(net) if edit is not None else net)
 

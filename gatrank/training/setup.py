@@ -193,11 +193,16 @@ def _splits(config: Config, gs: GraphSet) -> dict[str, list[int]]:
 
 def _resolve_model(model, gs: GraphSet, config: Config) -> tuple[nn.Module, str]:
     """The model and its name; a PyG-style ``forward(x, edge_index, ...)`` is called by name
-    (:func:`gatrank.model.adapt_forward`). A callable is called as ``model(in_channels)``."""
+    (:func:`gatrank.model.adapt_forward`). A module instance is used as it is. A class or
+    factory goes through :func:`~gatrank.model.build_model` as its import string would
+    (``in_channels``, ``out_channels``, ``edge_dim`` filled in where it names them,
+    ``model.kwargs`` applied, missing arguments named), except that a factory taking nothing
+    but what gatrank fills in (``factory(in_channels)``, a lambda) builds its model itself and
+    gets no ``model.kwargs``."""
     if isinstance(model, nn.Module):
         return adapt_forward(model), type(model).__name__
     if callable(model) and not isinstance(model, str):
-        return (adapt_forward(model(gs.num_features)),
+        return (build_model(gs.num_features, config.model, model, edge_dim=gs.edge_dim),
                 getattr(model, "__name__", type(model).__name__))
     spec = model or ""
     return build_model(gs.num_features, config.model, spec, edge_dim=gs.edge_dim), spec or "gat"
