@@ -129,8 +129,9 @@ def train(
             ``model.dropout``), listed in ``summary["dropout_off"]``.
         graphs: a :class:`gatrank.data.GraphSet`; default: load ``config.data.dataset`` or
             ``config.data.manifest`` (or the embedded default).
-        model: ``None``/``"gat"``/``"linear"``/an import string, a factory ``in_channels ->
-            nn.Module``, or a module instance.
+        model: ``None``/``"gat"``/``"linear"``/an import string, a class or factory (its
+            constructor arguments filled in as an import string's, see
+            :func:`gatrank.model.build_model`), or a module instance (trained in place).
         loss: ``None`` for gatrank's loss, or a user loss (import string or callable).
         out_dir: where to write ``metrics.jsonl``, ``summary.json`` and checkpoints.
         callbacks: called with each logged record (live plots in notebooks).
