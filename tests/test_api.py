@@ -269,11 +269,16 @@ def test_the_example_notebook_runs_and_shows_each_result_as_html(tmp_path):
     shown = [o["data"] for c in nbformat.read(out, as_version=4).cells if c.cell_type == "code"
              for o in c.outputs if o.get("output_type") == "execute_result"]
     html = [d["text/html"] for d in shown if "text/html" in d]
-    assert len(html) == 5  # two data checks, two overfit tests, the doctor
+    assert len(html) == 6  # three data checks, two overfit tests, the doctor
     assert not any(r in d.get("text/plain", "") for d in shown
                    for r in ("CheckReport(", "OverfitResult(", "DoctorReport("))
-    checks, raw, failed, doctor, fixed = html
+    checks, raw, broken, failed, doctor, fixed = html
     assert "no problems found" in checks and "integer_features" in raw
+    rows = Cells(broken).cells  # severity, index, id, code, problem, fix
+    assert rows[rows.index("nonfinite_features") - 2] == "5"
+    assert rows[rows.index("no_edges") - 2] == "7"
+    text = [d["text/plain"] for d in shown if "2 error(s), 0 warning(s)" in d["text/plain"]]
+    assert len(text) == 1 and "nonfinite_features" in text[0] and "no_edges" in text[0]
     assert "verdict: FAIL" in failed and "verdict: PASS" in fixed
     cells = Cells(doctor).cells
     assert cells[cells.index("fix") + 2].startswith("constant_output_layer")
@@ -300,3 +305,22 @@ def test_a_class_passed_to_the_doctor_gets_its_arguments_by_name(molecules):
                               config={"model": {"kwargs": {"hidden_channels": 8}}})
     assert "user_code_error" not in report.cause_ids
     assert [s.name for s in report.stages][:4] == ["data", "loss", "model", "overfit"]
+
+
+def test_paths_and_import_strings_are_read_as_the_cli_reads_them(molecules, tmp_path,
+                                                                   monkeypatch):
+    torch.save(_broken(molecules), tmp_path / "graphs.pt")
+    from_file = gatrank.check_data(tmp_path / "graphs.pt")
+    assert [p.index for p in from_file.errors] == [5, 7]
+    assert from_file.summary["dataset"] == str(tmp_path / "graphs.pt")
+    (tmp_path / "mine.py").write_text(
+        "import torch\ngraphs = torch.load(__file__.replace('mine.py', 'graphs.pt'), "
+        "weights_only=False)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert [p.index for p in gatrank.check_data("mine:graphs").errors] == [5, 7]
+    manifest = gatrank.check_data(default_manifest().parent)  # its folder
+    assert manifest.ok and manifest.summary["num_graphs"] == 1017
+    with pytest.raises(FileNotFoundError, match="names no file and is not an import string"):
+        gatrank.check_data("no_such_graphs")
+    with pytest.raises(FileNotFoundError, match="a folder without a manifest.csv"):
+        gatrank.check_data(tmp_path)
