@@ -33,10 +33,9 @@ from gatrank import render
 from gatrank.checks import verdict as verdicts
 from gatrank.checks.verdict import THRESHOLDS, Verdict, format_verdict
 from gatrank.config import Config, load_config, overfit_config
-from gatrank.data import CheckReport, GraphSet, check_dataset, load_dataset
-from gatrank.data.sources import GraphSource, graph_source
-from gatrank.datasets import check_data as check_configured
-from gatrank.datasets import load_data, with_source
+from gatrank.data import CheckReport
+from gatrank.data.sources import graph_source
+from gatrank.datasets import check_source, load_source
 from gatrank.doctor.judge import judge_run
 from gatrank.doctor.report import DoctorOptions, DoctorReport
 from gatrank.doctor.run import diagnose as run_doctor
@@ -98,22 +97,7 @@ def check_data(data: Any = None, *, config: Config | str | Path | Mapping | None
         A :class:`~gatrank.data.CheckReport`: ``.problems`` (each naming the graph's index and
         id, the problem and the one-line fix), ``.ok``, ``.summary``; a table in a notebook.
     """
-    cfg = _config(config, None)
-    src = graph_source(data)
-    if src.graphset is not None:
-        return check_dataset(src.graphset.graphs)
-    if src.graphs is not None:
-        return check_dataset(src.graphs)
-    return check_configured(with_source(cfg.data, src.manifest or None, src.dataset or None))
-
-
-def _graphs(src: GraphSource, cfg: Config) -> GraphSet:
-    """The graphs of ``src``, validated (``data.on_error`` of the config applies)."""
-    if src.graphset is not None:
-        return src.graphset
-    if src.graphs is not None:
-        return load_dataset(src.graphs, on_error=cfg.data.on_error)
-    return load_data(with_source(cfg.data, src.manifest or None, src.dataset or None))
+    return check_source(graph_source(data), _config(config, None).data)
 
 
 @dataclass
@@ -194,7 +178,7 @@ def overfit_test(model: ModelLike = None, data: Any = None, *, n: int = 32,
                                           "training.learning_rate": learning_rate})
     src = graph_source(data)
     net, loss = _model(model), _loss(loss)
-    graphs = _graphs(src, cfg)
+    graphs = load_source(src, cfg.data)
     result = train(cfg, graphs=graphs, model=net, loss=loss, progress=progress,
                    stop_when=verdicts.stop_at_verdict if stop_at_verdict else None, checkpoints=())
     judged = judge_run(result, config=cfg)

@@ -31,6 +31,7 @@ from gatrank.data import (
     load_graphs,
 )
 from gatrank.data.featurize import default_cache_dir
+from gatrank.data.sources import GraphSource
 
 # RDKit is imported inside the functions that read its files, on purpose: it is a heavy import
 # that listing the data sets or writing `synthetic` never needs.
@@ -48,6 +49,8 @@ __all__ = [
     "with_source",
     "load_data",
     "check_data",
+    "load_source",
+    "check_source",
     "DEFAULT_DATASET",
 ]
 
@@ -332,3 +335,30 @@ def check_data(data: DataConfig) -> CheckReport:
         return check_dataset(data.dataset)
     return check_manifest(manifest_or_default(data.manifest),
                           allow_outside_root=data.allow_outside_root)
+
+
+def load_source(src: GraphSource, data: DataConfig, on_error: str | None = None) -> GraphSet:
+    """The graphs of ``src`` (:func:`gatrank.data.sources.graph_source`), validated: a
+    GraphSet as it is, graphs in memory as a dataset's, a path or import string as ``data``
+    with that source would load it; none: ``data``'s own source. ``on_error`` (default
+    ``data.on_error``) as in :func:`load_data`.
+
+    Raises:
+        DataError: every problem of the graphs, by index (or manifest line).
+    """
+    on_error = on_error or data.on_error
+    if src.graphset is not None:
+        return src.graphset
+    if src.graphs is not None:
+        return load_dataset(src.graphs, on_error=on_error)
+    return load_data(dataclasses.replace(
+        with_source(data, src.manifest or None, src.dataset or None), on_error=on_error))
+
+
+def check_source(src: GraphSource, data: DataConfig) -> CheckReport:
+    """Every problem of the graphs of ``src`` (as :func:`load_source` reads them) and a
+    summary; never raises for data problems."""
+    if src.graphset is not None or src.graphs is not None:
+        return check_dataset(src.graphset.graphs if src.graphset is not None else src.graphs)
+    return check_data(with_source(data, src.manifest or None, src.dataset or None))
+
