@@ -206,6 +206,13 @@ def _open_and_run_all(page, url: str) -> None:
     page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
 
 
+def _output_says(*texts: str) -> str:
+    """A page function: whether some cell output's text holds one of ``texts``."""
+    said = " || ".join(f"e.textContent.includes({json.dumps(t)})" for t in texts)
+    return (f"() => Array.from(document.querySelectorAll('.jp-OutputArea-output'))"
+            f".some(e => {said})")
+
+
 def test_notebook_runs_in_jupyterlab_and_shows_its_live_figure(tmp_path, browser,
                                                                tiny_manifest):
     from papermill.iorw import load_notebook_node
@@ -223,8 +230,7 @@ def test_notebook_runs_in_jupyterlab_and_shows_its_live_figure(tmp_path, browser
         probe = ("() => { const g = document.querySelector('.jp-OutputArea-output "
                  ".js-plotly-plot, .jp-OutputArea-output.js-plotly-plot'); "
                  "return g && g.data ? g.data[0].x.length : null; }")
-        done = ("() => Array.from(document.querySelectorAll('.jp-OutputArea-output'))"
-                ".some(e => e.textContent.includes('overfit verdict:'))")
+        done = _output_says("overfit verdict:")
         seen, deadline = set(), time.time() + 400
         while not page.evaluate(done):
             assert time.time() < deadline, "the notebook did not finish in JupyterLab"
@@ -253,10 +259,7 @@ def test_the_api_example_notebook_shows_the_doctors_report_as_a_table_in_jupyter
         ctx, page, blocked, errors = _offline_page(browser, (base,))
         _open_and_run_all(page, f"{base}/lab/tree/mine.ipynb?token={token}")
         # the last cell: the fixed model's overfit test passes
-        done = ("() => Array.from(document.querySelectorAll('.jp-OutputArea-output'))"
-                ".some(e => e.textContent.includes('verdict: PASS') "
-                "|| e.textContent.includes('Traceback'))")
-        page.wait_for_function(done, timeout=400_000)
+        page.wait_for_function(_output_says("verdict: PASS", "Traceback"), timeout=400_000)
         texts = page.locator(".jp-OutputArea-output").all_inner_texts()
         assert not any("Traceback" in t for t in texts), texts
         # the doctor's cause ids sit in table cells, and no output is a dataclass repr
